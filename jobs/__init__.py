@@ -1,0 +1,1 @@
+"""Launch configs and the `loopcoder` command: data jobs, training launches, DeepSpeed configs."""

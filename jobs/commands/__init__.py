@@ -1,0 +1,1 @@
+"""One module per `loopcoder` command group, each exposing `register(subparsers)`."""

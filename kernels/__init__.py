@@ -1,0 +1,1 @@
+"""Fused kernels of the looped model, each in its own folder beside its PyTorch reference."""
