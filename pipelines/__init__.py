@@ -1,0 +1,1 @@
+"""Ray Data pipelines: reading, cleaning, dedup, AST validation, FIM, commits, tokenised shards."""
