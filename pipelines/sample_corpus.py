@@ -1,0 +1,308 @@
+"""The sample corpus: real code every machine with this stack installed already has.
+
+    loopcoder data sample-corpus [--config jobs/data/sample_corpus.yaml] [--out data/sample]
+
+Three kinds of source (see `jobs/data/sample_corpus.yaml`):
+* `directory`: files under a directory matching glob patterns (the Python standard library);
+* `installed_packages`: the files each installed distribution lists in its RECORD, with its
+  licence from the package metadata;
+* `git_history`: commit triplets (files before, patch, files after) from a git checkout.
+
+Output, in Parquet shards written atomically:
+
+    OUT/source_files/part-00000.parquet ...   record type `source_file`
+    OUT/commits/part-00000.parquet ...        record type `commit_triplet`
+    OUT/manifest.json                         resolved config, counts, rejections by reason
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from loopcoder.schemas import COMMIT_TRIPLET, SOURCE_FILE
+
+from .decoding import DEFAULT_MAX_FILE_BYTES, Rejection, decode_source
+from .io import ShardWriter, atomic_write_json
+from .languages import language_of
+
+logger = logging.getLogger(__name__)
+
+GIT_TIMEOUT_SECONDS = 60
+
+
+@dataclass
+class SampleCorpusConfig:
+    """Where the sample corpus comes from and where it goes (fields mirror the YAML file)."""
+
+    output: str = "data/sample"
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    rows_per_shard: int = 2000
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> SampleCorpusConfig:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        unknown = set(raw) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+        return cls(**raw)
+
+
+@dataclass
+class CorpusStats:
+    files_by_language: Counter = field(default_factory=Counter)
+    bytes_by_language: Counter = field(default_factory=Counter)
+    files_by_repo: Counter = field(default_factory=Counter)
+    rejections: Counter = field(default_factory=Counter)
+    commits: int = 0
+    commit_file_versions: int = 0
+
+    def reject(self, reason: str, where: str) -> None:
+        self.rejections[reason] += 1
+        logger.debug("rejected %s: %s", where, reason)
+
+
+def default_config_path() -> Path:
+    """The packaged `jobs/data/sample_corpus.yaml`."""
+    return Path(__file__).resolve().parent.parent / "jobs" / "data" / "sample_corpus.yaml"
+
+
+def resolve_placeholders(value: str) -> str:
+    paths = sysconfig.get_paths()
+    replacements = {"{stdlib}": paths["stdlib"], "{site_packages}": paths["purelib"]}
+    if "{git_root}" in value:
+        replacements["{git_root}"] = git_root(Path.cwd()) or str(Path.cwd())
+    for key, replacement in replacements.items():
+        value = value.replace(key, replacement)
+    return value
+
+
+def git_root(start: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(start), "rev-parse", "--show-toplevel"],
+            capture_output=True, text=True, timeout=GIT_TIMEOUT_SECONDS,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def file_id(repo: str, revision: str | None, path: str) -> str:
+    return hashlib.sha256(f"{repo}\x00{revision or ''}\x00{path}".encode()).hexdigest()[:32]
+
+
+def _source_record(repo, path, raw, max_bytes, stats, license=None, revision=None) -> dict[str, Any] | None:
+    text, reason = decode_source(raw, max_bytes)
+    if reason is not None:
+        stats.reject(reason, f"{repo}:{path}")
+        return None
+    language = language_of(path)
+    stats.files_by_language[language] += 1
+    stats.bytes_by_language[language] += len(raw)
+    stats.files_by_repo[repo] += 1
+    return {
+        "id": file_id(repo, revision, path),
+        "repo": repo,
+        "path": path,
+        "language": language,
+        "content": text,
+        "size_bytes": len(raw),
+        "license": license,
+        "revision": revision,
+    }
+
+
+def _matches(relative: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(relative, pattern) for pattern in patterns)
+
+
+def read_directory(source: dict[str, Any], max_bytes: int, stats: CorpusStats) -> Iterator[dict[str, Any]]:
+    root = Path(resolve_placeholders(source["path"]))
+    if not root.is_dir() and source.get("optional", False):
+        logger.warning("optional directory source '%s' not found at %s, skipped", source.get("repo"), root)
+        stats.reject("optional_source_missing", str(root))
+        return
+    if not root.is_dir():
+        raise FileNotFoundError(f"directory source '{source.get('repo', root)}': {root} is not a directory")
+    include, exclude = source.get("include", ["*"]), source.get("exclude", [])
+    max_files = source.get("max_files")
+    relatives = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    selected = [r for r in relatives if _matches(r, include) and not _matches(r, exclude)][:max_files]
+    repo = source.get("repo", root.name)
+    for relative in tqdm(selected, desc=f"{repo} files", unit="file", leave=False):
+        try:
+            raw = (root / relative).read_bytes()
+        except OSError:
+            stats.reject(Rejection.UNREADABLE, f"{repo}:{relative}")
+            continue
+        record = _source_record(repo, relative, raw, max_bytes, stats, source.get("license"), source.get("revision"))
+        if record is not None:
+            yield record
+
+
+def read_installed_packages(source: dict[str, Any], max_bytes: int, stats: CorpusStats) -> Iterator[dict[str, Any]]:
+    per_package = source.get("max_files_per_package")
+    for name in source.get("packages", []):
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            logger.warning("installed_packages: '%s' is not installed, skipped", name)
+            stats.reject("package_not_installed", name)
+            continue
+        license = distribution.metadata.get("License-Expression") or distribution.metadata.get("License")
+        if license and len(license) > 64:  # some packages paste the whole licence text here
+            license = None
+        files = sorted(
+            str(f) for f in (distribution.files or [])
+            if not str(f).endswith((".pyc", ".so", ".dist-info/RECORD")) and ".dist-info/" not in str(f)
+        )  # fmt: skip
+        repo = f"pypi/{distribution.metadata['Name']}"
+        for relative in tqdm(files[:per_package], desc=f"{repo} files", unit="file", leave=False):
+            path = Path(distribution.locate_file(relative))
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                stats.reject(Rejection.UNREADABLE, f"{repo}:{relative}")
+                continue
+            record = _source_record(repo, relative, raw, max_bytes, stats, license, distribution.version)
+            if record is not None:
+                yield record
+
+
+def _git(repo_path: Path, *args: str) -> bytes:
+    result = subprocess.run(["git", "-C", str(repo_path), *args], capture_output=True, timeout=GIT_TIMEOUT_SECONDS)
+    if result.returncode != 0:
+        message = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise RuntimeError(f"git {' '.join(args[:2])} failed in {repo_path}: {message[-1] if message else 'unknown'}")
+    return result.stdout
+
+
+def read_git_history(source: dict[str, Any], max_bytes: int, stats: CorpusStats) -> Iterator[dict[str, Any]]:
+    """Commit triplets for every single-parent commit (merges and root commits are skipped)."""
+    repo_path = Path(resolve_placeholders(source["path"]))
+    repo = source.get("repo", repo_path.name)
+    try:
+        log = _git(repo_path, "log", "--reverse", "--format=%H %P", source.get("revision", "HEAD"))
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        logger.warning("git_history '%s': %s; no commits read", repo, error)
+        stats.reject("broken_git_repository", repo)
+        return
+    history = [line.split() for line in log.decode().splitlines() if line.strip()]
+    max_commits = source.get("max_commits")
+    max_files = source.get("max_files_per_commit", 20)
+    single_parent = [(entry[0], entry[1]) for entry in history if len(entry) == 2]
+    commits = single_parent[-max_commits:] if max_commits else single_parent
+    position = {entry[0]: i for i, entry in enumerate(history)}
+    for commit, parent in tqdm(commits, desc=f"{repo} commits", unit="commit", leave=False):
+        try:
+            record = _commit_triplet(repo_path, repo, commit, parent, max_files, max_bytes, stats)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            stats.reject("git_error", f"{repo}@{commit}")
+            logger.warning("skipped commit %s: %s", commit[:12], error)
+            continue
+        if record is None:
+            continue
+        record["lifecycle_percentile"] = position[commit] / max(len(history) - 1, 1)
+        stats.commits += 1
+        yield record
+
+
+def _commit_triplet(repo_path, repo, commit, parent, max_files, max_bytes, stats) -> dict[str, Any] | None:
+    changes = _git(repo_path, "diff-tree", "-r", "--no-renames", "--name-status", "-z", parent, commit).split(b"\x00")
+    changed = [(changes[i].decode(), changes[i + 1].decode("utf-8", "replace")) for i in range(0, len(changes) - 1, 2)]
+    if not changed:
+        stats.reject("empty_commit", f"{repo}@{commit}")
+        return None
+    if len(changed) > max_files:
+        stats.reject("too_many_files", f"{repo}@{commit}")
+        return None
+    old_files, new_files = [], []
+    for status, path in changed:
+        versions = []
+        for revision, present in ((parent, status != "A"), (commit, status != "D")):
+            if not present:
+                versions.append(None)
+                continue
+            text, reason = decode_source(_git(repo_path, "show", f"{revision}:{path}"), max_bytes)
+            if reason is not None and reason != Rejection.EMPTY:
+                stats.reject(f"commit_file_{reason}", f"{repo}@{commit}:{path}")
+                return None
+            versions.append(text or "")
+        old_files.append({"path": path, "content": versions[0]})
+        new_files.append({"path": path, "content": versions[1]})
+        stats.commit_file_versions += 1
+    patch = _git(repo_path, "diff", "--no-color", "--no-renames", parent, commit).decode("utf-8", "replace")
+    message = _git(repo_path, "log", "-1", "--format=%B", commit).decode("utf-8", "replace").strip()
+    return {
+        "id": f"{repo}@{commit}",
+        "repo": repo,
+        "commit": commit,
+        "parent_commit": parent,
+        "message": message,
+        "old_files": old_files,
+        "patch": patch,
+        "new_files": new_files,
+    }
+
+
+FILE_READERS = {"directory": read_directory, "installed_packages": read_installed_packages}
+
+
+def build_sample_corpus(config: SampleCorpusConfig, output: Path | None = None) -> dict[str, Any]:
+    """Reads every source of `config` into shards under `output`; returns the manifest written."""
+    output = Path(output or config.output)
+    # Built beside the destination and swapped in whole, so a rerun never mixes old and new shards
+    # and an interrupted build leaves the previous corpus untouched.
+    staging = output.parent / f".{output.name}.building"
+    shutil.rmtree(staging, ignore_errors=True)
+    stats = CorpusStats()
+    kinds = {source.get("kind") for source in config.sources}
+    if kinds - set(FILE_READERS) - {"git_history"}:
+        known = ", ".join([*FILE_READERS, "git_history"])
+        raise ValueError(f"unknown source kind(s) {sorted(kinds - set(FILE_READERS) - {'git_history'})}; known: {known}")
+    with ShardWriter(staging / "source_files", SOURCE_FILE, config.rows_per_shard) as files:
+        for source in config.sources:
+            if source["kind"] in FILE_READERS:
+                files.write_all(FILE_READERS[source["kind"]](source, config.max_file_bytes, stats))
+    with ShardWriter(staging / "commits", COMMIT_TRIPLET, config.rows_per_shard) as commits:
+        for source in config.sources:
+            if source["kind"] == "git_history":
+                commits.write_all(read_git_history(source, config.max_file_bytes, stats))
+    manifest = {
+        "config": asdict(config) | {"output": str(output)},
+        "python": sys.version.split()[0],
+        "source_files": {"rows": files.rows_written, "shards": [p.name for p in files.paths]},
+        "commits": {"rows": commits.rows_written, "shards": [p.name for p in commits.paths]},
+        "files_by_language": dict(stats.files_by_language.most_common()),
+        "bytes_by_language": dict(stats.bytes_by_language.most_common()),
+        "files_by_repo": dict(stats.files_by_repo.most_common()),
+        "rejections": dict(stats.rejections.most_common()),
+    }
+    atomic_write_json(staging / "manifest.json", manifest)
+    previous = output.parent / f".{output.name}.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if output.exists():
+        output.rename(previous)
+    staging.rename(output)
+    shutil.rmtree(previous, ignore_errors=True)
+    return manifest
