@@ -5,6 +5,11 @@
     SOURCE_FILE.validate(pq.read_table(path))  # SchemaError naming the column on mismatch
 """
 
+# Imported from a checkout as `schemas` (the repository root on sys.path), this folder would be a second copy
+# of `loopcoder.schemas`, with its own module state: refuse, and say how to import it.
+if __name__ != "loopcoder.schemas":
+    raise ImportError(f"import this package as `loopcoder.schemas`, not `{__name__}` (pip install -e . first)")
+
 from .base import SCHEMA_NAME_KEY, SCHEMA_VERSION_KEY, RecordSchema, SchemaError, schema_of
 from .records import (
     ALL_RECORD_SCHEMAS,

@@ -165,3 +165,11 @@ def test_from_records_rejects_bad_values_and_attach_conforms_column_order():
 def test_unknown_record_type_lists_known_names():
     with pytest.raises(KeyError, match="known: commit_triplet"):
         get_schema("nope")
+
+
+def test_docs_describe_every_schema_as_declared():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "schemas.md").read_text(encoding="utf-8")
+    for schema in ALL_RECORD_SCHEMAS.values():
+        assert schema.describe() in page, f"docs/schemas.md is out of date for '{schema.name}'"

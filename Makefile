@@ -1,0 +1,40 @@
+# Everyday targets. `make demo` and `make test` work on a fresh machine: both create .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS ?= jobs/constraints-cpu.txt
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-slow lint style bench docs-check clean
+
+setup: $(VENV)/.installed
+
+# torch is pinned through the constraints file in the same resolution as everything else, so
+# that no dependency can pull a CUDA build of torch on a CPU machine.
+$(VENV)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	@touch $@
+
+demo: setup  ## the main job on the embedded defaults: build the sample corpus and show it
+	$(BIN)/loopcoder data sample-corpus --out data/sample
+
+test: setup  ## the whole test suite (larger sweeps marked slow are skipped)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-slow: setup  ## also the larger sweeps
+	LOOPCODER_SLOW=1 $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+style: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup  ## benchmark tables (ratios measured side by side); see docs/benchmarks.md
+	@for script in tests/bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache data/sample
