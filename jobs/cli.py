@@ -8,7 +8,8 @@ lives in `loopcoder.jobs.commands.<group>` as a `register(subparsers)` function,
 grow without touching this file's dispatch.
 
 Errors are printed as one line (`loopcoder: error: ...`) and exit with status 1; `--debug`
-shows the traceback instead.
+shows the traceback instead. Exceptions defined in loopcoder, `ValueError` and
+`FileNotFoundError` print their message alone; any other is prefixed with its type.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(error) or type(error).__name__
-        if not isinstance(error, UserError | FileNotFoundError | ValueError):
+        # our own exceptions and input errors carry readable messages; others are named by type
+        readable = isinstance(error, FileNotFoundError | ValueError) or type(error).__module__.startswith("loopcoder.")
+        if not readable:
             message = f"{type(error).__name__}: {message}"
         print(f"loopcoder: error: {message} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1

@@ -143,9 +143,7 @@ def read_directory(source: dict[str, Any], max_bytes: int, stats: CorpusStats) -
     include, exclude = source.get("include", ["*"]), source.get("exclude", [])
     max_files = source.get("max_files")
     relatives = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     )
     selected = [r for r in relatives if _matches(r, include) and not _matches(r, exclude)][:max_files]
     repo = source.get("repo", root.name)
@@ -279,7 +277,9 @@ def build_sample_corpus(config: SampleCorpusConfig, output: Path | None = None) 
     kinds = {source.get("kind") for source in config.sources}
     if kinds - set(FILE_READERS) - {"git_history"}:
         known = ", ".join([*FILE_READERS, "git_history"])
-        raise ValueError(f"unknown source kind(s) {sorted(kinds - set(FILE_READERS) - {'git_history'})}; known: {known}")
+        raise ValueError(
+            f"unknown source kind(s) {sorted(kinds - set(FILE_READERS) - {'git_history'})}; known: {known}"
+        )
     with ShardWriter(staging / "source_files", SOURCE_FILE, config.rows_per_shard) as files:
         for source in config.sources:
             if source["kind"] in FILE_READERS:

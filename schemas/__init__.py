@@ -1,8 +1,8 @@
 """Versioned Arrow schemas of every record type the stack exchanges.
 
-    from loopcoder.schemas import SOURCE_FILE
-    table = SOURCE_FILE.from_records(rows)   # validated, metadata attached
-    SOURCE_FILE.validate(pq.read_table(path))  # SchemaError naming the column on mismatch
+from loopcoder.schemas import SOURCE_FILE
+table = SOURCE_FILE.from_records(rows)   # validated, metadata attached
+SOURCE_FILE.validate(pq.read_table(path))  # SchemaError naming the column on mismatch
 """
 
 # Imported from a checkout as `schemas` (the repository root on sys.path), this folder would be a second copy

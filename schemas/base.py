@@ -111,10 +111,16 @@ class RecordSchema:
 
     def describe(self) -> str:
         """A Markdown table of the fields, used by docs and dataset cards."""
-        rows = [f"**{self.name}** (version {self.version}): {self.description}", "", "| column | type | null | meaning |"]
+        rows = [
+            f"**{self.name}** (version {self.version}): {self.description}",
+            "",
+            "| column | type | null | meaning |",
+        ]
         rows.append("|---|---|---|---|")
         for f in self.fields:
-            rows.append(f"| `{f.name}` | `{f.type}` | {'yes' if f.nullable else 'no'} | {self.field_docs.get(f.name, '')} |")
+            rows.append(
+                f"| `{f.name}` | `{f.type}` | {'yes' if f.nullable else 'no'} | {self.field_docs.get(f.name, '')} |"
+            )
         return "\n".join(rows)
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .publishing import register_publishing
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     corpus = commands.add_parser(
@@ -14,10 +16,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Read the sources of a sample-corpus config into Parquet shards of source files and "
         "commit triplets, then print what is there.",
     )
-    corpus.add_argument("--config", type=Path, help="corpus config (default: the packaged jobs/data/sample_corpus.yaml)")
+    corpus.add_argument(
+        "--config", type=Path, help="corpus config (default: the packaged jobs/data/sample_corpus.yaml)"
+    )
     corpus.add_argument("--out", type=Path, help="output directory (default: the config's `output`)")
     corpus.add_argument("--json", action="store_true", help="print the manifest as JSON instead of tables")
     corpus.set_defaults(handler=_sample_corpus)
+
+    register_publishing(commands)
 
 
 def _sample_corpus(args: argparse.Namespace) -> int:

@@ -17,8 +17,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, required=True, help="output directory (the bundled one is model/tokenizer)")
     train.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size including special tokens")
     train.add_argument(
-        "--source", type=Path, action="append", help="directory to read code from (repeatable); default: "
-        "the standard library and site-packages"
+        "--source",
+        type=Path,
+        action="append",
+        help="directory to read code from (repeatable); default: the standard library and site-packages",
     )
     train.set_defaults(handler=_train)
 

@@ -97,7 +97,9 @@ def test_retrain_command_builds_a_loadable_tokenizer(tmp_path):
     corpus.mkdir()
     for relative in REAL_FILES[:3]:
         if (STDLIB / relative).exists():
-            (corpus / Path(relative).name).write_text((STDLIB / relative).read_text(encoding="utf-8"), encoding="utf-8")
+            (corpus / Path(relative).name).write_text(
+                (STDLIB / relative).read_text(encoding="utf-8"), encoding="utf-8"
+            )
     parser = argparse.ArgumentParser()
     tokenizer_commands.register(parser.add_subparsers())
     args = parser.parse_args(["train", "--out", str(tmp_path / "out"), "--vocab-size", "400", "--source", str(corpus)])

@@ -144,7 +144,9 @@ def test_missing_required_directory_is_a_clear_error(tmp_path):
 def test_cli_builds_from_a_config_and_reports_errors_in_one_line(source_tree, git_repo, tmp_path, capsys):
     config_path = tmp_path / "corpus.yaml"
     config = make_config(source_tree, git_repo)
-    config_path.write_text(yaml.safe_dump({"sources": config.sources, "output": str(tmp_path / "out"), "max_file_bytes": 1000}))
+    config_path.write_text(
+        yaml.safe_dump({"sources": config.sources, "output": str(tmp_path / "out"), "max_file_bytes": 1000})
+    )
     assert main(["data", "sample-corpus", "--config", str(config_path)]) == 0
     assert "not_utf8" in capsys.readouterr().out
     assert main(["data", "sample-corpus", "--config", str(config_path), "--json"]) == 0

@@ -1,0 +1,14 @@
+"""Looking at shards: discovery, validation, statistics, samples and charts.
+
+    loopcoder shards validate PATH
+    loopcoder shards stats PATH [--json]
+    loopcoder shards show PATH [--n N] [--where EXPR]
+    loopcoder shards plot PATH -o DIR
+
+PATH is a shard file, a directory of shards or a whole job output. See docs/shards.md.
+"""
+
+from .discovery import discover_shards
+from .validate import ShardProblem, validate_shards
+
+__all__ = ["ShardProblem", "discover_shards", "validate_shards"]
