@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from loopcoder.schemas import COMMIT_TRIPLET, SOURCE_FILE
 
+from .commits import CommitConfig, CommitTripletExtractor
 from .decoding import DEFAULT_MAX_FILE_BYTES, Rejection, decode_source
 from .io import ShardWriter, atomic_write_json
 from .languages import language_of
@@ -70,7 +71,6 @@ class CorpusStats:
     files_by_repo: Counter = field(default_factory=Counter)
     rejections: Counter = field(default_factory=Counter)
     commits: int = 0
-    commit_file_versions: int = 0
 
     def reject(self, reason: str, where: str) -> None:
         self.rejections[reason] += 1
@@ -187,80 +187,24 @@ def read_installed_packages(source: dict[str, Any], max_bytes: int, stats: Corpu
                 yield record
 
 
-def _git(repo_path: Path, *args: str) -> bytes:
-    result = subprocess.run(["git", "-C", str(repo_path), *args], capture_output=True, timeout=GIT_TIMEOUT_SECONDS)
-    if result.returncode != 0:
-        message = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise RuntimeError(f"git {' '.join(args[:2])} failed in {repo_path}: {message[-1] if message else 'unknown'}")
-    return result.stdout
-
-
 def read_git_history(source: dict[str, Any], max_bytes: int, stats: CorpusStats) -> Iterator[dict[str, Any]]:
-    """Commit triplets for every single-parent commit (merges and root commits are skipped)."""
+    """Commit triplets of a git checkout, by the extractor of the commit pipeline (pipelines/commits.py)."""
     repo_path = Path(resolve_placeholders(source["path"]))
     repo = source.get("repo", repo_path.name)
-    try:
-        log = _git(repo_path, "log", "--reverse", "--format=%H %P", source.get("revision", "HEAD"))
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
-        logger.warning("git_history '%s': %s; no commits read", repo, error)
-        stats.reject("broken_git_repository", repo)
-        return
-    history = [line.split() for line in log.decode().splitlines() if line.strip()]
-    max_commits = source.get("max_commits")
-    max_files = source.get("max_files_per_commit", 20)
-    single_parent = [(entry[0], entry[1]) for entry in history if len(entry) == 2]
-    commits = single_parent[-max_commits:] if max_commits else single_parent
-    position = {entry[0]: i for i, entry in enumerate(history)}
-    for commit, parent in tqdm(commits, desc=f"{repo} commits", unit="commit", leave=False):
-        try:
-            record = _commit_triplet(repo_path, repo, commit, parent, max_files, max_bytes, stats)
-        except (RuntimeError, subprocess.TimeoutExpired) as error:
-            stats.reject("git_error", f"{repo}@{commit}")
-            logger.warning("skipped commit %s: %s", commit[:12], error)
-            continue
-        if record is None:
-            continue
-        record["lifecycle_percentile"] = position[commit] / max(len(history) - 1, 1)
-        stats.commits += 1
-        yield record
-
-
-def _commit_triplet(repo_path, repo, commit, parent, max_files, max_bytes, stats) -> dict[str, Any] | None:
-    changes = _git(repo_path, "diff-tree", "-r", "--no-renames", "--name-status", "-z", parent, commit).split(b"\x00")
-    changed = [(changes[i].decode(), changes[i + 1].decode("utf-8", "replace")) for i in range(0, len(changes) - 1, 2)]
-    if not changed:
-        stats.reject("empty_commit", f"{repo}@{commit}")
-        return None
-    if len(changed) > max_files:
-        stats.reject("too_many_files", f"{repo}@{commit}")
-        return None
-    old_files, new_files = [], []
-    for status, path in changed:
-        versions = []
-        for revision, present in ((parent, status != "A"), (commit, status != "D")):
-            if not present:
-                versions.append(None)
-                continue
-            text, reason = decode_source(_git(repo_path, "show", f"{revision}:{path}"), max_bytes)
-            if reason is not None and reason != Rejection.EMPTY:
-                stats.reject(f"commit_file_{reason}", f"{repo}@{commit}:{path}")
-                return None
-            versions.append(text or "")
-        old_files.append({"path": path, "content": versions[0]})
-        new_files.append({"path": path, "content": versions[1]})
-        stats.commit_file_versions += 1
-    patch = _git(repo_path, "diff", "--no-color", "--no-renames", parent, commit).decode("utf-8", "replace")
-    message = _git(repo_path, "log", "-1", "--format=%B", commit).decode("utf-8", "replace").strip()
-    return {
-        "id": f"{repo}@{commit}",
-        "repo": repo,
-        "commit": commit,
-        "parent_commit": parent,
-        "message": message,
-        "old_files": old_files,
-        "patch": patch,
-        "new_files": new_files,
-    }
+    config = CommitConfig(
+        lifecycle=tuple(source.get("lifecycle", (0.0, 1.0))),
+        triplets_per_repo=source.get("max_triplets", 500),
+        max_files=source.get("max_files", 20),
+        max_file_bytes=max_bytes,
+        min_diff_lines=source.get("min_diff_lines", 1),
+        max_diff_lines=source.get("max_diff_lines", 2000),
+    )
+    extractor = CommitTripletExtractor(config)
+    triplets = extractor(repo_path, repo)
+    for reason, count in extractor.rejections.items():
+        stats.rejections[f"commit_{reason}"] += count
+    stats.commits += len(triplets)
+    yield from sorted(triplets, key=lambda t: t["lifecycle_percentile"])
 
 
 FILE_READERS = {"directory": read_directory, "installed_packages": read_installed_packages}

@@ -50,7 +50,7 @@ FILTER_DECISION = pa.struct(
 
 FILTERED_FILE = _schema(
     "filtered_file",
-    1,
+    2,
     "a source file after cleaning, with every filter's decision",
     _FILE_COLUMNS
     + [
@@ -59,6 +59,12 @@ FILTERED_FILE = _schema(
         ("decisions", pa.list_(FILTER_DECISION), "each step's decision in order: step, kept, reason"),
         ("content_sha256", pa.string(), "hex sha256 of the cleaned content (exact dedup key)"),
         ("near_dup_cluster", pa.int64(), "MinHash cluster id, null when the file is in no cluster", NULLABLE),
+        (
+            "ast_status",
+            pa.string(),
+            "tree-sitter parse status: `ok`, `tolerated`, `error`, `timeout`, `crash`; null when not parsed",
+            NULLABLE,
+        ),
     ],
 )
 
@@ -105,18 +111,19 @@ FILE_VERSION = pa.struct([pa.field("path", pa.string(), nullable=False), pa.fiel
 
 COMMIT_TRIPLET = _schema(
     "commit_triplet",
-    1,
-    "how a repository changed in one commit: files before, the patch, files after",
+    2,
+    "one development iteration of a repository: changed files before, the patch, changed files after",
     [
-        ("id", pa.string(), "`repo@commit`"),
+        ("id", pa.string(), "`repo@start..end` (abbreviated commit ids)"),
         ("repo", pa.string(), "repository name"),
-        ("commit", pa.string(), "the commit's id"),
-        ("parent_commit", pa.string(), "id of the parent the patch is taken against"),
-        ("message", pa.large_string(), "the commit message"),
-        ("old_files", pa.list_(FILE_VERSION), "changed files before the commit (content null if added)"),
-        ("patch", pa.large_string(), "unified diff from parent to commit"),
-        ("new_files", pa.list_(FILE_VERSION), "changed files after the commit (content null if deleted)"),
-        ("lifecycle_percentile", pa.float32(), "position of the commit in the repository's history, 0 = first"),
+        ("commit", pa.string(), "the end commit's id"),
+        ("parent_commit", pa.string(), "the start commit's id: the patch goes from it to `commit`"),
+        ("message", pa.large_string(), "messages of the commits from start (excluded) to end, newest first"),
+        ("old_files", pa.list_(FILE_VERSION), "changed files at the start commit (content null if added)"),
+        ("patch", pa.large_string(), "unified diff from start to end; `git apply` to old_files yields new_files"),
+        ("new_files", pa.list_(FILE_VERSION), "changed files at the end commit (content null if deleted)"),
+        ("lifecycle_percentile", pa.float32(), "position of the start commit in first-parent history, 0 = root"),
+        ("date", pa.string(), "committer date of the end commit, ISO 8601", NULLABLE),
     ],
 )
 

@@ -40,7 +40,7 @@ def corpus(tmp_path_factory) -> Path:
              "include": ["json/*.py", "email/*.py", "*.pyi", "html/*"], "max_files": 60},
             {"kind": "directory", "repo": "npm", "path": "/usr/lib/node_modules/npm", "include": ["lib/*.js"],
              "max_files": 10, "optional": True},
-            {"kind": "git_history", "repo": "loopcoder", "path": str(REPO_ROOT), "max_commits": 3},
+            {"kind": "git_history", "repo": "loopcoder", "path": str(REPO_ROOT), "max_triplets": 3},
         ],
         rows_per_shard=10,
     )  # fmt: skip

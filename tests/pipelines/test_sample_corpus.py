@@ -92,26 +92,27 @@ def test_build_writes_valid_shards_and_counts_rejections(source_tree, git_repo, 
     assert by_path["pkg/good.py"]["content"].endswith("# é\n")
     assert by_path["pkg/good.py"]["language"] == "Python" and by_path["pkg/util.js"]["language"] == "JavaScript"
     assert by_path["pkg/good.py"]["license"] == "MIT"
-    assert manifest["rejections"] == {"binary": 1, "not_utf8": 1, "empty": 1, "too_large": 1, "commit_file_binary": 1}
+    assert manifest["rejections"] == {"binary": 1, "not_utf8": 1, "empty": 1, "too_large": 1, "commit_binary": 1}
 
     commits = pq.read_table(out / "commits" / "part-00000.parquet")
     COMMIT_TRIPLET.validate(commits)
     rows = {row["message"]: row for row in commits.to_pylist()}
-    # the root commit has no parent and the binary commit is rejected with a reason
+    # one triplet per iteration: root -> c1 and c1 -> c2; c2 -> c3 adds a binary file and is rejected
     assert set(rows) == {"change a, add b", "delete b"}
     change = rows["change a, add b"]
     assert change["old_files"] == [{"path": "a.py", "content": "x = 1\n"}, {"path": "b.py", "content": None}]
     assert change["new_files"] == [{"path": "a.py", "content": "x = 2\n"}, {"path": "b.py", "content": "y = 3\n"}]
     assert "-x = 1\n+x = 2" in change["patch"]
     assert rows["delete b"]["new_files"] == [{"path": "b.py", "content": None}]
-    assert 0.0 < change["lifecycle_percentile"] < rows["delete b"]["lifecycle_percentile"] < 1.0
+    assert change["lifecycle_percentile"] == 0.0 < rows["delete b"]["lifecycle_percentile"] < 1.0
+    assert change["parent_commit"] == git(git_repo, "rev-list", "--max-parents=0", "HEAD").strip()
     assert manifest["commits"]["rows"] == 2
     assert json.loads((out / "manifest.json").read_text())["source_files"]["rows"] == 2
 
 
 def test_binary_commit_is_a_counted_rejection(source_tree, git_repo, tmp_path):
     manifest = build_sample_corpus(make_config(source_tree, git_repo), tmp_path / "corpus")
-    assert manifest["rejections"]["commit_file_binary"] == 1
+    assert manifest["rejections"]["commit_binary"] == 1
 
 
 def test_rerun_replaces_the_corpus_without_duplicates(source_tree, git_repo, tmp_path):
@@ -130,7 +131,7 @@ def test_broken_git_repository_is_counted_not_fatal(source_tree, tmp_path):
     not_a_repo = tmp_path / "plain"
     not_a_repo.mkdir()
     manifest = build_sample_corpus(make_config(source_tree, not_a_repo), tmp_path / "corpus")
-    assert manifest["rejections"]["broken_git_repository"] == 1
+    assert manifest["rejections"]["commit_broken_repository"] == 1
     assert manifest["commits"]["rows"] == 0
     assert manifest["source_files"]["rows"] == 2
 

@@ -30,12 +30,22 @@ VALID_RECORDS = {
     | {
         "kept": False,
         "rejection_reason": "max_line_length",
-        "decisions": [{"step": "size", "kept": True, "reason": None}, {"step": "quality", "kept": False, "reason": "max_line_length"}],
+        "decisions": [
+            {"step": "size", "kept": True, "reason": None},
+            {"step": "quality", "kept": False, "reason": "max_line_length"},
+        ],
         "content_sha256": "ab" * 32,
         "near_dup_cluster": None,
+        "ast_status": "ok",
     },
     "fim_sample": {"id": "s1", "source_id": "0f3a", "repo": "r", "path": "a.py", "language": "Python"} | FIM,
-    "repo_fim_sample": {"id": "s2", "repo": "r", "target_path": "a.py", "language": "Python", "context_paths": ["b.py"]}
+    "repo_fim_sample": {
+        "id": "s2",
+        "repo": "r",
+        "target_path": "a.py",
+        "language": "Python",
+        "context_paths": ["b.py"],
+    }
     | FIM
     | {"num_tokens": 17},
     "commit_triplet": {
@@ -48,6 +58,7 @@ VALID_RECORDS = {
         "patch": "--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n",
         "new_files": [{"path": "a.py", "content": "x = 2\n"}],
         "lifecycle_percentile": 0.5,
+        "date": "2026-01-02T03:04:05+00:00",
     },
     "packed_sequence": {
         "input_ids": [5, 6, 7, 8],
@@ -134,7 +145,9 @@ def test_nested_struct_type_change_is_caught():
     table = schema.from_records([VALID_RECORDS["commit_triplet"]])
     wrong = pa.array([[{"path": "a.py"}]], pa.list_(pa.struct([pa.field("path", pa.string())])))
     index = table.schema.get_field_index("old_files")
-    broken = table.set_column(index, pa.field("old_files", wrong.type), wrong).replace_schema_metadata(table.schema.metadata)
+    broken = table.set_column(index, pa.field("old_files", wrong.type), wrong).replace_schema_metadata(
+        table.schema.metadata
+    )
     with pytest.raises(SchemaError, match="column 'old_files' has type"):
         schema.validate(broken)
 
@@ -142,7 +155,9 @@ def test_nested_struct_type_change_is_caught():
 def test_nulls_in_non_nullable_column_and_extra_columns_fail():
     table = SOURCE_FILE.from_records([FILE])
     with_null = table.set_column(
-        table.schema.get_field_index("content"), pa.field("content", pa.large_string()), pa.array([None], pa.large_string())
+        table.schema.get_field_index("content"),
+        pa.field("content", pa.large_string()),
+        pa.array([None], pa.large_string()),
     ).replace_schema_metadata(table.schema.metadata)
     with pytest.raises(SchemaError, match="column 'content' is not nullable but has 1 null"):
         SOURCE_FILE.validate(with_null)
@@ -167,9 +182,12 @@ def test_unknown_record_type_lists_known_names():
         get_schema("nope")
 
 
-def test_docs_describe_every_schema_as_declared():
+def test_docs_page_is_generated_from_the_declared_schemas():
     from pathlib import Path
 
+    from loopcoder.schemas.__main__ import render
+
     page = (Path(__file__).resolve().parents[2] / "docs" / "schemas.md").read_text(encoding="utf-8")
+    assert page == render(), "docs/schemas.md is out of date: python -m loopcoder.schemas > docs/schemas.md"
     for schema in ALL_RECORD_SCHEMAS.values():
-        assert schema.describe() in page, f"docs/schemas.md is out of date for '{schema.name}'"
+        assert schema.describe() in page
