@@ -1,0 +1,779 @@
+"""Run one untrusted program under limits: the sandbox behind the pass-rate reward.
+
+    from loopcoder.postrain.sandbox import Limits, Sandbox
+    sandbox = Sandbox()                                  # bwrap when present, else the rlimit layer
+    result = sandbox.run_python("print(input()[::-1])", stdin="abc\\n", limits=Limits(cpu_seconds=2))
+    result.stdout, result.status                         # ('cba\\n', 'ok')
+
+What every execution gets (both isolation modes):
+
+- its own session and process group (`setsid`); on timeout, output overflow or exit the whole group is
+  killed with SIGKILL and the direct child is always reaped (`wait4`), so no zombie is left behind;
+- after a timeout or overflow (both modes) and after every run (rlimit layer), every process of the slot's
+  uid is killed by a helper running as that uid (`kill -9 -1`), until /proc shows none: daemons that left
+  the process group (`setsid`, double fork) die too;
+- a CPU-time limit (RLIMIT_CPU, soft = hard, so the kernel sends SIGKILL) and a wall-clock limit enforced by
+  the supervisor (catches `sleep`, blocking reads and deadlocks);
+- RLIMIT_AS (address space), RLIMIT_NPROC (processes), RLIMIT_FSIZE (largest file), RLIMIT_NOFILE (open
+  files), RLIMIT_STACK, RLIMIT_CORE = 0 (no core dumps), and `oom_score_adj = 1000`, so that if the machine
+  does run out of memory the kernel kills sandboxed programs before anything else;
+- an unprivileged user: when the supervisor runs as root, the child drops to a dedicated uid per concurrent
+  execution slot (default 60000 + slot, leased across processes with `flock`), with no supplementary
+  groups. RLIMIT_NPROC counts per user and is ignored for root, so this is what makes it effective; it also
+  means `kill(-1, SIGKILL)` can only reach that slot's own processes, and root-owned files are out of reach;
+- a fresh working directory (mode 0700, owned by the slot's uid), removed afterwards;
+- an empty environment: no variable of the supervisor is inherited (no tokens, no keys); only `PATH`,
+  `LANG` and `HOME` are set to fixed values;
+- stdin supplied from an in-memory file, or /dev/null when there is none (a program waiting on `input()`
+  reads EOF instead of hanging);
+- stdout capped (default 1 MiB: the program is killed and the result is `output_exceeded`) and stderr
+  capped (default 64 KiB: the excess is read and discarded).
+
+With `bwrap` (Debian package `bubblewrap`), additionally:
+
+- new user, PID, network, IPC, UTS and cgroup namespaces (`--unshare-all`): no network at all, not even
+  loopback; no host process is visible or signalable (`kill(-1, 9)` fails with ESRCH; killing the parent
+  hits bwrap's reaper, which ignores it); when the sandbox's init exits, the kernel kills every process left
+  in the namespace, so daemons cannot outlive the program;
+- a filesystem made of read-only `/usr` (and the `/bin`, `/lib*` links into it), the bound interpreter, a
+  fresh `/proc` and `/dev`, a private size-limited tmpfs `/tmp`, the working directory at `/sandbox`, and
+  a read-only root: `/etc` (but the loader cache), `/root`, `/home` and the supervisor's files do not exist
+  inside;
+- `--die-with-parent`, `--new-session` (no terminal injection), `--cap-drop ALL`, `--disable-userns`.
+
+Without bwrap (the rlimit layer, chosen with a logged warning), the uid drop is the only barrier between
+processes and files; see "What this does not protect against".
+
+What this does not protect against:
+
+- kernel exploits and raw system calls: there is no seccomp filter, so a program may issue any system call
+  an unprivileged user may (e.g. through `ctypes`); bwrap is not a virtual machine;
+- in the rlimit layer: network access is open; the program sees the host filesystem with the permissions of
+  an unprivileged uid (world-readable files can be read, world-writable places such as `/tmp` can be written
+  with files of at most RLIMIT_FSIZE each); host processes are visible in `/proc` (their environments are
+  not: those files are readable by their owner only);
+- when the supervisor is not root and bwrap is absent, no uid can be dropped: RLIMIT_NPROC then counts every
+  process of the user and `kill(-1, 9)` would reach the user's own processes. `Sandbox` refuses to run in
+  that configuration unless `SandboxConfig(allow_unsafe=True)` is given. With bwrap but without root, every
+  layer applies except RLIMIT_NPROC, which would count all of the user's processes: a fork bomb is then
+  bounded only by the wall limit and the PID namespace teardown;
+- total memory of a fork-and-allocate bomb is bounded only by RLIMIT_AS times RLIMIT_NPROC (the OOM score
+  makes sandboxed processes the first victims), and disk use by RLIMIT_FSIZE times the files written in
+  the wall time (the tmpfs in bwrap is size-limited);
+- CPU contention and timing side channels between concurrent executions, and `/proc` information leaks
+  such as the host's CPU and memory figures.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import math
+import os
+import pwd
+import random
+import resource
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+BWRAP_CANDIDATES = ("/usr/bin/bwrap", "/bin/bwrap")
+SYSTEM_PYTHON = "/usr/bin/python3"
+KILL_BINARY = "/bin/kill"
+SANDBOX_DIR = "/sandbox"
+FIXED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
+MEMORY_ERROR_MARKERS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")
+
+# Exit statuses of a run, before any test comparison: see `ExecutionResult.status`.
+OK = "ok"
+TIMEOUT = "timeout"
+OUTPUT_EXCEEDED = "output_exceeded"
+SANDBOX_ERROR = "sandbox_error"
+
+
+class SandboxUnavailable(RuntimeError):
+    """The requested isolation cannot be provided on this machine (the message says what is missing)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-execution limits. `None` for `wall_seconds` means 2 x CPU + 1 s.
+
+    The defaults suit Python and C++ competition programs; the JVM and Go need a larger `memory_mb`
+    because they reserve address space up front.
+    """
+
+    cpu_seconds: float = 2.0  # CPU time; RLIMIT_CPU is set to ceil(cpu) + 1 and the excess is judged afterwards
+    wall_seconds: float | None = None  # wall clock, enforced by the supervisor; catches sleeping code
+    memory_mb: int = 1024  # RLIMIT_AS, address space of each process
+    max_processes: int = 32  # RLIMIT_NPROC for the slot's uid (bwrap itself uses two of them)
+    file_size_mb: int = 16  # RLIMIT_FSIZE, the largest file a program may write
+    max_open_files: int = 64  # RLIMIT_NOFILE
+    stack_mb: int = 256  # RLIMIT_STACK: competition code recurses deeply
+    stdout_bytes: int = 1 << 20  # kept stdout; more kills the program (output_exceeded)
+    stderr_bytes: int = 64 << 10  # kept stderr; the excess is discarded
+    tmp_mb: int = 64  # size of the private /tmp under bwrap
+
+    @property
+    def wall(self) -> float:
+        return self.wall_seconds if self.wall_seconds is not None else 2 * self.cpu_seconds + 1.0
+
+    def key(self) -> tuple:
+        """The fields that can change a verdict, for cache keys."""
+        return (
+            self.cpu_seconds,
+            self.wall,
+            self.memory_mb,
+            self.max_processes,
+            self.file_size_mb,
+            self.max_open_files,
+            self.stack_mb,
+            self.stdout_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How to isolate: `isolation` is `auto` (bwrap if it works, else rlimit with a warning), `bwrap` or `rlimit`."""
+
+    isolation: str = "auto"
+    # interpreter for Python programs; default: this interpreter if the sandbox uid can reach it, else /usr/bin/python3
+    python: str | None = None
+    python_flags: tuple[str, ...] = ("-I", "-B")  # isolated mode (no env, no user site), no .pyc writes
+    uid_base: int = 60000  # slot i runs as uid uid_base + i (only when the supervisor is root)
+    uid_count: int = 512
+    # directory for the per-execution working directories (default: a fresh one under the system temp dir)
+    work_root: str | None = None
+    # run untrusted code even when neither bwrap nor a uid drop is available (never do this on a shared host)
+    allow_unsafe: bool = False
+
+
+@dataclass
+class ExecutionResult:
+    """What happened to one execution.
+
+    `status` is `ok` (the program ran to its end: look at `returncode`), `timeout` (wall or CPU limit),
+    `output_exceeded` (stdout over its cap) or `sandbox_error` (the sandbox itself failed: an
+    infrastructure error, not the program's fault). `memory_exceeded` is a best guess from the exit and
+    stderr (MemoryError, std::bad_alloc), since RLIMIT_AS makes allocations fail rather than kill.
+    """
+
+    status: str
+    returncode: int | None = None  # negative: killed by that signal
+    stdout: str = ""
+    stderr: str = ""
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    memory_exceeded: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    isolation: str = ""
+    error: str = ""  # what went wrong for sandbox_error
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK and self.returncode == 0
+
+
+@dataclass
+class _Stream:
+    limit: int
+    chunks: list[bytes] = field(default_factory=list)
+    kept: int = 0
+    seen: int = 0
+
+    def add(self, data: bytes) -> None:
+        self.seen += len(data)
+        room = self.limit - self.kept
+        if room > 0:
+            piece = data[:room]
+            self.chunks.append(piece)
+            self.kept += len(piece)
+
+    @property
+    def overflowed(self) -> bool:
+        return self.seen > self.limit
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
+
+
+def find_bwrap() -> str | None:
+    """Path of a bwrap binary, or None."""
+    for candidate in BWRAP_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("bwrap")
+
+
+def _reachable_by_others(path: str) -> bool:
+    """True if a uid that is neither owner nor group member can execute `path` (every ancestor searchable)."""
+    real = os.path.realpath(path)
+    try:
+        if not os.stat(real).st_mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(real)
+        while True:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+            if parent == "/":
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
+
+
+def _python_prefix(python: str) -> str:
+    """The installation prefix to bind for an interpreter: `/x/bin/python3` -> `/x`."""
+    real = os.path.realpath(python)
+    prefix = os.path.dirname(os.path.dirname(real))
+    return prefix
+
+
+class _UidLease:
+    """Exclusive use of one unprivileged uid, held by an `flock` on a root-owned lock file."""
+
+    def __init__(self, uid: int, fd: int) -> None:
+        self.uid = uid
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class _UidAllocator:
+    """Hands out uids uid_base .. uid_base + count - 1, one per concurrent execution, across processes.
+
+    A uid is in use while a process holds an exclusive `flock` on `<lock_dir>/<uid>.lock`; the kernel drops
+    the lock when the holder dies, so a crashed trainer never leaks a slot. Uids that exist in
+    /etc/passwd are skipped.
+    """
+
+    def __init__(self, base: int, count: int) -> None:
+        if base < 1000:
+            raise ValueError(f"uid_base {base} is too low: sandbox uids must not collide with system users")
+        self.base, self.count = base, count
+        self.lock_dir = Path(tempfile.gettempdir()) / f"loopcoder-sandbox-uids-{os.geteuid()}"
+        self._local = threading.local()
+        self._mutex = threading.Lock()
+
+    def _ensure_lock_dir(self) -> None:
+        try:
+            os.mkdir(self.lock_dir, 0o700)
+        except FileExistsError:
+            pass
+        info = os.lstat(self.lock_dir)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise SandboxUnavailable(f"{self.lock_dir} is not a private directory of this user; remove it")
+
+    def lease(self) -> _UidLease:
+        """The calling thread's uid; acquired on first use and kept until the thread ends."""
+        lease = getattr(self._local, "lease", None)
+        if lease is None:
+            lease = self._acquire()
+            self._local.lease = lease
+        return lease
+
+    def _acquire(self) -> _UidLease:
+        with self._mutex:
+            self._ensure_lock_dir()
+            start = random.randrange(self.count)
+            for step in range(self.count):
+                uid = self.base + (start + step) % self.count
+                try:
+                    pwd.getpwuid(uid)
+                    continue
+                except KeyError:
+                    pass
+                fd = os.open(self.lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as error:
+                    os.close(fd)
+                    if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                        continue
+                    raise
+                return _UidLease(uid, fd)
+        raise SandboxUnavailable(f"all {self.count} sandbox uids from {self.base} are in use")
+
+
+_ALLOCATORS: dict[tuple[int, int], _UidAllocator] = {}
+_ALLOCATORS_LOCK = threading.Lock()
+
+
+def _allocator(base: int, count: int) -> _UidAllocator:
+    with _ALLOCATORS_LOCK:
+        if (base, count) not in _ALLOCATORS:
+            _ALLOCATORS[(base, count)] = _UidAllocator(base, count)
+        return _ALLOCATORS[(base, count)]
+
+
+def processes_of(uid: int) -> list[int]:
+    """Pids of the live (not zombie) processes whose real uid is `uid`, from /proc."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as handle:
+                status = handle.read(2048)
+        except OSError:
+            continue
+        state = status.split(b"State:", 1)[-1].split(None, 1)[0] if b"State:" in status else b""
+        uid_line = status.split(b"\nUid:", 1)[-1].split(None, 1)[0] if b"\nUid:" in status else b"-1"
+        if int(uid_line) == uid and state not in (b"Z", b"X"):
+            pids.append(int(name))
+    return pids
+
+
+def kill_all_processes_of(uid: int, settle_seconds: float = 2.0) -> list[int]:
+    """SIGKILL every process of `uid` (an unprivileged sandbox uid); returns the pids still alive after waiting.
+
+    The kill is sent by `kill -9 -1` running *as the uid*, which reaches exactly the processes that uid may
+    signal: its own. The helper drops to the uid before exec (subprocess `user=`); if that fails, it never
+    runs. A process forked while the signal was being delivered gets another round.
+    """
+    if uid < 1000 or uid == os.geteuid():
+        raise ValueError(f"refusing to kill all processes of uid {uid}")
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        helper = subprocess.run(
+            [KILL_BINARY, "-9", "-1"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            env={},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+            check=False,
+            timeout=10,
+        )
+        if b"Usage" in helper.stderr:
+            raise RuntimeError(f"{KILL_BINARY} rejected its arguments: {helper.stderr.decode()[:200]}")
+        left = processes_of(uid)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.01)
+
+
+def _preexec(limits: Limits, uid: int | None) -> None:
+    """Runs in the child between fork and exec: limits first, then the uid drop (which makes them binding)."""
+    cpu = int(math.ceil(limits.cpu_seconds)) + 1
+    settings = [
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_AS, limits.memory_mb << 20),
+        (resource.RLIMIT_FSIZE, limits.file_size_mb << 20),
+        (resource.RLIMIT_NOFILE, limits.max_open_files),
+        (resource.RLIMIT_STACK, limits.stack_mb << 20),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    if uid is not None:
+        # counted per real uid: only binding for the dedicated slot uid (root ignores it, and for another
+        # user it would count every process the user already has)
+        settings.append((resource.RLIMIT_NPROC, limits.max_processes))
+    for which, value in settings:
+        resource.setrlimit(which, (value, value))
+    try:
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        os.write(fd, b"1000")
+        os.close(fd)
+    except OSError:
+        pass
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        if os.getuid() != uid or os.geteuid() != uid:
+            os._exit(126)
+
+
+class Sandbox:
+    """Runs programs in isolation; thread-safe (each calling thread gets its own uid slot).
+
+    Construct once and share: the constructor probes the machine (bwrap, uid drop, interpreter).
+    """
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        if self.config.isolation not in ("auto", "bwrap", "rlimit"):
+            raise ValueError(f"isolation must be auto, bwrap or rlimit, not {self.config.isolation!r}")
+        self.drops_privileges = os.geteuid() == 0
+        self._uids = _allocator(self.config.uid_base, self.config.uid_count) if self.drops_privileges else None
+        self._own_work_root = self.config.work_root is None
+        root = self.config.work_root or tempfile.mkdtemp(prefix="loopcoder-sandbox-")
+        os.makedirs(root, exist_ok=True)
+        # others may traverse (the slot uid must reach its own directory) but not list
+        os.chmod(root, 0o711)
+        self.work_root = root
+        # removed when the sandbox is closed, collected, or the interpreter exits
+        self._cleanup = weakref.finalize(self, shutil.rmtree, root, True) if self._own_work_root else None
+        self.python = self._resolve_python()
+        self.bwrap = find_bwrap()
+        self._bwrap_base: list[str] | None = None
+        self.isolation = self._resolve_isolation()
+        if self.isolation == "rlimit" and not self.drops_privileges and not self.config.allow_unsafe:
+            raise SandboxUnavailable(
+                "no bwrap and not root: untrusted code would run as this user (kill(-1) would reach its "
+                "processes); install bubblewrap, run as root, or pass allow_unsafe=True"
+            )
+
+    def close(self) -> None:
+        """Removes the work root if this sandbox created it."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def _resolve_python(self) -> str:
+        if self.config.python:
+            python = self.config.python
+            if not os.access(python, os.X_OK):
+                raise SandboxUnavailable(f"Python interpreter {python} is not executable")
+            if _python_prefix(python) == "/":
+                # its prefix would be the host's root, which must never be bound into the sandbox
+                raise SandboxUnavailable(f"Python interpreter {python} must live in a prefix such as /opt/x/bin")
+            return python
+        import sys
+
+        if not self.drops_privileges or _reachable_by_others(sys.executable):
+            return os.path.realpath(sys.executable)
+        # the interpreter lives where the sandbox uid cannot go (e.g. under /root): use the system one
+        if os.access(SYSTEM_PYTHON, os.X_OK) and _reachable_by_others(SYSTEM_PYTHON):
+            return os.path.realpath(SYSTEM_PYTHON)
+        raise SandboxUnavailable(
+            f"no Python interpreter reachable by an unprivileged uid (tried {sys.executable}, "
+            f"{SYSTEM_PYTHON}); set SandboxConfig(python=...)"
+        )
+
+    def _resolve_isolation(self) -> str:
+        wanted = self.config.isolation
+        if wanted == "rlimit":
+            return "rlimit"
+        problem = None
+        if self.bwrap is None:
+            problem = "bwrap is not installed (Debian package bubblewrap)"
+        else:
+            probe = self._execute(["/bin/true"], isolation="bwrap", limits=Limits(cpu_seconds=5))
+            if not (probe.status == OK and probe.returncode == 0):
+                problem = f"bwrap does not work here: {probe.error or probe.stderr.strip()}"
+        if problem is None:
+            return "bwrap"
+        if wanted == "bwrap":
+            raise SandboxUnavailable(problem)
+        logger.warning(
+            "sandbox: %s; falling back to rlimits and a uid drop only (no network or filesystem isolation)", problem
+        )
+        return "rlimit"
+
+    def layers(self) -> dict[str, str]:
+        """Which isolation layers are active, for `loopcoder sandbox check` and logs."""
+        bwrap = self.isolation == "bwrap"
+        drop = f"yes, one uid per slot from {self.config.uid_base}" if self.drops_privileges else "no"
+        return {
+            "isolation": self.isolation,
+            "bwrap binary": self.bwrap or "absent",
+            "network namespace (no network)": "yes" if bwrap else "no",
+            "PID namespace": "yes" if bwrap else "no",
+            "read-only filesystem view, private /tmp": "yes" if bwrap else "no",
+            "unprivileged uid": drop,
+            "RLIMIT_NPROC": "yes" if self.drops_privileges else "no (only binding for a dedicated uid)",
+            "rlimits (CPU, AS, FSIZE, NOFILE, STACK, CORE)": "yes",
+            "wall-clock timeout + process-group kill": "yes",
+            "empty environment": "yes",
+            "python": self.python,
+            "g++": shutil.which("g++") or "absent",
+            "seccomp": "no",
+        }
+
+    def run_python(
+        self,
+        source: str,
+        *,
+        stdin: str | bytes | None = None,
+        limits: Limits | None = None,
+    ) -> ExecutionResult:
+        """Runs Python source as `main.py` in a fresh working directory."""
+        argv = [self.python, *self.config.python_flags, "main.py"]
+        return self.execute(argv, files={"main.py": source}, stdin=stdin, limits=limits)
+
+    def execute(
+        self,
+        argv: list[str],
+        *,
+        files: dict[str, str | bytes] | None = None,
+        links: dict[str, str] | None = None,
+        stdin: str | bytes | None = None,
+        limits: Limits | None = None,
+        collect: dict[str, str] | None = None,
+    ) -> ExecutionResult:
+        """Runs `argv` with the working directory as cwd.
+
+        Args:
+            argv: command; relative paths resolve in the working directory (`./prog`, `main.py`).
+            files: name -> content written into the working directory first (read-only for the program).
+            links: name -> host path of a read-only file hard-linked (or copied) into the working directory.
+            stdin: the program's standard input; None gives /dev/null.
+            limits: resource limits; default `Limits()`.
+            collect: name -> host path: files the program produced, copied out before the directory goes.
+        """
+        return self._execute(
+            argv,
+            isolation=self.isolation,
+            files=files,
+            links=links,
+            stdin=stdin,
+            limits=limits or Limits(),
+            collect=collect,
+        )
+
+    def _execute(
+        self, argv: list[str], *, isolation: str, limits: Limits, files=None, links=None, stdin=None, collect=None
+    ) -> ExecutionResult:
+        uid = self._uids.lease().uid if self._uids is not None else None
+        workdir = None
+        try:
+            workdir = tempfile.mkdtemp(prefix="run-", dir=self.work_root)
+            for name, content in (files or {}).items():
+                data = content.encode() if isinstance(content, str) else content
+                path = os.path.join(workdir, name)
+                with open(path, "wb") as handle:
+                    handle.write(data)
+                os.chmod(path, 0o644)
+            for name, source in (links or {}).items():
+                target = os.path.join(workdir, name)
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copy2(source, target)
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+            os.chmod(workdir, 0o700)
+            command = self._bwrap_command(argv, workdir, limits) if isolation == "bwrap" else list(argv)
+            result = self._supervise(command, workdir, stdin, limits, uid, isolation)
+            for name, destination in (collect or {}).items():
+                source = os.path.join(workdir, name)
+                if result.status == OK and os.path.isfile(source) and not os.path.islink(source):
+                    shutil.copyfile(source, destination)
+            return result
+        except OSError as error:
+            logger.exception("sandbox: execution failed")
+            return ExecutionResult(status=SANDBOX_ERROR, isolation=isolation, error=f"{type(error).__name__}: {error}")
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _bwrap_command(self, argv: list[str], workdir: str, limits: Limits) -> list[str]:
+        if self._bwrap_base is None:
+            self._bwrap_base = self._bwrap_static_arguments()
+        return [
+            *self._bwrap_base,
+            "--size",
+            str(limits.tmp_mb << 20),
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            workdir,
+            SANDBOX_DIR,
+            "--chdir",
+            SANDBOX_DIR,
+            "--remount-ro",
+            "/",
+            "--",
+            *argv,
+        ]
+
+    def _bwrap_static_arguments(self) -> list[str]:
+        """The part of the bwrap command line that is the same for every execution (computed once)."""
+        command = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1"]
+        command += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv"]
+        for name, value in FIXED_ENV.items():
+            command += ["--setenv", name, value]
+        command += ["--ro-bind", "/usr", "/usr"]
+        for link in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
+            if os.path.islink(f"/{link}"):
+                command += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
+            elif os.path.isdir(f"/{link}"):
+                command += ["--ro-bind", f"/{link}", f"/{link}"]
+        # the dynamic loader's cache: without it every C++ binary searches the library paths
+        command += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+        prefix = _python_prefix(self.python)
+        if prefix != "/usr" and not prefix.startswith("/usr/"):
+            command += ["--ro-bind", prefix, prefix]
+        return command + ["--proc", "/proc", "--dev", "/dev"]
+
+    def _supervise(
+        self,
+        command: list[str],
+        workdir: str,
+        stdin: str | bytes | None,
+        limits: Limits,
+        uid: int | None,
+        isolation: str,
+    ) -> ExecutionResult:
+        stdin_fd = None
+        if stdin is not None:
+            stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+            os.write(stdin_fd, stdin.encode() if isinstance(stdin, str) else stdin)
+            os.lseek(stdin_fd, 0, os.SEEK_SET)
+        status_read = status_write = -1
+        if isolation == "bwrap":
+            status_read, status_write = os.pipe()
+            command = command[:1] + ["--json-status-fd", str(status_write)] + command[1:]
+        start = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=workdir,
+                env=dict(FIXED_ENV),
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(status_write,) if status_write >= 0 else (),
+                preexec_fn=lambda: _preexec(limits, uid),
+            )
+        except (OSError, subprocess.SubprocessError) as error:
+            # e.g. the uid drop failed in the pre-exec hook: nothing of the program ran (the other two
+            # descriptors are closed below)
+            if status_read >= 0:
+                os.close(status_read)
+            return ExecutionResult(status=SANDBOX_ERROR, isolation=isolation, error=f"cannot start: {error}")
+        finally:
+            if stdin_fd is not None:
+                os.close(stdin_fd)
+            if status_write >= 0:
+                os.close(status_write)
+        out, err = _Stream(limits.stdout_bytes), _Stream(limits.stderr_bytes)
+        timed_out = overflow = exited = False
+        deadline = start + limits.wall
+        selector = selectors.DefaultSelector()
+        pidfd = -1
+        try:
+            # readable when the child exits: a daemon holding the pipes open cannot stall the verdict
+            pidfd = os.pidfd_open(process.pid)
+            selector.register(process.stdout, selectors.EVENT_READ, out)
+            selector.register(process.stderr, selectors.EVENT_READ, err)
+            selector.register(pidfd, selectors.EVENT_READ, None)
+            while not exited:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                for key, _ in selector.select(remaining):
+                    if key.data is None:
+                        exited = True
+                        continue
+                    data = os.read(key.fd, 1 << 16)
+                    if not data:
+                        selector.unregister(key.fileobj)
+                        continue
+                    key.data.add(data)
+                if out.overflowed:
+                    overflow = True
+                    break
+        finally:
+            # the group first, then (rlimit layer, or anything abnormal) every process of the slot's uid
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if uid is not None and (isolation == "rlimit" or timed_out or overflow or not exited):
+                try:
+                    left = kill_all_processes_of(uid)
+                except (OSError, subprocess.SubprocessError, RuntimeError):
+                    logger.exception("sandbox: sweeping uid %d failed", uid)
+                    left = []
+                if left:
+                    logger.error("sandbox: processes %s of uid %d survived SIGKILL", left, uid)
+            _, wait_status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(wait_status)
+            if pidfd >= 0:
+                os.close(pidfd)
+            wall = time.monotonic() - start
+            # every writer is dead now: take what is left in the pipes, within the caps
+            for key in list(selector.get_map().values()):
+                if key.data is not None:
+                    _drain(key.fd, key.data)
+            selector.close()
+            process.stdout.close()
+            process.stderr.close()
+        overflow = overflow or out.overflowed
+        started = True
+        status_text = ""
+        if status_read >= 0:
+            os.set_blocking(status_read, False)
+            try:
+                status_text = os.read(status_read, 1 << 16).decode(errors="replace")
+            except BlockingIOError:
+                status_text = ""
+            os.close(status_read)
+            started = "child-pid" in status_text
+        cpu = usage.ru_utime + usage.ru_stime
+        returncode = process.returncode
+        # bwrap reports a signal death of the program as 128 + signal
+        killed_by = (
+            -returncode if returncode < 0 else (returncode - 128 if isolation == "bwrap" and returncode > 128 else 0)
+        )
+        cpu_limit_hit = killed_by in (signal.SIGKILL, signal.SIGXCPU) and cpu >= math.ceil(limits.cpu_seconds)
+        result = ExecutionResult(
+            status=OK,
+            returncode=returncode,
+            stdout=out.text(),
+            stderr=err.text(),
+            wall_seconds=wall,
+            cpu_seconds=cpu,
+            stdout_truncated=out.overflowed,
+            stderr_truncated=err.overflowed,
+            isolation=isolation,
+        )
+        if not started and not timed_out:
+            result.status = SANDBOX_ERROR
+            result.error = f"bwrap failed (exit {returncode}): {result.stderr.strip()[:500]}"
+        elif timed_out or cpu_limit_hit or (exited and cpu > limits.cpu_seconds):
+            result.status = TIMEOUT
+        elif overflow:
+            result.status = OUTPUT_EXCEEDED
+        elif returncode != 0 and any(marker in result.stderr for marker in MEMORY_ERROR_MARKERS):
+            result.memory_exceeded = True
+        return result
+
+
+def _drain(fd: int, stream: _Stream, budget_seconds: float = 1.0) -> None:
+    os.set_blocking(fd, False)
+    end = time.monotonic() + budget_seconds
+    while time.monotonic() < end:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        stream.add(data)
+
+
+def source_hash(*parts: str | bytes) -> str:
+    """sha256 over length-prefixed parts: the key for compile and verdict caches."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
