@@ -1,0 +1,167 @@
+"""Attention backends of the looped layers.
+
+Two registries, both keyed by `config._attn_implementation`:
+
+* transformers' `ALL_ATTENTION_FUNCTIONS` serves loop 0 (an ordinary causal attention). The name
+  "fused_gated" is registered there too, mapped to SDPA, so that
+  `from_pretrained(..., attn_implementation="fused_gated")` is accepted.
+* `LOOPED_ATTENTION_FUNCTIONS` serves loops >= 1 on full sequences (training, prefill): the gated
+  blend of a global branch over loop 0's K/V and a local sliding-window branch over the loop's own
+  K/V. Every function has the signature of `gated_attention_reference`:
+
+      fn(q, k0, v0, kr, vr, gate, *, window, scale=None, cu_seqlens=None, key_padding_mask=None) -> o
+
+  with `[B, T, H, D]` tensors, `gate [B, T, HQ]` already in (0, 1), and `window` the left extent.
+  "eager" is the reference, "sdpa" two `scaled_dot_product_attention` calls, "fused_gated" the
+  Triton kernel of `loopcoder.kernels.gated_attention` (imported on first use).
+
+Decoding and chunked prefill (fewer queries than keys, cached K/V) use `cached_attention` below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from loopcoder.kernels.gated_attention import gated_attention_reference
+from loopcoder.kernels.gated_attention.reference import document_ids_from_cu_seqlens
+
+LoopedAttention = Callable[..., torch.Tensor]
+
+FUSED_GATED = "fused_gated"
+
+
+def _visible(
+    seq_len: int,
+    window: int | None,
+    document_ids: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Boolean mask `[B or 1, 1, T, T]`; the diagonal is always kept so no row is empty (SDPA would return NaN)."""
+    positions = torch.arange(seq_len, device=device)
+    distance = positions[:, None] - positions[None, :]
+    visible = distance >= 0
+    if window is not None:
+        visible = visible & (distance <= window)
+    visible = visible[None, None]
+    if document_ids is not None:
+        visible = visible & (document_ids[:, :, None] == document_ids[:, None, :])[:, None]
+    if key_padding_mask is not None:
+        visible = visible & key_padding_mask[:, None, None, :].bool()
+    return visible | (distance == 0)
+
+
+def sdpa_gated_attention(
+    q: torch.Tensor,
+    k0: torch.Tensor,
+    v0: torch.Tensor,
+    kr: torch.Tensor,
+    vr: torch.Tensor,
+    gate: torch.Tensor,
+    *,
+    window: int,
+    scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Same contract as `gated_attention_reference`, computed with two SDPA calls in the input dtype.
+
+    Rows of padded queries attend to themselves only (the reference returns zeros there); both are
+    ignored downstream.
+    """
+    seq_len, num_heads = q.shape[1], q.shape[2]
+    group = num_heads // k0.shape[2]
+    document_ids = None if cu_seqlens is None else document_ids_from_cu_seqlens(cu_seqlens, seq_len)
+    plain = document_ids is None and key_padding_mask is None
+    q_, k0_, v0_, kr_, vr_ = (x.transpose(1, 2) for x in (q, k0, v0, kr, vr))
+    gqa = group > 1
+    if plain:
+        global_out = F.scaled_dot_product_attention(q_, k0_, v0_, is_causal=True, scale=scale, enable_gqa=gqa)
+    else:
+        causal = _visible(seq_len, None, document_ids, key_padding_mask, q.device)
+        global_out = F.scaled_dot_product_attention(q_, k0_, v0_, attn_mask=causal, scale=scale, enable_gqa=gqa)
+    local = _visible(seq_len, window, document_ids, key_padding_mask, q.device)
+    local_out = F.scaled_dot_product_attention(q_, kr_, vr_, attn_mask=local, scale=scale, enable_gqa=gqa)
+    g = gate.transpose(1, 2)[..., None].to(q.dtype)  # [B, HQ, T, 1]
+    out = g * global_out + (1 - g) * local_out
+    return out.transpose(1, 2)
+
+
+def fused_gated_attention(q, k0, v0, kr, vr, gate, **kwargs) -> torch.Tensor:
+    """The Triton kernel of `loopcoder.kernels.gated_attention`, imported on first use."""
+    from loopcoder.kernels import gated_attention as kernel_module
+
+    if not hasattr(kernel_module, "gated_attention"):
+        raise RuntimeError(
+            "attn_implementation='fused_gated' needs loopcoder.kernels.gated_attention.gated_attention, "
+            "which this installation does not provide; use 'sdpa' or 'eager'"
+        )
+    return kernel_module.gated_attention(q, k0, v0, kr, vr, gate, **kwargs)
+
+
+LOOPED_ATTENTION_FUNCTIONS: dict[str, LoopedAttention] = {
+    "eager": gated_attention_reference,
+    "sdpa": sdpa_gated_attention,
+    FUSED_GATED: fused_gated_attention,
+}
+
+
+def register_looped_attention(name: str, fn: LoopedAttention) -> None:
+    """Adds (or replaces) a looped-attention backend; `name` becomes a valid `attn_implementation`.
+
+    The name is also registered in transformers' `AttentionInterface` (mapped to SDPA for loop 0)
+    unless it is already known there.
+    """
+    LOOPED_ATTENTION_FUNCTIONS[name] = fn
+    if name != "eager" and name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, sdpa_attention_forward)
+
+
+def get_looped_attention(name: str) -> LoopedAttention:
+    try:
+        return LOOPED_ATTENTION_FUNCTIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"no looped attention registered for attn_implementation={name!r}; "
+            f"known: {sorted(LOOPED_ATTENTION_FUNCTIONS)} (see register_looped_attention)"
+        ) from None
+
+
+AttentionInterface.register(FUSED_GATED, sdpa_attention_forward)
+
+
+def cached_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    visible: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of a few new queries over cached keys (decode, chunked prefill).
+
+    Args:
+        q (torch.Tensor): `[B, HQ, Tq, D]`.
+        k, v (torch.Tensor): `[B, HKV, Tk, D]`.
+        visible (torch.Tensor, Optional): boolean `[B, 1, Tq, Tk]`, every row seeing at least one key;
+            None = every key visible.
+        scale (float): score scale.
+
+    Returns:
+        torch.Tensor: `[B, HQ, Tq, D]`.
+    """
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+__all__ = [
+    "LOOPED_ATTENTION_FUNCTIONS",
+    "register_looped_attention",
+    "get_looped_attention",
+    "sdpa_gated_attention",
+    "fused_gated_attention",
+    "cached_attention",
+]

@@ -1,0 +1,146 @@
+"""Decode cache of the looped model: only what the next token needs.
+
+Per sequence and physical layer (docs/model.md, "Cache"):
+
+* loop 0: the full post-RoPE K/V of every position (the only cache that grows with the sequence);
+* loop r >= 1: the K/V of the last `loop_window + 1` positions (65 for V2, 64 for V1), a sliding
+  buffer the local branch reads; older entries are dropped;
+* V2 only: the hidden carry, loop r's (normed) output at the last processed position for
+  r = 0 ... R-2, the input of loop r + 1 at the next position.
+
+Memory per token is therefore the one of a dense model of the same width and depth; the loop
+buffers add a constant `(R - 1) * (W + 1)` positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache
+
+
+class LoopCoderCache(Cache):
+    """Cache of `LoopCoderModel`; created by the model (or `generate`) when none is given.
+
+    Args:
+        config (LoopCoderConfig): the model configuration (layers, loops, window).
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(layers=[])
+        self.num_layers = config.num_hidden_layers
+        self.num_loops = config.num_loops
+        self.local_size = config.local_cache_size
+        self.keys0: list[torch.Tensor | None] = [None] * self.num_layers
+        self.values0: list[torch.Tensor | None] = [None] * self.num_layers
+        # local[r][layer] = (keys, values) of loop r's last `local_size` positions, [B, HKV, <=S, D]
+        self.local: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [
+            [None] * self.num_layers for _ in range(self.num_loops)
+        ]
+        # carry[r] = loop r's output at the last position it processed, [B, d] (r < R - 1)
+        self.carry: list[torch.Tensor | None] = [None] * max(self.num_loops - 1, 0)
+        # positions processed so far by each loop (equal outside a chunked prefill)
+        self.seen = [0] * self.num_loops
+
+    # -- loop 0: full K/V ------------------------------------------------------------------
+    def update_loop0(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
+        """Appends `[B, HKV, T, D]` K/V of loop 0 and returns the whole loop-0 K/V of the layer."""
+        if self.keys0[layer_idx] is None:
+            self.keys0[layer_idx], self.values0[layer_idx] = key, value
+        else:
+            self.keys0[layer_idx] = torch.cat([self.keys0[layer_idx], key], dim=-2)
+            self.values0[layer_idx] = torch.cat([self.values0[layer_idx], value], dim=-2)
+        return self.keys0[layer_idx], self.values0[layer_idx]
+
+    def loop0(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys0[layer_idx], self.values0[layer_idx]
+
+    # -- loops >= 1: sliding buffers -----------------------------------------------------
+    def local_with(self, key: torch.Tensor, value: torch.Tensor, loop: int, layer_idx: int):
+        """Returns (keys, values, first_slot) of loop `loop`'s buffer followed by the new K/V, and stores
+        the last `local_size` of them. `first_slot` is the sequence position of the first returned key."""
+        entry = self.local[loop][layer_idx]
+        # seen[loop] counts the positions before this step; the buffer holds the last ones of them
+        first_slot = self.seen[loop] - (0 if entry is None else entry[0].shape[-2])
+        if entry is not None:
+            key = torch.cat([entry[0], key], dim=-2)
+            value = torch.cat([entry[1], value], dim=-2)
+        self.local[loop][layer_idx] = (key[..., -self.local_size :, :], value[..., -self.local_size :, :])
+        return key, value, first_slot
+
+    def local_length(self, loop: int) -> int:
+        """Entries currently in loop `loop`'s buffers (the same in every layer between steps)."""
+        entry = self.local[loop][0]
+        return 0 if entry is None else entry[0].shape[-2]
+
+    def advance(self, loop: int, num_tokens: int) -> None:
+        """Marks `num_tokens` more positions as processed by `loop` (after all its layers ran)."""
+        self.seen[loop] += num_tokens
+
+    def set_carry(self, loop: int, hidden: torch.Tensor) -> None:
+        if loop < self.num_loops - 1:
+            self.carry[loop] = hidden
+
+    # -- transformers Cache API ------------------------------------------------------------
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen[-1] if self.num_loops else 0
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return -1
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.seen[0] + query_length, 0
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.seen[0] > 0
+
+    @property
+    def batch_size(self) -> int:
+        return -1 if self.keys0[0] is None else self.keys0[0].shape[0]
+
+    def _map(self, fn) -> None:
+        self.keys0 = [None if t is None else fn(t) for t in self.keys0]
+        self.values0 = [None if t is None else fn(t) for t in self.values0]
+        self.local = [[None if e is None else (fn(e[0]), fn(e[1])) for e in row] for row in self.local]
+        self.carry = [None if t is None else fn(t) for t in self.carry]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[indices, ...])
+
+    def reset(self) -> None:
+        self.__init__(_ConfigView(self.num_layers, self.num_loops, self.local_size))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("LoopCoderCache keeps only a window of the later loops and cannot be cropped")
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache tensors (loop-0 K/V, loop buffers, hidden carries)."""
+        tensors = [t for t in self.keys0 + self.values0 + self.carry if t is not None]
+        tensors += [t for row in self.local for e in row if e is not None for t in e]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+    def __repr__(self) -> str:
+        return f"LoopCoderCache(layers={self.num_layers}, loops={self.num_loops}, seen={self.seen})"
+
+
+class _ConfigView:
+    def __init__(self, num_hidden_layers: int, num_loops: int, local_cache_size: int):
+        self.num_hidden_layers = num_hidden_layers
+        self.num_loops = num_loops
+        self.local_cache_size = local_cache_size
+
+
+__all__ = ["LoopCoderCache"]

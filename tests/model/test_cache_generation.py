@@ -1,0 +1,140 @@
+"""Decoding with LoopCoderCache: both schedules reproduce the full forward; generate() works."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loopcoder.model import LoopCoderCache
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("schedule", ["sequential", "parallel"])
+@pytest.mark.parametrize("num_loops", [2, 3])
+def test_token_by_token_equals_full_forward(variant, schedule, num_loops, lc):
+    config = lc.config(variant, num_loops=num_loops) if variant == "v2" else lc.config(variant, loop_num=num_loops)
+    model = lc.make_model(config)
+    ids = lc.random_ids(2, 15)  # longer than the window (5 keys V2, 4 keys V1)
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = LoopCoderCache(config)
+        steps = [model(ids[:, :1], past_key_values=cache).logits]
+        for t in range(1, ids.shape[1]):
+            steps.append(model(ids[:, t : t + 1], past_key_values=cache, decode_schedule=schedule).logits)
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("schedule", ["sequential", "parallel"])
+@pytest.mark.parametrize("chunk", [1, 3, 16])
+def test_chunked_prefill_equals_full_forward(variant, schedule, chunk, lc):
+    config = lc.config(variant, clp_chunk_size=chunk)
+    model = lc.make_model(config)
+    ids = lc.random_ids(2, 17)
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = LoopCoderCache(config)
+        pieces = [model(ids[:, :4], past_key_values=cache).logits]
+        pieces.append(model(ids[:, 4:12], past_key_values=cache, decode_schedule=schedule).logits)
+        pieces.append(model(ids[:, 12:], past_key_values=cache, decode_schedule=schedule).logits)
+    assert (torch.cat(pieces, dim=1) - full).abs().max().item() < 1e-5
+
+
+def test_parallel_and_sequential_schedules_are_identical(lc):
+    # float64 so that the only difference left is summation order inside batched matmuls
+    config = lc.v2_config(num_loops=3)
+    model = lc.make_model(config).double()
+    ids = lc.random_ids(2, 12)
+    with torch.no_grad():
+        logits = {}
+        for schedule in ("sequential", "parallel"):
+            cache = LoopCoderCache(config)
+            steps = [model(ids[:, :3], past_key_values=cache).logits]
+            steps += [
+                model(ids[:, t : t + 1], past_key_values=cache, decode_schedule=schedule).logits for t in range(3, 12)
+            ]
+            logits[schedule] = torch.cat(steps, dim=1)
+    assert (logits["sequential"] - logits["parallel"]).abs().max().item() < 1e-12
+
+
+def test_cache_holds_a_dense_cache_plus_constant_buffers(lc):
+    config = lc.v2_config(num_loops=3)
+    model = lc.make_model(config)
+    length = 40
+    with torch.no_grad():
+        out = model(lc.random_ids(1, length), use_cache=True)
+    cache = out.past_key_values
+    per_position = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4  # K and V, fp32
+    dense = length * per_position
+    buffers = (config.num_loops - 1) * config.local_cache_size * per_position
+    carries = (config.num_loops - 1) * config.hidden_size * 4
+    assert cache.nbytes() == dense + buffers + carries
+    for loop in range(1, config.num_loops):
+        for layer in range(config.num_hidden_layers):
+            assert cache.local[loop][layer][0].shape[-2] == config.local_cache_size
+
+
+def test_v1_cache_window_is_loop_window_size(lc):
+    config = lc.v1_config()
+    with torch.no_grad():
+        cache = lc.make_model(config)(lc.random_ids(1, 20), use_cache=True).past_key_values
+    assert cache.local[1][0][0].shape[-2] == 4  # loop_window_size keys, incl. the current token
+    assert all(carry is None for carry in cache.carry)
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("schedule", ["sequential", "parallel"])
+def test_greedy_generate_equals_argmax_over_full_forwards(variant, schedule, lc):
+    config = lc.config(variant, decode_schedule=schedule)
+    model = lc.make_model(config, noise=0.15)
+    prompt = lc.random_ids(1, 6)
+    generated = model.generate(prompt, max_new_tokens=10, do_sample=False)
+    sequence = prompt
+    with torch.no_grad():
+        for _ in range(10):
+            next_token = model(sequence, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            sequence = torch.cat([sequence, next_token], dim=1)
+    assert generated.tolist() == sequence.tolist()
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+def test_left_padded_batch_generate_equals_rows_alone(variant, lc):
+    model = lc.make_model(lc.config(variant), noise=0.15)
+    first, second = lc.random_ids(1, 9, seed=5), lc.random_ids(1, 4, seed=6)
+    batch = torch.zeros(2, 9, dtype=torch.long)
+    mask = torch.zeros(2, 9, dtype=torch.long)
+    batch[0], mask[0] = first[0], 1
+    batch[1, 5:], mask[1, 5:] = second[0], 1
+    together = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    alone_first = model.generate(first, max_new_tokens=8, do_sample=False)
+    alone_second = model.generate(second, max_new_tokens=8, do_sample=False)
+    assert together[0, 9:].tolist() == alone_first[0, 9:].tolist()
+    assert together[1, 9:].tolist() == alone_second[0, 4:].tolist()
+
+
+def test_sampling_and_multiple_sequences(lc):
+    model = lc.make_model(lc.v2_config())
+    torch.manual_seed(0)
+    out = model.generate(lc.random_ids(2, 5), max_new_tokens=6, do_sample=True, top_k=20, num_return_sequences=2)
+    assert out.shape == (4, 11)
+    assert int(out.max()) < lc.TINY["vocab_size"]
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_bfloat16_forward_and_decode(impl, lc):
+    """The released weights are bf16: forward, cached decode and generate run in bf16 close to float32."""
+    config = lc.v2_config()
+    model = lc.make_model(config)
+    ids = lc.random_ids(1, 12)
+    with torch.no_grad():
+        reference = model(ids).logits
+        model = model.to(torch.bfloat16)
+        model.set_attn_implementation(impl)
+        logits = model(ids).logits
+        cache = LoopCoderCache(config)
+        steps = [model(ids[:, :6], past_key_values=cache).logits]
+        steps += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(6, 12)]
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float() - reference).abs().max().item() < 0.1
+    assert (torch.cat(steps, 1).float() - reference).abs().max().item() < 0.1
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 15)
