@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .publishing import register_publishing
+from .samples import register_samples
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -23,7 +24,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     corpus.add_argument("--json", action="store_true", help="print the manifest as JSON instead of tables")
     corpus.set_defaults(handler=_sample_corpus)
 
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline job (read, clean, dedup, AST validation, decontamination, write)",
+        description="Run the job a YAML config describes on local Ray (started for the job, sized to the machine) "
+        "or on the cluster named by RAY_ADDRESS. A rerun into the same output resumes: completed tasks are skipped.",
+    )
+    run.add_argument("config", type=Path, help="job config, e.g. jobs/data/clean_dedup.yaml")
+    run.add_argument("--output", type=Path, help="output directory (default: the config's `output`)")
+    run.add_argument("--json", action="store_true", help="print the job statistics as JSON instead of tables")
+    run.set_defaults(handler=_run)
+
     register_publishing(commands)
+    register_samples(commands)
 
 
 def _sample_corpus(args: argparse.Namespace) -> int:
@@ -72,3 +85,46 @@ def print_corpus_summary(manifest: dict) -> None:
             rejected.add_row(reason, f"{count:,}")
         console.print(rejected)
     console.print(f"manifest: {Path(output) / 'manifest.json'}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from loopcoder.pipelines.job import JobConfig
+    from loopcoder.pipelines.runner import run_job
+
+    job = JobConfig.from_yaml(args.config)
+    output = args.output or Path(job.output)
+    stats = run_job(job, output)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print_job_summary(stats, output)
+    return 0
+
+
+def print_job_summary(stats: dict, output: Path) -> None:
+    """Per step: documents and MB in, kept, dropped by reason; then the output and any unreadable input."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    steps = Table(title=f"job {stats['job']}: {stats['tasks']} task(s)", title_justify="left")
+    for column in ("step", "docs in", "MB in", "kept", "dropped", "dropped by reason"):
+        steps.add_column(column, justify="left" if column in ("step", "dropped by reason") else "right")
+    for step in stats["steps"]:
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in step.get("dropped", {}).items())
+        dropped = sum(step.get("dropped", {}).values())
+        steps.add_row(
+            step["step"], f"{step.get('docs_in', 0):,}", f"{step.get('bytes_in', 0) / 1e6:.2f}",
+            f"{step.get('kept', 0):,}", f"{dropped:,}", reasons,
+        )  # fmt: skip
+    console.print(steps)
+    out = stats["output"]
+    console.print(
+        f"output: {out.get('rows', 0):,} files, {out.get('bytes', 0) / 1e6:.2f} MB in "
+        f"{sum(1 for name in stats['shards'] if name.startswith('files/'))} shard(s) under {output / 'files'}; "
+        f"{stats['rejected'].get('rows', 0):,} rejected"
+    )
+    for name, error in stats["input_errors"].items():
+        console.print(f"[red]unreadable input {name}[/red]: {error}")
+    timings = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in stats["timings_seconds"].items())
+    console.print(f"stats: {output / 'stats.json'} ({timings})")

@@ -157,7 +157,10 @@ def _read_stats_files(root: Path, stats: ShardStats) -> None:
                 payload = json.loads(stats_file.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 continue
-            rejections = payload.get("rejections") if isinstance(payload, dict) else None
+            if not isinstance(payload, dict):
+                continue
+            # the sample corpus's manifest and the samples job say `rejections`; the clean job `rejected.by_reason`
+            rejections = payload.get("rejections") or (payload.get("rejected") or {}).get("by_reason")
             if isinstance(rejections, dict):
                 stats.job_rejections.update({k: int(v) for k, v in rejections.items()})
                 stats.stats_files.append(str(stats_file))

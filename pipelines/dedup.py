@@ -1,0 +1,327 @@
+"""Global dedup stages on Ray Data: exact groups, LSH buckets -> edges, connected components.
+
+No process holds the whole index. Every document is identified by a *rank key*
+`"{licence rank}|{id}|{task:06d}|{row:07d}"`, whose string order is the keep order: permissive
+licence first, then the smallest id, then the input position. The representative of a group or
+cluster is its smallest key, so the survivors do not depend on partitioning or scheduling.
+
+Stages (each writes Parquet files between stages, then a `.done` marker, so each reruns alone):
+
+1. `exact`: rows `(content_sha256, key)` are hash-shuffled by `content_sha256`; each group keeps
+   its smallest key and emits `(key, rep)` for the others.
+2. `edges`: rows `(band, band_hash, key)` are hash-shuffled by bucket `(band, band_hash)`; a bucket
+   of k documents emits k - 1 star edges (smallest key -> each other) instead of all pairs.
+3. `components`: connected components by alternating large-star / small-star rounds (Kiveris et
+   al., "Connected Components in MapReduce and Beyond", 2014), each round one shuffle by node;
+   it stops when every component is a star around its smallest key, so the result is
+   `(node, root)` with root = smallest key of the component.
+4. `annotations`: exact removals and components, shuffled by task, written as one small file per
+   task: `(row, reason, cluster)`; the final per-task stage joins it to its own shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from .io import atomic_write_json, atomic_write_parquet
+
+logger = logging.getLogger(__name__)
+
+PERMISSIVE_LICENSES = {
+    "mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "isc", "psf-2.0", "zlib", "unlicense",
+    "cc0-1.0", "0bsd", "bsl-1.0", "python-2.0", "mpl-2.0", "artistic-2.0",
+}  # fmt: skip
+EXACT_DUPLICATE = "exact_duplicate"
+NEAR_DUPLICATE = "near_duplicate"
+MAX_COMPONENT_ROUNDS = 64
+
+
+def rank_key(license: str | None, doc_id: str, task: int, row: int) -> str:
+    licence_rank = 0 if (license or "").lower() in PERMISSIVE_LICENSES else 1
+    return f"{licence_rank}|{doc_id}|{task:06d}|{row:07d}"
+
+
+def key_position(key: str) -> tuple[int, int]:
+    """(task, row) of a rank key."""
+    _, _, task, row = key.rsplit("|", 3)
+    return int(task), int(row)
+
+
+def cluster_id(root_key: str) -> int:
+    """Cluster id from the representative's licence rank and id (not its task), so task sizes do not change it."""
+    stable = root_key.rsplit("|", 2)[0]
+    return xxhash.xxh64_intdigest(stable.encode()) & 0x7FFFFFFFFFFFFFFF
+
+
+def _done(path: Path) -> Path:
+    return path.with_name(path.name + ".done")
+
+
+def _stage(path: Path, build) -> dict[str, Any]:
+    """Runs `build(tmp_dir) -> stats` unless `path.done` exists; the directory appears whole."""
+    marker = _done(path)
+    if marker.exists():
+        import json
+
+        return json.loads(marker.read_text())
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stats = build(tmp)
+    tmp.rename(path)
+    atomic_write_json(marker, stats)
+    return stats
+
+
+def _load_files(batch: dict) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(path) for path in batch["path"]])
+
+
+def _read(files: list[Path]):
+    """A dataset over Parquet files, each read by a worker.
+
+    Listing is done here rather than by `ray.data.read_parquet`, whose threaded path resolution
+    races on the optional fsspec HTTP import when aiohttp is not installed.
+    """
+    import ray.data
+
+    if not files:
+        return None
+    items = [{"path": str(f)} for f in files]
+    return ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map_batches(
+        _load_files, batch_format="numpy", batch_size=1
+    )
+
+
+def _parquet_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*.parquet") if not p.name.startswith("."))
+
+
+def _write_block(batch: pa.Table, directory: str) -> pa.Table:
+    """Writes one block under a name derived from its content, so a retried task overwrites its own file."""
+    if batch.num_rows == 0:
+        return pa.table({"rows": pa.array([], pa.int64())})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_table(batch)
+    name = f"block-{xxhash.xxh3_128_hexdigest(sink.getvalue().to_pybytes())}.parquet"
+    atomic_write_parquet(batch, Path(directory) / name)
+    return pa.table({"rows": [batch.num_rows]})
+
+
+def _write(ds, directory: Path) -> int:
+    """Writes `ds` as Parquet files under `directory`; returns the row count."""
+    if ds is None:
+        return 0
+    written = ds.map_batches(_write_block, fn_args=(str(directory),), batch_format="pyarrow", batch_size=None)
+    return sum(int(row["rows"]) for row in written.iter_rows())
+
+
+def _exact_group(group: pa.Table) -> pa.Table:
+    keys = sorted(group.column("key").to_pylist())
+    return pa.table({"key": keys[1:], "rep": [keys[0]] * (len(keys) - 1)}, schema=_PAIR_SCHEMA_EXACT)
+
+
+def _bucket_edges(group: pa.Table) -> pa.Table:
+    keys = sorted(set(group.column("key").to_pylist()))
+    return pa.table({"u": keys[1:], "v": [keys[0]] * (len(keys) - 1)}, schema=_EDGE_SCHEMA)
+
+
+_PAIR_SCHEMA_EXACT = pa.schema([("key", pa.string()), ("rep", pa.string())])
+_EDGE_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string())])
+_STAR_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string()), ("unstable", pa.int64())])
+
+
+def _both_directions(batch: pa.Table) -> pa.Table:
+    u, v = batch.column("u"), batch.column("v")
+    return pa.table({"u": pa.concat_arrays([u.combine_chunks(), v.combine_chunks()]),
+                     "v": pa.concat_arrays([v.combine_chunks(), u.combine_chunks()])})  # fmt: skip
+
+
+def _large_star(group: pa.Table) -> pa.Table:
+    """Node u with neighbours N: m = min(N + u); connect every larger neighbour v > u to m.
+
+    `unstable` is 1 when u is not a local minimum yet has several neighbours: the graph is not
+    yet a set of stars around their minima. A self-loop carries the flag when no edge is emitted.
+    """
+    u = group.column("u")[0].as_py()
+    neighbours = set(group.column("v").to_pylist()) - {u}
+    if not neighbours:
+        return _STAR_SCHEMA.empty_table()
+    m = min(min(neighbours), u)
+    unstable = int(m != u and len(neighbours) > 1)
+    larger = sorted(v for v in neighbours if v > u)
+    if not larger:
+        return pa.table({"u": [u], "v": [u], "unstable": [unstable]}, schema=_STAR_SCHEMA) if unstable else _STAR_SCHEMA.empty_table()
+    return pa.table({"u": larger, "v": [m] * len(larger), "unstable": [unstable] * len(larger)}, schema=_STAR_SCHEMA)
+
+
+def _drop_self_loops(batch: pa.Table) -> pa.Table:
+    batch = batch.select(["u", "v"])
+    return batch.filter(pc.not_equal(batch.column("u"), batch.column("v")))
+
+
+def _orient_down(batch: pa.Table) -> pa.Table:
+    """Each edge as (larger, smaller), self-loops dropped."""
+    u, v = batch.column("u").to_pylist(), batch.column("v").to_pylist()
+    pairs = [(a, b) if a > b else (b, a) for a, b in zip(u, v, strict=True) if a != b]
+    return pa.table({"u": [p[0] for p in pairs], "v": [p[1] for p in pairs]}, schema=_EDGE_SCHEMA)
+
+
+def _small_star(group: pa.Table) -> pa.Table:
+    """Node u with smaller neighbours N: m = min(N + u); connect every node of N + u except m to m."""
+    u = group.column("u")[0].as_py()
+    nodes = set(group.column("v").to_pylist()) | {u}
+    m = min(nodes)
+    others = sorted(nodes - {m})
+    return pa.table({"u": others, "v": [m] * len(others)}, schema=_EDGE_SCHEMA)
+
+
+def connected_components(edges, partitions: int) -> tuple[Any, int]:
+    """(dataset of star edges (u, v=root of u's component), rounds) from an edge dataset (u, v)."""
+    rounds = 0
+    while True:
+        rounds += 1
+        star = (
+            edges.map_batches(_both_directions, batch_format="pyarrow")
+            .groupby("u", num_partitions=partitions)
+            .map_groups(_large_star, batch_format="pyarrow")
+            .materialize()
+        )
+        unstable = star.sum("unstable") if star.count() else 0
+        if not unstable or rounds >= MAX_COMPONENT_ROUNDS:
+            if unstable:
+                raise RuntimeError(f"connected components did not converge in {MAX_COMPONENT_ROUNDS} rounds")
+            return star.map_batches(_drop_self_loops, batch_format="pyarrow"), rounds
+        edges = (
+            star.select_columns(["u", "v"])
+            .map_batches(_orient_down, batch_format="pyarrow")
+            .groupby("u", num_partitions=partitions)
+            .map_groups(_small_star, batch_format="pyarrow")
+            .materialize()
+        )
+
+
+def _annotation_rows(batch: pa.Table, reason: str) -> pa.Table:
+    """(key, rep) -> (task, row, reason, cluster) for the removed key, plus the representative's own row."""
+    keys, reps = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+    rows = []
+    for key, rep in zip(keys, reps, strict=True):
+        cluster = cluster_id(rep) if reason == NEAR_DUPLICATE else None
+        rows.append((*key_position(key), reason, cluster))
+        if reason == NEAR_DUPLICATE:
+            rows.append((*key_position(rep), None, cluster))
+    return pa.table(
+        {
+            "task": pa.array([r[0] for r in rows], pa.int64()),
+            "row": pa.array([r[1] for r in rows], pa.int64()),
+            "reason": pa.array([r[2] for r in rows], pa.string()),
+            "cluster": pa.array([r[3] for r in rows], pa.int64()),
+        }
+    )
+
+
+class _WriteTaskAnnotations:
+    """One Parquet file per task: its rows' dedup reason and cluster (exact removal wins)."""
+
+    def __init__(self, directory: str):
+        self.directory = Path(directory)
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        task = group.column("task")[0].as_py()
+        merged: dict[int, tuple[str | None, int | None]] = {}
+        for row, reason, cluster in zip(
+            group.column("row").to_pylist(), group.column("reason").to_pylist(), group.column("cluster").to_pylist(), strict=True
+        ):
+            old_reason, old_cluster = merged.get(row, (None, None))
+            new_reason = EXACT_DUPLICATE if EXACT_DUPLICATE in (reason, old_reason) else (reason or old_reason)
+            merged[row] = (new_reason, cluster if cluster is not None else old_cluster)
+        rows = sorted(merged)
+        table = pa.table(
+            {
+                "row": pa.array(rows, pa.int64()),
+                "reason": pa.array([merged[r][0] for r in rows], pa.string()),
+                "cluster": pa.array([merged[r][1] for r in rows], pa.int64()),
+            }
+        )
+        atomic_write_parquet(table, self.directory / f"task-{task:06d}.parquet")
+        return pa.table({"task": [task], "rows": [len(rows)]})
+
+
+def run_dedup(work: Path, exact: bool, minhash: bool, partitions: int) -> dict[str, Any]:
+    """Runs the enabled global stages over the stage-1 files under `work`; returns their statistics."""
+    dedup = work / "dedup"
+    dedup.mkdir(parents=True, exist_ok=True)
+    stats: dict[str, Any] = {}
+
+    def build_exact(tmp: Path) -> dict[str, Any]:
+        keys = _read(_parquet_files(work / "keys"))
+        if keys is None:
+            return {"removed": 0}
+        pairs = keys.groupby("content_sha256", num_partitions=partitions).map_groups(_exact_group, batch_format="pyarrow")
+        return {"removed": _write(pairs, tmp)}
+
+    def build_edges(tmp: Path) -> dict[str, Any]:
+        bands = _read(_parquet_files(work / "bands"))
+        if bands is None:
+            return {"edges": 0}
+        edges = bands.groupby(["band", "band_hash"], num_partitions=partitions).map_groups(
+            _bucket_edges, batch_format="pyarrow"
+        )
+        return {"edges": _write(edges, tmp)}
+
+    def build_components(tmp: Path) -> dict[str, Any]:
+        edges = _read(_parquet_files(dedup / "edges"))
+        if edges is None:
+            return {"rounds": 0, "clustered_documents": 0}
+        components, rounds = connected_components(edges, partitions)
+        return {"rounds": rounds, "removed": _write(components, tmp)}
+
+    def build_annotations(tmp: Path) -> dict[str, Any]:
+        parts = []
+        if exact and (files := _parquet_files(dedup / "exact")):
+            parts.append(_read(files).map_batches(_annotation_rows, fn_args=(EXACT_DUPLICATE,), batch_format="pyarrow"))
+        if minhash and (files := _parquet_files(dedup / "components")):
+            parts.append(_read(files).map_batches(_annotation_rows, fn_args=(NEAR_DUPLICATE,), batch_format="pyarrow"))
+        if not parts:
+            return {"tasks": 0}
+        rows = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+        written = rows.groupby("task", num_partitions=partitions).map_groups(
+            _WriteTaskAnnotations, fn_constructor_args=(str(tmp),), batch_format="pyarrow", concurrency=1
+        )
+        return {"tasks": written.count()}
+
+    if exact:
+        stats["exact"] = _stage(dedup / "exact", build_exact)
+    if minhash:
+        stats["edges"] = _stage(dedup / "edges", build_edges)
+        stats["components"] = _stage(dedup / "components", build_components)
+    stats["annotations"] = _stage(dedup / "annotations", build_annotations)
+    return stats
+
+
+def read_annotations(work: Path, task: int) -> dict[int, tuple[str | None, int | None]]:
+    """row -> (reason, cluster) for one task (empty when no row of the task is in a group)."""
+    import pyarrow.parquet as pq
+
+    path = work / "dedup" / "annotations" / f"task-{task:06d}.parquet"
+    if not path.exists():
+        return {}
+    table = pq.read_table(path)
+    return {
+        row: (reason, cluster)
+        for row, reason, cluster in zip(
+            table.column("row").to_pylist(), table.column("reason").to_pylist(), table.column("cluster").to_pylist(), strict=True
+        )
+    }
+

@@ -1,0 +1,332 @@
+"""Readers: local directories, git checkouts, JSONL and Parquet tables, split into deterministic tasks.
+
+Reading happens in two steps so that a job can resume:
+
+1. `plan_tasks(inputs, ...)` runs on the driver and lists the work: sorted file lists (directories),
+   blobs at one revision (git), files (JSONL) and row ranges (Parquet). It depends only on the
+   inputs and the task sizes, never on the number of workers. An input that cannot be listed at
+   all (missing directory, truncated checkout, corrupt Parquet footer) becomes an entry in
+   `input_errors` with a one-line message; the other inputs are still planned.
+2. `read_task(task)` runs on a worker and yields documents (dicts with the `source_file` columns
+   plus `raw` bytes or `content` text, and `reader_reason` for a file the reader already rejects:
+   `symlink`, `unreadable`, `too_large` from its size, `bad_record` for an unparsable JSON line).
+
+Input kinds and their keys (YAML `inputs:` entries):
+
+| kind | keys |
+|---|---|
+| `directory` | `path`, `repo` (default: folder name), `include`/`exclude` globs, `license`, `revision` |
+| `git` | `path` (a checkout), `repo`, `revision` (default `HEAD`), `include`/`exclude`, `license` |
+| `jsonl` | `path` (file or folder of `*.jsonl[.gz]`), `columns` (our name -> column), `repo`, `license` |
+| `parquet` | `path` (file or folder of `*.parquet`), `columns`, `repo`, `license` |
+
+Table columns default to The Stack's names where ours are absent (`max_stars_repo_name`,
+`max_stars_repo_path`, `lang`, `max_stars_repo_licenses`, `hexsha`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from .decoding import DEFAULT_MAX_FILE_BYTES, Rejection
+from .languages import language_of
+from .sample_corpus import file_id
+
+GIT_TIMEOUT_SECONDS = 120
+TABLE_COLUMNS = {
+    "id": ("id",),
+    "content": ("content", "text"),
+    "path": ("path", "max_stars_repo_path", "file_path", "filepath"),
+    "repo": ("repo", "max_stars_repo_name", "repo_name", "repository"),
+    "language": ("language", "lang"),
+    "license": ("license", "max_stars_repo_licenses", "licenses"),
+    "revision": ("revision", "max_stars_repo_head_hexsha", "hexsha", "commit"),
+}
+SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__"}
+
+
+def _matches(relative: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(relative, p) for p in patterns)
+
+
+def _selected(relative: str, spec: dict[str, Any]) -> bool:
+    return _matches(relative, spec.get("include", ["*"])) and not _matches(relative, spec.get("exclude", []))
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def plan_tasks(
+    inputs: list[dict[str, Any]], files_per_task: int = 500, rows_per_task: int = 2000
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """(tasks, input_errors): tasks are JSON-able dicts `{"input": i, "kind": ..., ...}` in a fixed order."""
+    tasks: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    for index, spec in enumerate(inputs):
+        kind = spec.get("kind")
+        planner = PLANNERS.get(kind)
+        if planner is None:
+            raise ValueError(f"input {index}: unknown kind '{kind}'; known: {', '.join(PLANNERS)}")
+        try:
+            for task in planner(spec, files_per_task, rows_per_task):
+                tasks.append({"input": index, "kind": kind} | task)
+        except (OSError, ValueError, RuntimeError, subprocess.TimeoutExpired) as error:
+            errors[f"{index}:{spec.get('path')}"] = f"{type(error).__name__}: {error}"
+    for number, task in enumerate(tasks):
+        task["task"] = number
+    return tasks, errors
+
+
+def _plan_directory(spec, files_per_task, _rows):
+    root = Path(spec["path"])
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    relatives = []
+    # Symlinked directories are not followed (no loops); symlinked files are listed and rejected as `symlink`.
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        links = [d for d in dirs if (Path(folder) / d).is_symlink()]
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and d not in links)
+        base = Path(folder).relative_to(root)
+        for name in files + links:
+            relative = (base / name).as_posix()
+            if _selected(relative, spec):
+                relatives.append(relative)
+    for chunk in _chunks(sorted(set(relatives)), files_per_task):
+        yield {"files": chunk}
+
+
+def _git(path: Path, *args: str, input: bytes | None = None) -> bytes:
+    result = subprocess.run(
+        ["git", "-C", str(path), *args], capture_output=True, input=input, timeout=GIT_TIMEOUT_SECONDS
+    )
+    if result.returncode != 0:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise RuntimeError(f"git {args[0]} failed in {path}: {lines[-1] if lines else 'unknown error'}")
+    return result.stdout
+
+
+def _plan_git(spec, files_per_task, _rows):
+    path = Path(spec["path"])
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory")
+    revision = _git(path, "rev-parse", "--verify", spec.get("revision", "HEAD") + "^{commit}").decode().strip()
+    listing = _git(path, "ls-tree", "-r", "-z", "--long", "--full-tree", revision)
+    entries = []
+    for item in listing.split(b"\x00"):
+        if not item:
+            continue
+        meta, name = item.split(b"\t", 1)
+        mode, kind, blob, size = meta.split()
+        relative = name.decode("utf-8", "surrogateescape")
+        if kind != b"blob" or not _selected(relative, spec):
+            continue
+        # a missing object shows its size as "BAD" (truncated checkout): it is read, and counted unreadable
+        entries.append([relative, blob.decode(), int(size) if size.isdigit() else 0, mode == b"120000"])
+    for chunk in _chunks(entries, files_per_task):
+        yield {"revision": revision, "blobs": chunk}
+
+
+def _table_files(spec, suffixes) -> list[Path]:
+    path = Path(spec["path"])
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist")
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes) and not p.name.startswith("."))
+
+
+def _plan_jsonl(spec, _files, _rows):
+    for path in _table_files(spec, (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+        yield {"path": str(path)}
+
+
+def _plan_parquet(spec, _files, rows_per_task):
+    for path in _table_files(spec, (".parquet",)):
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a corrupt footer
+            raise ValueError(f"cannot read Parquet file {path}: {error}") from None
+        for start in range(0, rows, rows_per_task):
+            yield {"path": str(path), "rows": [start, min(start + rows_per_task, rows)]}
+
+
+PLANNERS = {"directory": _plan_directory, "git": _plan_git, "jsonl": _plan_jsonl, "parquet": _plan_parquet}
+
+
+def _doc(spec, path, *, repo, revision=None, license=None, raw=None, content=None, size=0, reason=None, **extra):
+    doc = {
+        "id": extra.get("id") or file_id(repo, revision, path),
+        "repo": repo,
+        "path": path,
+        "language": extra.get("language") or language_of(path),
+        "content": content,
+        "raw": raw,
+        "size_bytes": size,
+        "license": license if license is not None else spec.get("license"),
+        "revision": revision if revision is not None else spec.get("revision"),
+        "reader_reason": reason,
+    }
+    return doc
+
+
+def read_task(task: dict[str, Any], spec: dict[str, Any], max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> Iterator[dict]:
+    """The documents of one planned task, in a fixed order."""
+    yield from READERS[task["kind"]](task, spec, max_bytes)
+
+
+def _read_directory(task, spec, max_bytes):
+    root = Path(spec["path"])
+    repo = spec.get("repo", root.name)
+    for relative in task["files"]:
+        path = root / relative
+        try:
+            info = path.lstat()
+        except OSError:
+            yield _doc(spec, relative, repo=repo, reason=Rejection.UNREADABLE)
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            yield _doc(spec, relative, repo=repo, reason="symlink")
+        elif not stat.S_ISREG(info.st_mode):
+            yield _doc(spec, relative, repo=repo, reason=Rejection.UNREADABLE)
+        elif max_bytes is not None and info.st_size > max_bytes:
+            yield _doc(spec, relative, repo=repo, size=info.st_size, reason=Rejection.TOO_LARGE)
+        else:
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                yield _doc(spec, relative, repo=repo, size=info.st_size, reason=Rejection.UNREADABLE)
+                continue
+            yield _doc(spec, relative, repo=repo, raw=raw, size=len(raw))
+
+
+def _read_git(task, spec, max_bytes):
+    root = Path(spec["path"])
+    repo = spec.get("repo", root.resolve().name)
+    revision = task["revision"]
+    wanted = [entry for entry in task["blobs"] if not entry[3] and (max_bytes is None or entry[2] <= max_bytes)]
+    contents: dict[str, bytes | None] = {}
+    if wanted:
+        request = "".join(f"{blob}\n" for _, blob, _, _ in wanted).encode()
+        try:
+            contents = _parse_cat_file(_git(root, "cat-file", "--batch", input=request))
+        except (RuntimeError, OSError, subprocess.TimeoutExpired):
+            contents = {}
+    for relative, blob, size, is_link in task["blobs"]:
+        common = {"repo": repo, "revision": revision, "size": size}
+        if is_link:
+            yield _doc(spec, relative, reason="symlink", **common)
+        elif max_bytes is not None and size > max_bytes:
+            yield _doc(spec, relative, reason=Rejection.TOO_LARGE, **common)
+        elif contents.get(blob) is None:
+            yield _doc(spec, relative, reason=Rejection.UNREADABLE, **common)
+        else:
+            yield _doc(spec, relative, raw=contents[blob], **common)
+
+
+def _parse_cat_file(output: bytes) -> dict[str, bytes | None]:
+    """`git cat-file --batch` output: `<oid> blob <size>\\n<bytes>\\n` or `<oid> missing\\n` per object."""
+    contents, position = {}, 0
+    while position < len(output):
+        end = output.index(b"\n", position)
+        header = output[position:end].split()
+        position = end + 1
+        if len(header) < 3:
+            contents[header[0].decode()] = None
+            continue
+        size = int(header[2])
+        contents[header[0].decode()] = output[position : position + size]
+        position += size + 1
+    return contents
+
+
+def _column(names: list[str], spec: dict[str, Any], field: str) -> str | None:
+    mapped = (spec.get("columns") or {}).get(field)
+    if mapped:
+        return mapped if mapped in names else None
+    return next((c for c in TABLE_COLUMNS[field] if c in names), None)
+
+
+def _table_docs(rows: list[dict[str, Any]], names: list[str], spec: dict[str, Any], max_bytes, source: str):
+    columns = {field: _column(names, spec, field) for field in TABLE_COLUMNS}
+    if columns["content"] is None:
+        raise ValueError(f"{source}: no content column (looked for {', '.join(TABLE_COLUMNS['content'])})")
+    default_repo = spec.get("repo", Path(spec["path"]).stem)
+    for number, row in enumerate(rows):
+        if row is None:
+            yield _doc(spec, f"{source}#{number}", repo=default_repo, reason="bad_record")
+            continue
+        value = {field: row.get(column) if column else None for field, column in columns.items()}
+        path = str(value["path"] or f"{Path(source).name}#{number}")
+        license = value["license"]
+        if isinstance(license, list | tuple):
+            license = license[0] if license else None
+        content = value["content"]
+        if not isinstance(content, str):
+            yield _doc(spec, path, repo=str(value["repo"] or default_repo), reason="bad_record")
+            continue
+        size = len(content.encode("utf-8", "surrogatepass"))
+        yield _doc(
+            spec,
+            path,
+            repo=str(value["repo"] or default_repo),
+            revision=value["revision"],
+            license=license,
+            content=content,
+            size=size,
+            id=value["id"],
+            language=value["language"],
+        )
+
+
+def _read_jsonl(task, spec, max_bytes):
+    path = Path(task["path"])
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows, names = [], set()
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict):
+                names.update(row)
+            else:
+                row = None
+            rows.append(row)
+    yield from _table_docs(rows, sorted(names), spec, max_bytes, str(path))
+
+
+def _read_parquet(task, spec, max_bytes):
+    path = Path(task["path"])
+    start, stop = task["rows"]
+    handle = pq.ParquetFile(path)
+    names = handle.schema_arrow.names
+    wanted = sorted({c for f in TABLE_COLUMNS if (c := _column(names, spec, f))})
+    groups, offset = [], 0
+    for index in range(handle.num_row_groups):
+        size = handle.metadata.row_group(index).num_rows
+        if offset < stop and offset + size > start:
+            groups.append((index, offset))
+        offset += size
+    if not groups:
+        return
+    table = handle.read_row_groups([g for g, _ in groups], columns=wanted)
+    table = table.slice(start - groups[0][1], stop - start)
+    yield from _table_docs(table.to_pylist(), names, spec, max_bytes, str(path))
+
+
+READERS = {"directory": _read_directory, "git": _read_git, "jsonl": _read_jsonl, "parquet": _read_parquet}

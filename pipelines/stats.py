@@ -1,0 +1,107 @@
+"""Mergeable statistics: per step (documents and bytes in, kept, dropped by reason) and per shard.
+
+Everything here is a plain dict of ints so that task statistics can be written as JSON beside
+each shard and summed into one job JSON (`merge_stats`) in any order with the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Upper bounds (in characters) of the length-histogram buckets; the last bucket is open.
+LENGTH_BUCKETS = (100, 1_000, 10_000, 100_000, 1_000_000)
+
+
+class StepStats:
+    """Counters of one step: `docs_in`, `bytes_in`, `kept`, `bytes_kept`, `dropped[reason]`, `dropped_bytes[reason]`."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.docs_in = 0
+        self.bytes_in = 0
+        self.kept = 0
+        self.bytes_kept = 0
+        self.dropped: dict[str, int] = {}
+        self.dropped_bytes: dict[str, int] = {}
+        self.extra: dict[str, int] = {}
+
+    def record(self, size: int, reason: str | None) -> None:
+        self.docs_in += 1
+        self.bytes_in += size
+        if reason is None:
+            self.kept += 1
+            self.bytes_kept += size
+        else:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            self.dropped_bytes[reason] = self.dropped_bytes.get(reason, 0) + size
+
+    def count(self, key: str, n: int = 1) -> None:
+        """A step-specific counter (hits per benchmark, parse statuses, ...)."""
+        self.extra[key] = self.extra.get(key, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "docs_in": self.docs_in,
+            "bytes_in": self.bytes_in,
+            "kept": self.kept,
+            "bytes_kept": self.bytes_kept,
+            "dropped": dict(sorted(self.dropped.items())),
+            "dropped_bytes": dict(sorted(self.dropped_bytes.items())),
+            "extra": dict(sorted(self.extra.items())),
+        }
+
+
+def length_bucket(length: int) -> str:
+    for bound in LENGTH_BUCKETS:
+        if length < bound:
+            return f"<{bound}"
+    return f">={LENGTH_BUCKETS[-1]}"
+
+
+def shard_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """rows, bytes (UTF-8 of `content`), files and bytes by language, histograms of chars and lines."""
+    stats: dict[str, Any] = {
+        "rows": 0,
+        "bytes": 0,
+        "languages": {},
+        "language_bytes": {},
+        "chars_histogram": {},
+        "lines_histogram": {},
+    }
+    for row in rows:
+        content = row["content"]
+        size = len(content.encode("utf-8", "surrogatepass"))
+        stats["rows"] += 1
+        stats["bytes"] += size
+        language = row["language"]
+        stats["languages"][language] = stats["languages"].get(language, 0) + 1
+        stats["language_bytes"][language] = stats["language_bytes"].get(language, 0) + size
+        for key, value in (("chars_histogram", len(content)), ("lines_histogram", content.count("\n") + 1)):
+            bucket = length_bucket(value)
+            stats[key][bucket] = stats[key].get(bucket, 0) + 1
+    return stats
+
+
+def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sums nested dicts of numbers key by key (order-independent)."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        _merge_into(merged, part)
+    return _sorted(merged)
+
+
+def _merge_into(target: dict[str, Any], part: Mapping[str, Any]) -> None:
+    for key, value in part.items():
+        if isinstance(value, Mapping):
+            _merge_into(target.setdefault(key, {}), value)
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            target.setdefault(key, value)
+        else:
+            target[key] = target.get(key, 0) + value
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    return value

@@ -1,0 +1,176 @@
+"""Whole jobs on the session's local Ray: bad input, dedup determinism, distributed connected components."""
+
+import random
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from loopcoder.pipelines.dedup import connected_components
+from loopcoder.pipelines.job import JobConfig
+from loopcoder.pipelines.runner import run_job
+from loopcoder.schemas import FILTERED_FILE
+
+STEPS = ["decode", "quality", "ast", "decontamination", "exact_dedup", "minhash_dedup"]
+
+
+def make_job(inputs, output, files_per_task=500, partitions=2, **extra) -> JobConfig:
+    raw = {"name": "test", "output": str(output), "inputs": inputs, "steps": STEPS,
+           "tasks": {"files_per_task": files_per_task}, "ray": {"shuffle_partitions": partitions}} | extra  # fmt: skip
+    return JobConfig.from_dict(raw)
+
+
+def output_rows(output: Path, folder: str = "files") -> list[dict]:
+    rows = []
+    for path in sorted((output / folder).glob("*.parquet")):
+        table = pq.read_table(path)
+        FILTERED_FILE.validate(table)
+        rows += table.to_pylist()
+    return rows
+
+
+def step(stats: dict, name: str) -> dict:
+    return next(s for s in stats["steps"] if s["step"] == name)
+
+
+def test_connected_components_match_union_find(ray_local):
+    import ray.data
+
+    rng = random.Random(0)
+    nodes = [f"n{i:03d}" for i in range(120)]
+    edges = [tuple(rng.sample(nodes, 2)) for _ in range(90)] + [(f"c{i:02d}", f"c{i + 1:02d}") for i in range(30)]
+    parent: dict[str, str] = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    expected = {node: find(node) for node in parent if find(node) != node}
+    for partitions in (1, 3):
+        ds = ray.data.from_items([{"u": a, "v": b} for a, b in edges], override_num_blocks=partitions)
+        star, rounds = connected_components(ds, partitions)
+        got = {row["u"]: row["v"] for row in star.take_all()}
+        assert got == expected
+        assert rounds > 1  # the 31-node chain needs several rounds
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path) -> list[dict]:
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "good.py").write_text("def add(a, b):\n    return a + b\n")
+    (root / "good.go").write_text("package main\n\nfunc main() {\n}\n")
+    (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (root / "latin1.py").write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
+    (root / "empty.py").write_bytes(b"")
+    with open(root / "huge.py", "wb") as handle:  # 50 MB (sparse: nothing is read past the size check)
+        handle.truncate(50 * 1024 * 1024)
+    (root / "nested.py").write_text("x = " + "[alpha,\n" * 5000 + "alpha" + "]\n" * 5000)
+    (root / "nested.c").write_text("int f(void) {\n" + "{ int abc;\n" * 5000 + "}\n" * 5000 + "}\n")
+    (root / "loop_a").symlink_to(root / "loop_b")
+    (root / "loop_b").symlink_to(root / "loop_a")
+    (root / "up").symlink_to(root)
+    corrupt = tmp_path / "tables"
+    corrupt.mkdir()
+    (corrupt / "broken.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 10)
+    truncated = tmp_path / "checkout"
+    truncated.mkdir()
+    git(truncated, "init", "-q")
+    (truncated / "a.py").write_text("a = 1\n")
+    git(truncated, "add", ".")
+    git(truncated, "commit", "-qm", "one")
+    tree = git(truncated, "rev-parse", "HEAD^{tree}").strip()
+    (truncated / ".git" / "objects" / tree[:2] / tree[2:]).unlink()
+    return [
+        {"kind": "directory", "path": str(root), "repo": "bad"},
+        {"kind": "parquet", "path": str(corrupt)},
+        {"kind": "git", "path": str(truncated)},
+    ]
+
+
+def test_bad_input_is_counted_and_the_rest_processed(ray_local, bad_inputs, tmp_path):
+    stats = run_job(make_job(bad_inputs, tmp_path / "out", files_per_task=4), tmp_path / "out")
+    decode = step(stats, "decode")
+    assert decode["dropped"] == {"binary": 1, "empty": 1, "not_utf8": 1, "symlink": 3, "too_large": 1}
+    errors = stats["input_errors"]
+    assert len(errors) == 2
+    assert any("cannot read Parquet file" in e for e in errors.values())
+    assert any("git" in e for e in errors.values())
+    kept = {row["path"]: row for row in output_rows(tmp_path / "out")}
+    assert set(kept) == {"good.py", "good.go", "nested.py", "nested.c"}
+    assert {row["ast_status"] for row in kept.values()} == {"ok"}
+    rejected = {row["path"]: row["rejection_reason"] for row in output_rows(tmp_path / "out", "rejected")}
+    assert rejected["huge.py"] == "too_large" and rejected["loop_a"] == "symlink"
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def near_duplicate_inputs() -> list[dict]:
+    site = Path(sysconfig.get_paths()["purelib"])
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    inputs = [
+        {"kind": "directory", "path": str(site / "packaging"), "repo": "pypi/packaging", "include": ["*.py"]},
+        {"kind": "directory", "path": str(site / "pip/_vendor/packaging"), "repo": "pip/packaging", "include": ["*.py"]},
+        {"kind": "directory", "path": str(site / "setuptools/_vendor/packaging"), "repo": "st/packaging",
+         "include": ["*.py"], "license": "Apache-2.0"},
+        {"kind": "directory", "path": str(site / "idna"), "repo": "pypi/idna", "include": ["*.py"]},
+        {"kind": "directory", "path": str(site / "pip/_vendor/idna"), "repo": "pip/idna", "include": ["*.py"]},
+        {"kind": "directory", "path": str(stdlib / "json"), "repo": "stdlib/json", "include": ["*.py"]},
+    ]  # fmt: skip
+    return [i for i in inputs if Path(i["path"]).is_dir()]
+
+
+def test_dedup_survivors_do_not_depend_on_partitions_and_runs_repeat(ray_local, tmp_path):
+    inputs = near_duplicate_inputs()
+    one = run_job(make_job(inputs, tmp_path / "one", files_per_task=1000, partitions=1), tmp_path / "one")
+    many = run_job(make_job(inputs, tmp_path / "many", files_per_task=7, partitions=3), tmp_path / "many")
+    run_job(make_job(inputs, tmp_path / "again", files_per_task=7, partitions=3), tmp_path / "again")
+    assert one["tasks"] < many["tasks"]
+    survivors = {(r["repo"], r["path"]): r["near_dup_cluster"] for r in output_rows(tmp_path / "one")}
+    assert survivors == {(r["repo"], r["path"]): r["near_dup_cluster"] for r in output_rows(tmp_path / "many")}
+    assert output_rows(tmp_path / "many") == output_rows(tmp_path / "again")
+    assert sorted(p.name for p in (tmp_path / "many" / "files").iterdir()) == sorted(
+        p.name for p in (tmp_path / "again" / "files").iterdir()
+    )
+    exact, near = step(many, "exact_dedup"), step(many, "minhash_dedup")
+    assert exact["dropped"].get("exact_duplicate", 0) > 0 and near["dropped"].get("near_duplicate", 0) > 0
+    assert exact == step(one, "exact_dedup") and near == step(one, "minhash_dedup")
+    # every cluster keeps exactly one representative
+    clusters = [c for c in survivors.values() if c is not None]
+    assert len(clusters) == len(set(clusters)) > 0
+
+    # a crash after some tasks were written (their markers exist, the job's do not), then a rerun
+    for name in ("_SUCCESS", "stats.json"):
+        (tmp_path / "many" / name).unlink()
+    for marker in sorted((tmp_path / "many" / "markers").iterdir())[1:]:
+        marker.unlink()
+    (tmp_path / "many" / "_work" / "dedup" / "annotations.done").unlink()
+    resumed = run_job(make_job(inputs, tmp_path / "many", files_per_task=7, partitions=3), tmp_path / "many")
+    assert output_rows(tmp_path / "many") == output_rows(tmp_path / "again")
+    assert resumed["steps"] == many["steps"] and resumed["output"] == many["output"]
+    other = make_job(inputs, tmp_path / "many", files_per_task=7, steps=["decode"])
+    with pytest.raises(ValueError, match="different config"):
+        run_job(other, tmp_path / "many")
+
+
+def test_config_errors_are_named():
+    with pytest.raises(ValueError, match="unknown step 'dedupe'"):
+        make_job([{"kind": "directory", "path": "."}], "out", steps=["dedupe"])
+    with pytest.raises(ValueError, match="after every per-document step"):
+        make_job([{"kind": "directory", "path": "."}], "out", steps=["exact_dedup", "quality"])
+    with pytest.raises(ValueError, match="unknown key"):
+        make_job([{"kind": "directory", "path": "."}], "out", steps=[{"quality": {"max_line": 3}}])
+    with pytest.raises(ValueError, match="missing key 'inputs'"):
+        JobConfig.from_dict({"name": "x", "output": "y"})
+    assert pa is not None

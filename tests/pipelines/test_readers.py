@@ -1,0 +1,113 @@
+"""Readers: planning is deterministic, every unreadable thing is a counted reason or a one-line input error."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from loopcoder.pipelines.readers import plan_tasks, read_task
+
+
+def git(repo: Path, *args: str) -> str:
+    env = os.environ | {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
+
+
+def read_all(inputs, **sizes):
+    tasks, errors = plan_tasks(inputs, **sizes)
+    docs = [d for t in tasks for d in read_task(t, inputs[t["input"]], max_bytes=1000)]
+    return tasks, errors, docs
+
+
+def test_directory_reader_lists_sorted_files_and_names_reader_rejections(tmp_path):
+    root = tmp_path / "src"
+    (root / "pkg" / ".git").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_text("a = 1\n")
+    (root / "pkg" / "b.js").write_text("let b = 1;\n")
+    (root / "pkg" / "big.py").write_text("x" * 2000)
+    (root / "pkg" / ".git" / "HEAD").write_text("ref: x\n")
+    (root / "pkg" / "loop").symlink_to(root / "pkg")  # a directory symlink pointing at its parent
+    (root / "pkg" / "self").symlink_to(root / "pkg" / "self")  # a symlink loop
+    spec = {"kind": "directory", "path": str(root), "repo": "local", "license": "MIT"}
+    tasks, errors, docs = read_all([spec], files_per_task=2)
+    assert errors == {}
+    assert [t["files"] for t in tasks] == [["pkg/a.py", "pkg/b.js"], ["pkg/big.py", "pkg/loop"], ["pkg/self"]]
+    by_path = {d["path"]: d for d in docs}
+    assert by_path["pkg/a.py"]["raw"] == b"a = 1\n" and by_path["pkg/a.py"]["language"] == "Python"
+    assert by_path["pkg/b.js"]["language"] == "JavaScript" and by_path["pkg/b.js"]["license"] == "MIT"
+    assert by_path["pkg/big.py"]["reader_reason"] == "too_large" and by_path["pkg/big.py"]["raw"] is None
+    assert by_path["pkg/loop"]["reader_reason"] == "symlink"
+    assert by_path["pkg/self"]["reader_reason"] == "symlink"
+
+
+def test_git_reader_reads_blobs_at_a_revision_and_counts_missing_objects(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "a.py").write_text("x = 1\n")
+    (repo / "lost.py").write_text("lost = True\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "one")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "a.py").write_text("x = 2\n")  # working-tree changes are not read
+    lost = git(repo, "rev-parse", "HEAD:lost.py").strip()
+    (repo / ".git" / "objects" / lost[:2] / lost[2:]).unlink()  # a truncated checkout: one blob is gone
+    spec = {"kind": "git", "path": str(repo), "repo": "owner/repo"}
+    tasks, errors, docs = read_all([spec])
+    assert errors == {}
+    by_path = {d["path"]: d for d in docs}
+    assert by_path["a.py"]["raw"] == b"x = 1\n" and by_path["a.py"]["revision"] == head
+    assert by_path["a.py"]["repo"] == "owner/repo"
+    assert by_path["lost.py"]["reader_reason"] == "unreadable"
+
+
+def test_unlistable_inputs_are_one_line_errors_and_the_others_still_planned(tmp_path):
+    broken_git = tmp_path / "broken"
+    broken_git.mkdir()
+    git(broken_git, "init", "-q")
+    (broken_git / "a.py").write_text("x = 1\n")
+    git(broken_git, "add", ".")
+    git(broken_git, "commit", "-qm", "one")
+    tree = git(broken_git, "rev-parse", "HEAD^{tree}").strip()
+    (broken_git / ".git" / "objects" / tree[:2] / tree[2:]).unlink()
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "a.py").write_text("x = 1\n")
+    inputs = [
+        {"kind": "git", "path": str(broken_git)},
+        {"kind": "parquet", "path": str(corrupt)},
+        {"kind": "directory", "path": str(tmp_path / "missing")},
+        {"kind": "directory", "path": str(good)},
+    ]
+    tasks, errors = plan_tasks(inputs)
+    assert [t["input"] for t in tasks] == [3]
+    assert set(errors) == {f"0:{broken_git}", f"1:{corrupt}", f"2:{tmp_path / 'missing'}"}
+    assert all("\n" not in message for message in errors.values())
+    assert "cannot read Parquet file" in errors[f"1:{corrupt}"]
+    with pytest.raises(ValueError, match="unknown kind 'ftp'"):
+        plan_tasks([{"kind": "ftp", "path": "x"}])
+
+
+def test_table_readers_understand_the_stack_columns(tmp_path):
+    rows = [
+        {"content": "def f():\n    return 1\n", "max_stars_repo_name": "o/r", "max_stars_repo_path": "src/f.py",
+         "lang": "Python", "max_stars_repo_licenses": ["MIT"], "hexsha": "abc"},
+        {"content": "x = 2\n", "max_stars_repo_name": "o/r", "max_stars_repo_path": "g.py", "lang": "Python",
+         "max_stars_repo_licenses": [], "hexsha": "def"},
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows * 3), tmp_path / "data.parquet", row_group_size=2)
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    tasks, errors, docs = read_all([{"kind": "parquet", "path": str(tmp_path / "data.parquet")}], rows_per_task=4)
+    assert [t["rows"] for t in tasks] == [[0, 4], [4, 6]]
+    assert [d["path"] for d in docs] == ["src/f.py", "g.py"] * 3
+    assert docs[0]["repo"] == "o/r" and docs[0]["license"] == "MIT" and docs[0]["revision"] == "abc"
+    assert docs[1]["license"] is None and docs[0]["content"].startswith("def f")
+    _, _, docs = read_all([{"kind": "jsonl", "path": str(tmp_path / "data.jsonl")}])
+    assert [d["reader_reason"] for d in docs] == [None, None, "bad_record"]
+    assert docs[0]["size_bytes"] == len(rows[0]["content"])

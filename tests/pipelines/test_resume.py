@@ -1,0 +1,114 @@
+"""A job whose driver is killed part-way, rerun, gives the uninterrupted run's output row for row."""
+
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from loopcoder.pipelines.job import JobConfig
+from loopcoder.pipelines.runner import run_job
+
+
+def rows_by_shard(output: Path) -> dict[str, list[dict]]:
+    return {
+        f"{folder}/{path.name}": pq.read_table(path).to_pylist()
+        for folder in ("files", "rejected")
+        for path in sorted((output / folder).glob("*.parquet"))
+    }
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process whose parent chain leads to `pid` (the local Ray the killed driver started)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_killed_driver_then_rerun_equals_uninterrupted_run(ray_local, tmp_path):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    raw = {
+        "name": "resume",
+        "output": str(tmp_path / "unused"),
+        "inputs": [{"kind": "directory", "path": str(stdlib / "email"), "repo": "stdlib/email", "include": ["*.py"]},
+                   {"kind": "directory", "path": str(stdlib / "json"), "repo": "stdlib/json", "include": ["*.py"]}],
+        "tasks": {"files_per_task": 2},
+        "steps": ["decode", "quality", "ast", "exact_dedup", "minhash_dedup"],
+        "ray": {"num_cpus": 1, "shuffle_partitions": 2},
+    }  # fmt: skip
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    reference = run_job(JobConfig.from_dict(raw), tmp_path / "reference")
+
+    killed = tmp_path / "killed"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "loopcoder.jobs.cli", "data", "run", str(config), "--output", str(killed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=os.environ | {"RAY_ADDRESS": ""},
+    )  # fmt: skip
+    markers = killed / "_work" / "documents"
+    deadline = time.monotonic() + 240
+    try:
+        while len(list(markers.glob("*.done"))) < 3:
+            assert driver.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.2)
+        ray_processes = descendants(driver.pid)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        for pid in descendants(driver.pid) + ([driver.pid] if driver.poll() is None else []):
+            os.kill(pid, signal.SIGKILL)
+    for pid in ray_processes:  # the killed driver's own Ray instance
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    done = len(list(markers.glob("*.done")))
+    assert 3 <= done < reference["tasks"] and not (killed / "_SUCCESS").exists()
+
+    resumed = run_job(JobConfig.from_dict(raw), killed)
+    assert rows_by_shard(killed) == rows_by_shard(tmp_path / "reference")
+    assert resumed["steps"] == reference["steps"] and resumed["output"] == reference["output"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LOOPCODER_SLOW") != "1", reason="slow: set LOOPCODER_SLOW=1")
+def test_killed_worker_is_retried_and_the_output_is_unchanged(ray_local, tmp_path):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    raw = {
+        "name": "worker-kill",
+        "output": str(tmp_path / "unused"),
+        "inputs": [{"kind": "directory", "path": str(stdlib / "json"), "repo": "stdlib/json", "include": ["*.py"]}],
+        "tasks": {"files_per_task": 1},
+        "steps": ["decode", "quality", "exact_dedup", "minhash_dedup"],
+        "ray": {"shuffle_partitions": 1},
+    }
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    reference = run_job(JobConfig.from_dict(raw), tmp_path / "reference")
+    marker = tmp_path / "killed-once"
+    env = os.environ | {"RAY_ADDRESS": "", "LOOPCODER_FAULT_KILL_TASK": "2", "LOOPCODER_FAULT_MARKER": str(marker)}
+    command = [sys.executable, "-m", "loopcoder.jobs.cli", "data", "run", str(config), "--output", str(tmp_path / "out")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert marker.exists()  # a worker did die on task 2
+    assert rows_by_shard(tmp_path / "out") == rows_by_shard(tmp_path / "reference")
+    assert reference["tasks"] == 5
