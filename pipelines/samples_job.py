@@ -149,6 +149,10 @@ def _kept_rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.select(["id", "repo", "path", "language", "content"]).to_pylist()
 
 
+def _kept_rows_of_shard(item: dict[str, Any]) -> list[dict[str, Any]]:
+    return _kept_rows(pq.read_table(item["path"]))
+
+
 class FilesTask:
     """Ray Data actor: FIM samples and tokenised documents for one input shard at a time."""
 
@@ -261,10 +265,10 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
         start = time.perf_counter()
         if _stage_done(output, "repo_fim") is None:
             logger.info("repository-level FIM stage")
-            files = ray.data.read_parquet(shards, columns=None)
-            if "kept" in files.schema().names:
-                files = files.filter(lambda row: row["kept"])
-            files = files.select_columns(["id", "repo", "path", "language", "content"])
+            # shards are read inside Ray tasks with pyarrow (`ray.data.read_parquet` imports fsspec's HTTP
+            # filesystem, which fails here without aiohttp)
+            files = ray.data.from_items([{"path": shard} for shard in shards], override_num_blocks=len(shards))
+            files = files.flat_map(_kept_rows_of_shard)
             samples = files.groupby("repo").map_groups(
                 RepoFimGroup, fn_constructor_args=(config.to_dict(),), concurrency=1, batch_format="pyarrow"
             )

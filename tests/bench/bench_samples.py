@@ -58,7 +58,9 @@ def main() -> None:
     triplets, seconds = timed(lambda: extractor(REPO_ROOT, "loopcoder"))
     rows.append(("commit triplets (this repository)", len(triplets), "samples", seconds))
     documents, seconds_tokenize = timed(lambda: [tokenize_text(tokenizer, f["content"], "file") for f in files])
-    (packed, stats), seconds_pack = timed(lambda: pack(documents, PackingConfig(seq_len=4096, split_long_documents=True), 0))
+    (packed, stats), seconds_pack = timed(
+        lambda: pack(documents, PackingConfig(seq_len=4096, split_long_documents=True), 0)
+    )
     tokens = sum(stats.tokens.values())
     rows.append(("tokenise + pack (4,096-token rows)", tokens, "tokens", seconds_tokenize + seconds_pack))
     print(f"{len(files)} source files, {mb:.1f} MB\n")
