@@ -1,0 +1,22 @@
+"""SFT and looped continued pre-training on DeepSpeed, over packed `packed_sequence` shards.
+
+| module | concern |
+|---|---|
+| `config.py` | `SFTConfig`: every knob, YAML + CLI overrides |
+| `data.py` | shard discovery and validation, seeded streaming row order, collation to position ids |
+| `plan.py` | learning-rate schedule, curriculum phases, replay, the global batch of each step |
+| `loss.py` | packed-batch token loss, per-category sums |
+| `trainer.py` | the DeepSpeed engine loop |
+| `checkpoint.py` | atomic checkpoints, exact resume, the final Hugging Face model |
+| `silent_errors.py` | replica fingerprints and deterministic recomputation |
+| `metrics.py` | JSONL, TensorBoard, progress bar |
+| `distributed.py` | process group, CPU environment, DeepSpeed config |
+| `sample_data.py` | packed shards from the sample corpus |
+
+Nothing here imports deepspeed at module import time except `trainer.py` (through `distributed`),
+so that `DS_ACCELERATOR` can be set first.
+"""
+
+from .config import SFTConfig
+
+__all__ = ["SFTConfig"]
