@@ -17,8 +17,15 @@ $(VENV)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	@touch $@
 
-demo: setup  ## the main job on the embedded defaults: build the sample corpus and show it
+# The main job on the embedded defaults (local Ray, CPU, the sample corpus): corpus -> clean and
+# dedup -> FIM, repo-level FIM, commits, packed mixture -> a short SFT run of a tiny looped model.
+demo: setup
 	$(BIN)/loopcoder data sample-corpus --out data/sample
+	$(BIN)/loopcoder data run jobs/data/clean_dedup.yaml
+	$(BIN)/loopcoder data samples jobs/data/samples.yaml
+	$(BIN)/loopcoder shards stats data/samples/packed
+	$(BIN)/loopcoder train prepare-sample --corpus data/sample --out data/sample_packed
+	$(BIN)/loopcoder train sft --config jobs/sft/sample_tiny.yaml
 
 test: setup  ## the whole test suite (larger sweeps marked slow are skipped)
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -37,4 +44,4 @@ bench: setup  ## benchmark tables (ratios measured side by side); see docs/bench
 	@for script in tests/bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache data/sample
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache data runs

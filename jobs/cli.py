@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # the deepspeed launcher passes --local_rank to every process; the rank also comes from LOCAL_RANK
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     groups = parser.add_subparsers(dest="group", metavar="GROUP", title="command groups")
     for name, help_text in COMMAND_GROUPS.items():
         group_parser = groups.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
