@@ -18,7 +18,8 @@ $(VENV)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	@touch $@
 
 # The main job on the embedded defaults (local Ray, CPU, the sample corpus): corpus -> clean and
-# dedup -> FIM, repo-level FIM, commits, packed mixture -> a short SFT run of a tiny looped model.
+# dedup -> FIM, repo-level FIM, commits, packed mixture -> a short SFT run of a tiny looped model
+# -> a few GRPO steps with sandboxed rewards.
 demo: setup
 	$(BIN)/loopcoder data sample-corpus --out data/sample
 	$(BIN)/loopcoder data run jobs/data/clean_dedup.yaml
@@ -26,6 +27,7 @@ demo: setup
 	$(BIN)/loopcoder shards stats data/samples/packed
 	$(BIN)/loopcoder train prepare-sample --corpus data/sample --out data/sample_packed
 	$(BIN)/loopcoder train sft --config jobs/sft/sample_tiny.yaml
+	$(BIN)/loopcoder train grpo --config jobs/rl/print_number_tiny.yaml
 
 test: setup  ## the whole test suite (larger sweeps marked slow are skipped)
 	$(BIN)/pytest $(PYTEST_ARGS)

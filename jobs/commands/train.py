@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .train_grpo import register_grpo
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Adds this group's commands; the group prints its help when none is given."""
@@ -40,6 +42,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--seq-len", type=int, default=256, help="tokens per packed row")
     prepare.add_argument("--max-files", type=int, default=600, help="source files read from the corpus")
     prepare.set_defaults(handler=_prepare)
+
+    register_grpo(commands)
 
 
 def _sft(args: argparse.Namespace) -> int:

@@ -1,0 +1,649 @@
+"""The GRPO loop on a plain DeepSpeed engine: generate, score in the sandbox, then several clipped updates.
+
+    loopcoder train grpo --config jobs/rl/print_number_tiny.yaml                        # one process
+    torchrun --nproc_per_node 2 -m loopcoder.jobs.cli train grpo --config ... zero_stage=2
+
+One step (docs/grpo.md):
+1. every rank takes the same `prompts_per_step` problems from the seeded stream and keeps its slice;
+2. it samples `num_generations` completions per problem with the model's own `generate` (cached, batched,
+   left-padded, cross-loop-parallel decode);
+3. the sandbox scores them (pass rate); overlong shaping is added; with dynamic sampling, groups whose
+   rewards are all equal are dropped and more problems are drawn until the slice is full;
+4. group-normalised advantages; the rollout log-probabilities π_old are computed once (when more than one
+   optimizer step follows);
+5. `steps_per_generation x num_iterations` optimizer steps, each over one mini-batch accumulated from
+   micro-batches, with the clipped surrogate aggregated over all completion tokens of the mini-batch on all
+   ranks (the denominator is all-reduced before the first backward).
+
+The process group, the DeepSpeed config, the checkpoints and the metric files are the SFT trainer's
+(`loopcoder.postrain.sft`), so the two launch, resume and log the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from loopcoder.postrain.sft.checkpoint import (
+    find_resume_checkpoint,
+    full_state_dict,
+    load_checkpoint,
+    remove_partials,
+    save_checkpoint,
+    save_hf_model,
+)
+from loopcoder.postrain.sft.distributed import deepspeed_config, device, init_distributed, set_cpu_threads
+from loopcoder.postrain.sft.metrics import MetricsLogger
+
+from .config import GRPOConfig
+from .data import ProblemStream, load_problems, render_prompt
+from .loss import (
+    clipped_surrogate,
+    group_advantages,
+    kl_k3,
+    loss_denominator,
+    loss_numerator,
+    overlong_penalty,
+    token_entropy,
+    token_log_probs,
+    zero_variance_groups,
+)
+from .rollout import generate_rollouts, score_completions
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[["GRPOTrainer", int], None]
+PASS_RATE_BINS = (("0", 0.0, 0.0), ("0-0.5", 0.0, 0.5), ("0.5-1", 0.5, 1.0), ("1", 1.0, 1.0))
+
+
+@dataclass
+class Sample:
+    """One completion with everything the update needs; rows of a group are consecutive."""
+
+    prompt: list[int]
+    completion: list[int]  # up to and including EOS
+    truncated: bool
+    text: str
+    problem: dict
+    reward: float = 0.0  # what the advantage is computed from (score + overlong penalty); NaN = left out
+    score: float = 0.0  # the reward functions' value alone (the pass rate); NaN = not scored and excluded
+    advantage: float = 0.0
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    output_dir: Path | None = None
+    final_model: Path | None = None
+
+    def metric(self, key: str) -> list[float]:
+        return [r[key] for r in self.history if key in r]
+
+
+def build_model(config: GRPOConfig):
+    from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
+
+    torch.manual_seed(config.seed)
+    if config.model_name_or_path:
+        model = LoopCoderForCausalLM.from_pretrained(config.model_name_or_path, dtype=torch.float32)
+    else:
+        if not config.model_config:
+            raise ValueError("set model_name_or_path or model_config")
+        model = LoopCoderForCausalLM(LoopCoderConfig(**config.model_config))
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def build_tokenizer(config: GRPOConfig):
+    from loopcoder.model.tokenizer import load_tokenizer
+
+    if config.tokenizer:
+        return load_tokenizer(config.tokenizer)
+    if config.model_name_or_path and (Path(config.model_name_or_path) / "tokenizer.json").exists():
+        return load_tokenizer(config.model_name_or_path)
+    return load_tokenizer()
+
+
+def build_reward_functions(config: GRPOConfig, workers: int | None) -> list[Callable]:
+    from loopcoder.postrain.rewards import get_reward_function, make_pass_rate_reward
+    from loopcoder.postrain.sandbox import SandboxPool
+
+    functions = []
+    for name in config.reward_funcs:
+        if name == "pass_rate":
+            pool = SandboxPool(workers=workers)
+            fn = make_pass_rate_reward(max_tests=config.max_tests, max_timeouts=config.max_timeouts, pool=pool)
+            fn.__name__ = "pass_rate"
+            functions.append(fn)
+        else:
+            functions.append(get_reward_function(name))
+    return functions
+
+
+def collate(samples: list[Sample], pad: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts followed by right-padded completions: input ids, masks, positions, [B, C] targets."""
+    width_p = max(len(s.prompt) for s in samples)
+    width_c = max(max(len(s.completion) for s in samples), 1)
+    batch = len(samples)
+    input_ids = torch.full((batch, width_p + width_c), pad, dtype=torch.long)
+    attention = torch.zeros((batch, width_p + width_c), dtype=torch.long)
+    completion_mask = torch.zeros((batch, width_c), dtype=torch.float32)
+    for row, s in enumerate(samples):
+        input_ids[row, width_p - len(s.prompt) : width_p] = torch.tensor(s.prompt, dtype=torch.long)
+        attention[row, width_p - len(s.prompt) : width_p] = 1
+        if s.completion:
+            input_ids[row, width_p : width_p + len(s.completion)] = torch.tensor(s.completion, dtype=torch.long)
+            attention[row, width_p : width_p + len(s.completion)] = 1
+            completion_mask[row, : len(s.completion)] = 1.0
+    # the positions `generate` used: counting real tokens from 0 (padding gets 1, it is masked anyway)
+    positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "position_ids": positions,
+        "targets": input_ids[:, width_p:],
+        "completion_mask": completion_mask,
+        "prompt_width": torch.tensor(width_p),
+    }
+
+
+class GRPOTrainer:
+    def __init__(self, config: GRPOConfig, reward_fns: list[Callable] | None = None, callbacks=None):
+        self.config = config
+        self.callbacks: list[Callback] = list(callbacks or [])
+        self.rank, self.world = init_distributed()
+        set_cpu_threads(config.cpu_threads)
+        self.device = device()
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+
+        if config.prompts_per_step % self.world:
+            raise ValueError(f"prompts_per_step {config.prompts_per_step} is not a multiple of {self.world} processes")
+        self.prompts_per_rank = config.prompts_per_step // self.world
+        local = self.prompts_per_rank * config.num_generations
+        if local % config.steps_per_generation:
+            raise ValueError(
+                f"{local} completions per process do not split into steps_per_generation={config.steps_per_generation}"
+            )
+        self.mini_batch = local // config.steps_per_generation
+        if self.mini_batch % config.micro_batch_size:
+            raise ValueError(
+                f"a mini-batch of {self.mini_batch} completions per process is not a multiple of "
+                f"micro_batch_size {config.micro_batch_size}"
+            )
+        self.accumulation = self.mini_batch // config.micro_batch_size
+
+        self.tokenizer = build_tokenizer(config)
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.stream = ProblemStream(load_problems(config.problems, config.max_problems), config.seed)
+        if reward_fns is None:
+            workers = config.sandbox_workers
+            if workers is None and not torch.cuda.is_available():
+                from loopcoder.postrain.sandbox.pool import usable_cores
+
+                workers = max(1, usable_cores() // self.world)
+            reward_fns = build_reward_functions(config, workers)
+        self.reward_fns = reward_fns
+
+        import deepspeed
+
+        model = build_model(config)
+        self.model_config = model.config
+        # beta = 0: no reference model exists at all (nothing loaded, nothing kept in memory)
+        self.ref_model = None
+        if config.beta > 0:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.device)
+        self.ds_config = deepspeed_config(config, self.accumulation)
+        self.zero_stage = int(self.ds_config["zero_optimization"].get("stage", 0))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self.ds_config
+        )
+        self.step = 0
+        self.optimizer_steps = 0
+        self.resumed_from: Path | None = None
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def resolved_config(self) -> str:
+        import yaml
+
+        resolved = self.config.to_dict() | {
+            "resolved": {
+                "world_size": self.world,
+                "completions_per_step": self.config.prompts_per_step * self.config.num_generations,
+                "mini_batch_per_process": self.mini_batch,
+                "gradient_accumulation_steps": self.accumulation,
+                "optimizer_steps_per_generation": self.config.optimizer_steps_per_generation,
+                "zero_stage": self.zero_stage,
+                "bf16": bool(self.ds_config["bf16"]["enabled"]),
+            }
+        }
+        return yaml.safe_dump(resolved, sort_keys=False)
+
+    def _all_reduce(self, values: list[float], op=None) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    def _gather(self, values: list[Any]) -> list[Any]:
+        if self.world == 1:
+            return list(values)
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, values)
+        return [v for part in parts for v in part]
+
+    def _lr(self) -> float:
+        config = self.config
+        if config.warmup_steps > 0 and self.optimizer_steps < config.warmup_steps:
+            return config.learning_rate * (self.optimizer_steps + 1) / config.warmup_steps
+        return config.learning_rate
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _forward_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, C, V] logits predicting each completion token."""
+        width_c = batch["targets"].shape[1]
+        out = model(
+            input_ids=batch["input_ids"].to(self.device),
+            attention_mask=batch["attention_mask"].to(self.device),
+            position_ids=batch["position_ids"].to(self.device),
+            use_cache=False,
+            logits_to_keep=width_c + 1,
+        )
+        return out.logits[:, :-1]
+
+    # -- rollouts -----------------------------------------------------------------------------------------------
+    def _generation_context(self):
+        if self.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def _rollout_round(self, problems: list[dict]) -> tuple[list[Sample], float, float]:
+        config = self.config
+        prompts = [render_prompt(self.tokenizer, p, config.system_prompt, config.prompt_suffix) for p in problems]
+        started = time.perf_counter()
+        with self._generation_context():
+            rollout = generate_rollouts(
+                self.engine.module,
+                self.tokenizer,
+                prompts,
+                num_generations=config.num_generations,
+                max_new_tokens=config.max_completion_length,
+                max_prompt_length=config.max_prompt_length,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                top_k=config.top_k,
+                batch_size=config.generation_batch_size,
+                decode_schedule=config.decode_schedule,
+            )
+        generation_time = time.perf_counter() - started
+        per_completion = [p for p in problems for _ in range(config.num_generations)]
+        started = time.perf_counter()
+        rewards, info = score_completions(
+            rollout.texts, per_completion, self.reward_fns, config.reward_weights, config.reward_timeout_seconds
+        )
+        reward_time = time.perf_counter() - started
+        self._reward_info.append(info)
+        lengths = rollout.lengths
+        penalty = overlong_penalty(
+            lengths, config.max_completion_length, config.overlong_buffer, config.overlong_penalty_factor
+        )
+        samples = []
+        for i, problem in enumerate(per_completion):
+            value = rewards[i]
+            if value is None:
+                self._infra_errors += 1
+                value = 0.0 if config.infra_error_reward == "zero" else float("nan")
+            length = int(lengths[i])
+            samples.append(
+                Sample(
+                    prompt=rollout.prompt_ids[i][rollout.prompt_mask[i].bool()].tolist(),
+                    completion=rollout.completion_ids[i, :length].tolist(),
+                    truncated=bool(rollout.truncated[i]),
+                    text=rollout.texts[i],
+                    problem=problem,
+                    reward=value + float(penalty[i]) if not math.isnan(value) else value,
+                    score=value,
+                )
+            )
+        return samples, generation_time, reward_time
+
+    def collect(self) -> tuple[list[Sample], dict[str, float]]:
+        """This rank's `prompts_per_rank` groups for the step (refilled under dynamic sampling)."""
+        config = self.config
+        group = config.num_generations
+        kept: list[list[Sample]] = []
+        dropped: list[list[Sample]] = []
+        generation_time = reward_time = 0.0
+        all_rewards: list[float] = []
+        first_shaped: list[float] = []
+        rounds = 0
+        while True:
+            problems = self.stream.take(config.prompts_per_step)
+            mine = problems[self.rank * self.prompts_per_rank : (self.rank + 1) * self.prompts_per_rank]
+            # under ZeRO-3 generation gathers the weights (a collective): every rank generates every round
+            if len(kept) < self.prompts_per_rank or self.zero_stage == 3:
+                samples, gen_t, rew_t = self._rollout_round(mine)
+                generation_time += gen_t
+                reward_time += rew_t
+                rewards = torch.tensor([s.reward for s in samples])
+                if rounds == 0:
+                    all_rewards = [s.score for s in samples]
+                    first_shaped = rewards.tolist()
+                flat = zero_variance_groups(rewards, group) if config.dynamic_sampling else None
+                for g in range(len(mine)):
+                    groups = samples[g * group : (g + 1) * group]
+                    if flat is not None and bool(flat[g]):
+                        dropped.append(groups)
+                    else:
+                        kept.append(groups)
+            rounds += 1
+            short = self._all_reduce([float(len(kept) < self.prompts_per_rank)])[0]
+            if short == 0 or rounds >= max(1, config.max_generation_rounds) or not config.dynamic_sampling:
+                break
+        filled = max(0, self.prompts_per_rank - len(kept))
+        groups = kept[: self.prompts_per_rank] + dropped[:filled]
+        samples = [s for g in groups for s in g]
+        info = {
+            "time/generation_s": generation_time,
+            "time/reward_s": reward_time,
+            "dynamic_sampling/rounds": float(rounds),
+            "dynamic_sampling/filled_with_dropped": float(filled),
+            "_first_round_rewards": all_rewards,
+            "_first_round_shaped": first_shaped,
+        }
+        return samples, info
+
+    # -- update -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _old_log_probs(self, samples: list[Sample]) -> None:
+        config = self.config
+        need_old = config.optimizer_steps_per_generation > 1
+        if not need_old and self.ref_model is None:
+            return
+        self.engine.module.eval()
+        for start in range(0, len(samples), config.micro_batch_size):
+            chunk = samples[start : start + config.micro_batch_size]
+            batch = collate(chunk, self.pad)
+            if need_old:
+                logp = token_log_probs(
+                    self._forward_logits(self.engine.module, batch), batch["targets"].to(self.device)
+                )
+                for row, s in enumerate(chunk):
+                    s.old_logp = logp[row, : len(s.completion)].cpu()
+            if self.ref_model is not None:
+                logits = self._forward_logits(self.ref_model, batch)
+                logp = token_log_probs(logits, batch["targets"].to(self.device))
+                for row, s in enumerate(chunk):
+                    s.ref_logp = logp[row, : len(s.completion)].cpu()
+        self.engine.module.train()
+
+    def _padded(self, samples: list[Sample], attribute: str, width: int) -> torch.Tensor:
+        out = torch.zeros((len(samples), width), dtype=torch.float32)
+        for row, s in enumerate(samples):
+            values = getattr(s, attribute)
+            out[row, : len(values)] = values
+        return out
+
+    def _update(self, samples: list[Sample], step: int) -> dict[str, float]:
+        """`steps_per_generation x num_iterations` optimizer steps over the generation batch."""
+        config = self.config
+        world = self.world
+        sums = dict.fromkeys(("tokens", "clip_low", "clip_high", "entropy", "loss", "kl", "ratio_dev"), 0.0)
+        grad_norms = []
+        generator = random.Random(config.seed * 7919 + step)
+        for _ in range(config.num_iterations):
+            order = list(range(len(samples)))
+            generator.shuffle(order)
+            for mini in range(config.steps_per_generation):
+                lr = self._lr()
+                self._set_lr(lr)
+                rows = [samples[i] for i in order[mini * self.mini_batch : (mini + 1) * self.mini_batch]]
+                micro_batches = [
+                    rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)
+                ]
+                masks = [self._mask(chunk) for chunk in micro_batches]
+                local_den = sum(loss_denominator(m, config.loss_type) for m in masks)
+                denominator = max(self._all_reduce([local_den])[0], 1.0)
+                grad_norm = float("nan")
+                for micro, (chunk, mask) in enumerate(zip(micro_batches, masks, strict=True)):
+                    batch = collate(chunk, self.pad)
+                    logits = self._forward_logits(self.engine, batch)
+                    targets = batch["targets"].to(self.device)
+                    logp = token_log_probs(logits, targets)
+                    width = targets.shape[1]
+                    old = logp.detach() if chunk[0].old_logp is None else self._padded(chunk, "old_logp", width)
+                    advantages = torch.tensor([s.advantage for s in chunk], dtype=torch.float32)
+                    per_token, low, high = clipped_surrogate(
+                        logp, old.to(self.device), advantages.to(self.device), config.epsilon, config.clip_high
+                    )
+                    if self.ref_model is not None:
+                        kl = kl_k3(logp, self._padded(chunk, "ref_logp", width).to(self.device))
+                        per_token = per_token + config.beta * kl
+                        sums["kl"] += float((kl.detach().cpu() * mask).sum())
+                    numerator = loss_numerator(
+                        per_token, mask.to(self.device), config.loss_type, config.max_completion_length
+                    )
+                    # exact token mean over the mini-batch of all ranks; DeepSpeed averages over ranks, hence * world
+                    self.engine.backward(numerator * (world / denominator), scale_wrt_gas=False)
+                    if micro == self.accumulation - 1 and self.zero_stage == 0:
+                        grad_norm = self._clip_stage0()
+                    self.engine.step()
+                    with torch.no_grad():
+                        m = mask
+                        sums["tokens"] += float(m.sum())
+                        sums["clip_low"] += float((low.cpu().float() * m).sum())
+                        sums["clip_high"] += float((high.cpu().float() * m).sum())
+                        sums["entropy"] += float((token_entropy(logits.detach()).cpu() * m).sum())
+                        sums["loss"] += float(numerator.detach()) / denominator
+                        sums["ratio_dev"] += float(
+                            ((logp.detach() - old.to(logp.device)).exp().cpu() - 1).abs().mul(m).sum()
+                        )
+                if self.zero_stage > 0:
+                    norm = self.engine.get_global_grad_norm()
+                    grad_norm = float(norm) if norm is not None else float("nan")
+                grad_norms.append(grad_norm)
+                self.optimizer_steps += 1
+        totals = self._all_reduce([sums[k] for k in sums])
+        reduced = dict(zip(sums, totals, strict=True))
+        tokens = max(reduced["tokens"], 1.0)
+        updates = config.optimizer_steps_per_generation
+        record = {
+            "loss": reduced["loss"] / updates,
+            "clip_ratio/low": reduced["clip_low"] / tokens,
+            "clip_ratio/high": reduced["clip_high"] / tokens,
+            "clip_ratio/total": (reduced["clip_low"] + reduced["clip_high"]) / tokens,
+            "entropy": reduced["entropy"] / tokens,
+            "ratio_abs_dev": reduced["ratio_dev"] / tokens,
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            "lr": self._lr(),
+            "optimizer_steps": float(self.optimizer_steps),
+        }
+        if self.ref_model is not None:
+            record["kl"] = reduced["kl"] / tokens
+        return record
+
+    def _mask(self, chunk: list[Sample]) -> torch.Tensor:
+        width = max(max(len(s.completion) for s in chunk), 1)
+        mask = torch.zeros((len(chunk), width), dtype=torch.float32)
+        for row, s in enumerate(chunk):
+            if not (self.config.mask_truncated_completions and s.truncated):
+                mask[row, : len(s.completion)] = 1.0
+        return mask
+
+    def _clip_stage0(self) -> float:
+        # stage 0: DeepSpeed does not clip or report the norm (its config has clipping 0), so the trainer does
+        params = [p for p in self.engine.module.parameters() if p.grad is not None]
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, Any]:
+        config = self.config
+        started = time.perf_counter()
+        self._reward_info: list[dict[str, float]] = []
+        self._infra_errors = 0
+        samples, info = self.collect()
+        rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+        advantages = group_advantages(rewards, config.num_generations, config.scale_rewards, config.advantage_epsilon)
+        for s, a in zip(samples, advantages.tolist(), strict=True):
+            s.advantage = a
+        update_started = time.perf_counter()
+        self._old_log_probs(samples)
+        record = self._update(samples, step)
+        update_time = time.perf_counter() - update_started
+
+        first_round = self._gather(info.pop("_first_round_rewards"))
+        trained = self._gather([s.score for s in samples])
+        shaped = self._gather([s.reward for s in samples])
+        lengths = self._gather([len(s.completion) for s in samples])
+        truncated = self._gather([s.truncated for s in samples])
+        first_shaped = self._gather(info.pop("_first_round_shaped"))
+        flat = zero_variance_groups(torch.tensor(first_shaped), config.num_generations)
+        times = self._all_reduce([info["time/generation_s"], info["time/reward_s"], update_time], dist.ReduceOp.MAX)
+        counts = self._all_reduce([float(self._infra_errors), info["dynamic_sampling/filled_with_dropped"]])
+        sampled = torch.tensor(first_round)
+        scored = sampled[~torch.isnan(sampled)]
+        elapsed = time.perf_counter() - started
+        record.update(
+            {
+                "step": step,
+                "reward_mean": float(scored.mean()) if scored.numel() else float("nan"),
+                "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0,
+                "reward_mean_trained": float(torch.tensor(trained).nanmean()),
+                "reward_shaped_mean": float(torch.tensor(shaped).nanmean()),
+                "frac_reward_zero_std": float(flat.float().mean()),
+                "reward_infra_errors": counts[0],
+                "completion_length/mean": sum(lengths) / len(lengths),
+                "completion_length/max": float(max(lengths)),
+                "completion_length/min": float(min(lengths)),
+                "frac_truncated": sum(truncated) / len(truncated),
+                "time/generation_s": times[0],
+                "time/reward_s": times[1],
+                "time/update_s": times[2],
+                "step_time_s": elapsed,
+                "rollouts_per_s": len(first_round) / max(times[0], 1e-9),
+                "dynamic_sampling/rounds": info["dynamic_sampling/rounds"],
+                "dynamic_sampling/filled_with_dropped": counts[1],
+            }
+        )
+        for name, low, high in PASS_RATE_BINS:
+            # "0" and "1" are exact; the middle bins are (0, 0.5) and [0.5, 1)
+            if low == high:
+                hit = scored == low
+            else:
+                hit = (scored > low if low == 0.0 else scored >= low) & (scored < high)
+            hit = hit.float()
+            record[f"pass_rate_hist/{name}"] = float(hit.mean()) if scored.numel() else 0.0
+        for part in self._reward_info[:1]:
+            record.update({k: v for k, v in part.items() if k != "reward/errors"})
+        record["reward/errors"] = float(sum(p.get("reward/errors", 0.0) for p in self._reward_info))
+        self._last_samples = samples
+        return record
+
+    def train(self) -> TrainResult:
+        config = self.config
+        if self.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            remove_partials(self.checkpoint_root)
+            (self.output_dir / "config.yaml").write_text(self.resolved_config(), encoding="utf-8")
+        dist.barrier()
+        resume = find_resume_checkpoint(config, self.checkpoint_root)
+        if resume is not None:
+            state = load_checkpoint(self.engine, resume)
+            self.step = int(state["step"])
+            self.optimizer_steps = int(state["optimizer_steps"])
+            self.stream.load_state_dict(state["problems"])
+            self.resumed_from = resume
+            if self.rank == 0:
+                logger.info("resumed from %s at step %d", resume, self.step)
+        metrics = MetricsLogger(self.output_dir, self.rank == 0, config.max_steps, self.step, config)
+        completions_log = None
+        if self.rank == 0 and config.log_completions > 0:
+            completions_log = open(self.output_dir / "completions.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.engine.module.train()
+        try:
+            while self.step < config.max_steps:
+                step = self.step
+                for callback in self.callbacks:
+                    callback(self, step)
+                record = self.train_step(step)
+                self.step = step + 1
+                if step % config.log_interval == 0 or self.step == config.max_steps:
+                    metrics.log(record)
+                    if completions_log is not None:
+                        import json
+
+                        for s in self._last_samples[: config.log_completions]:
+                            completions_log.write(
+                                json.dumps(
+                                    {
+                                        "step": step,
+                                        "problem": s.problem["id"],
+                                        "reward": s.reward,
+                                        "advantage": s.advantage,
+                                        "completion": s.text,
+                                    }
+                                )
+                                + "\n"
+                            )
+                        completions_log.flush()
+                metrics.advance()
+                if config.save_interval and self.step % config.save_interval == 0 and self.step < config.max_steps:
+                    self.save(metrics.history)
+            if self.resumed_from is None or self.step > int(self.resumed_from.name.split("_")[-1]):
+                self.save(metrics.history)
+            final_model = self.export() if config.save_final_model else None
+        finally:
+            metrics.close()
+            if completions_log is not None:
+                completions_log.close()
+        return TrainResult(self.step, metrics.history, self.output_dir, final_model)
+
+    def save(self, history: list[dict[str, Any]]) -> Path:
+        state = {
+            "step": self.step,
+            "optimizer_steps": self.optimizer_steps,
+            "problems": self.stream.state_dict(),
+            "world_size": self.world,
+            "last_metrics": history[-1] if history else None,
+        }
+        return save_checkpoint(
+            self.engine, self.checkpoint_root, self.step, state, self.resolved_config(), self.config.keep_checkpoints
+        )
+
+    def export(self) -> Path | None:
+        state = full_state_dict(self.engine, self.zero_stage)
+        out = self.output_dir / "final"
+        if self.rank == 0:
+            save_hf_model(state, self.model_config, out, False, self.tokenizer)
+            (out / "training_config.yaml").write_text(self.resolved_config(), encoding="utf-8")
+        dist.barrier()
+        return out
+
+
+def train(config: GRPOConfig, reward_fns: list[Callable] | None = None, callbacks=None) -> TrainResult:
+    return GRPOTrainer(config, reward_fns=reward_fns, callbacks=callbacks).train()
+
+
+__all__ = ["GRPOTrainer", "Sample", "TrainResult", "build_model", "collate", "train"]
