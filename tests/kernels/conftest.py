@@ -114,7 +114,14 @@ def poison_library_allocations(monkeypatch):
         tensor = new_empty(self, *args, **kwargs)
         return _poison(tensor) if _called_from_library() else tensor
 
+    # `with torch.device(...)` redirects the factory functions it finds in a cached set: fill that cache
+    # with the real functions before patching, and drop it afterwards, or later meta-device models would
+    # be allocated for real (a 7B model on the CPU)
+    device_constructors = torch.utils._device._device_constructors
+    device_constructors()
     monkeypatch.setattr(torch, "empty", poisoned_empty)
     monkeypatch.setattr(torch, "empty_like", poisoned_empty_like)
     monkeypatch.setattr(torch.Tensor, "new_empty", poisoned_new_empty)
     yield
+    monkeypatch.undo()
+    device_constructors.cache_clear()
