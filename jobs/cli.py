@@ -26,6 +26,7 @@ COMMAND_GROUPS = {
     "train": "supervised fine-tuning and GRPO on DeepSpeed",
     "sandbox": "run untrusted code under limits",
     "tokenizer": "train and inspect the bundled code tokenizer",
+    "eval": "pass@k, FIM exact match / edit similarity, held-out loss, loop-count study",
 }
 
 
