@@ -204,10 +204,14 @@ def write_card(root: str | Path, **kwargs) -> Path:
 
 
 def files_to_publish(root: str | Path) -> list[str]:
-    """Paths (relative, POSIX) uploaded by `publish`: every file of the directory but hidden ones."""
+    """Paths (relative, POSIX) uploaded by `publish`: every file of the directory but hidden and internal ones.
+
+    Names starting with a dot are temporary or hidden; names starting with an underscore are a job's
+    internal state (`_work/` between stages, the `_SUCCESS` marker).
+    """
     root = Path(root)
     files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    return sorted(f for f in files if not any(part.startswith(".") for part in f.split("/")))
+    return sorted(f for f in files if not any(part.startswith((".", "_")) for part in f.split("/")))
 
 
 def publish(root: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
@@ -248,7 +252,7 @@ def publish(root: str | Path, repo_id: str, private: bool = False, revision: str
             api.upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo=CARD_NAME, repo_id=repo_id,
                             repo_type="dataset", revision=revision, commit_message="Add dataset card")  # fmt: skip
         api.upload_folder(folder_path=root, repo_id=repo_id, repo_type="dataset", revision=revision,
-                          ignore_patterns=[".*", "**/.*"], commit_message=f"Upload {root.name}")  # fmt: skip
+                          allow_patterns=files, commit_message=f"Upload {root.name}")  # fmt: skip
     except Exception as error:  # noqa: BLE001
         raise PublishError(f"upload to {repo_id} failed (rerun to resume): {_one_line(error)}") from error
     return listing

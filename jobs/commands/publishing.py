@@ -20,7 +20,7 @@ def register_publishing(commands: argparse._SubParsersAction) -> None:
 
     publish = commands.add_parser(
         "publish", help="upload a job output and its card to a Hugging Face dataset repo",
-        description="Create the dataset repo if needed and upload every file of PATH (hidden files excepted), "
+        description="Create the dataset repo if needed and upload every file of PATH (hidden files and _internal state excepted), "
         "with a generated card if PATH has no README.md. Resumable: rerun after an interruption.",
     )  # fmt: skip
     publish.add_argument("path", type=Path)

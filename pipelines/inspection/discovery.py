@@ -6,10 +6,11 @@ from pathlib import Path
 
 
 def discover_shards(path: str | Path) -> list[Path]:
-    """Every `*.parquet` file at or under `path`, sorted; hidden and temporary files are skipped.
+    """Every `*.parquet` file at or under `path`, sorted; hidden, temporary and internal files are skipped.
 
-    Files whose name or folder starts with a dot are skipped: they are shards being written
-    (`.part-00001.parquet.XXXX.tmp`) or staging folders, never finished output.
+    Files whose name or folder starts with a dot are shards being written
+    (`.part-00001.parquet.XXXX.tmp`) or staging folders; folders starting with an underscore
+    (`_work/`) hold a job's intermediate files between stages. Neither is finished output.
     """
     root = Path(path)
     if not root.exists():
@@ -20,6 +21,6 @@ def discover_shards(path: str | Path) -> list[Path]:
         return [root]
     shards = [
         p for p in root.rglob("*.parquet")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
     ]  # fmt: skip
     return sorted(shards)

@@ -3,6 +3,7 @@
 import random
 import subprocess
 import sysconfig
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -114,6 +115,16 @@ def test_bad_input_is_counted_and_the_rest_processed(ray_local, bad_inputs, tmp_
     rejected = {row["path"]: row["rejection_reason"] for row in output_rows(tmp_path / "out", "rejected")}
     assert rejected["huge.py"] == "too_large" and rejected["loop_a"] == "symlink"
     assert (tmp_path / "out" / "_SUCCESS").exists()
+    # the shard tools read this output: statistics agree with an independent count, validation passes
+    from loopcoder.pipelines.inspection import validate_shards
+    from loopcoder.pipelines.inspection.stats import collect_stats
+
+    inspected = collect_stats(tmp_path / "out")
+    all_rows = output_rows(tmp_path / "out") + output_rows(tmp_path / "out", "rejected")
+    assert inspected.rows == len(all_rows) and inspected.kept == len(kept)
+    assert dict(inspected.job_rejections) == stats["rejected"]["by_reason"]
+    assert dict(inspected.filter_rejections) == dict(Counter(r["rejection_reason"] for r in all_rows if not r["kept"]))
+    assert validate_shards(tmp_path / "out")[1] == []
 
 
 def near_duplicate_inputs() -> list[dict]:

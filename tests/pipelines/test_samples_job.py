@@ -118,3 +118,18 @@ def test_another_config_into_the_same_output_is_refused(job_output, inputs):
     config.fim = {"fim_rate": 0.9}
     with pytest.raises(ValueError, match="different config"):
         run_samples_job(config)
+
+
+def test_shard_tools_read_the_packed_output(job_output):
+    from loopcoder.pipelines.inspection import validate_shards
+    from loopcoder.pipelines.inspection.stats import collect_stats
+
+    output, stats = job_output
+    inspected = collect_stats(output / "packed")
+    packed = pq.read_table(output / "packed")
+    assert inspected.tokens == sum(len(ids) for ids in packed.column("input_ids").to_pylist())
+    assert dict(inspected.categories) == dict(Counter(packed.column("category").to_pylist()))
+    assert inspected.documents == sum(packed.column("num_documents").to_pylist())
+    whole = collect_stats(output)
+    assert whole.records["fim_sample"]["rows"] == pq.read_table(output / "fim").num_rows
+    assert validate_shards(output)[1] == []
