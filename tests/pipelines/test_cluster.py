@@ -113,7 +113,13 @@ def test_ray_job_submit_runs_a_job_on_the_cluster(ray_head, tmp_path):
     working_dir, output = write_job(tmp_path)
     submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(working_dir),
               "--", "loopcoder", "data", "run", "job.yaml"]  # fmt: skip
-    result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+    # the head's job agent starts a little after the head answers: a submission that finds no agent is retried
+    deadline = time.monotonic() + 120
+    while True:
+        result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "succeeded" in result.stdout
     check_output(output)
