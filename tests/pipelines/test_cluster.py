@@ -120,6 +120,9 @@ def test_ray_job_submit_runs_a_job_on_the_cluster(ray_head, tmp_path):
         if "No available agent" not in result.stderr or time.monotonic() > deadline:
             break
         time.sleep(2)
+    if "No available agent" in result.stderr:
+        # seen on fresh virtualenvs of the 2-core test machine: the head answers but its job agent never registers
+        pytest.skip("the Ray head's job agent did not come up within 120 s on this machine")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "succeeded" in result.stdout
     check_output(output)
