@@ -4,6 +4,12 @@
 aiohttp_cors, opencensus, prometheus_client, grpcio, ...); `ray[data]` alone does not install it
 and `ray start --include-dashboard=true` then fails with "Cannot include dashboard with missing
 packages". That test is skipped, with this reason, where the extra is missing.
+
+Every port of the head is chosen free for this test. Ray's defaults for the dashboard agent's HTTP
+port (52365) and the Ray Client server (10001) are fixed: a second Ray node on the machine (a local
+`ray.init()` of another test run, a developer's cluster) already holds them, and the agent of this
+head then fails to bind ("address already in use"), stays up without its HTTP service, and
+`ray job submit` finds "No available agent to submit job" forever.
 """
 
 import importlib.util
@@ -49,17 +55,18 @@ def processes_using(marker: str) -> list[int]:
 def ray_head(request):
     # short path: Ray's unix sockets live under the temp dir and have a ~100 character limit
     temp_dir = tempfile.mkdtemp(prefix="lcray-", dir="/tmp")
-    port, dashboard = free_port(), free_port()
+    port, dashboard, agent, client = free_port(), free_port(), free_port(), free_port()
     with_dashboard = request.param
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{env.get('PATH', '')}"}
     start = [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
+             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
              "--node-ip-address=127.0.0.1", "--num-cpus=1", f"--include-dashboard={str(with_dashboard).lower()}",
              f"--temp-dir={temp_dir}", "--disable-usage-stats"]  # fmt: skip
     try:
         result = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, result.stderr[-2000:]
-        yield (f"http://127.0.0.1:{dashboard}" if with_dashboard else f"127.0.0.1:{port}"), env
+        yield (f"http://127.0.0.1:{dashboard}" if with_dashboard else f"127.0.0.1:{port}"), env, Path(temp_dir)
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in processes_using(temp_dir):
@@ -97,7 +104,7 @@ def check_output(output: Path) -> None:
 
 @pytest.mark.parametrize("ray_head", [False], indirect=True, ids=["head"])
 def test_job_runs_on_the_cluster_named_by_ray_address(ray_head, tmp_path):
-    address, env = ray_head
+    address, env, _ = ray_head
     working_dir, output = write_job(tmp_path)
     command = [str(BIN / "loopcoder"), "data", "run", str(working_dir / "job.yaml")]
     result = subprocess.run(command, env=env | {"RAY_ADDRESS": address}, capture_output=True, text=True, timeout=600)
@@ -109,7 +116,7 @@ def test_job_runs_on_the_cluster_named_by_ray_address(ray_head, tmp_path):
 @pytest.mark.skipif(not HAS_JOB_SERVER, reason="ray job submit needs ray[default] (aiohttp, opencensus, ...) for the job server")
 @pytest.mark.parametrize("ray_head", [True], indirect=True, ids=["head-with-dashboard"])
 def test_ray_job_submit_runs_a_job_on_the_cluster(ray_head, tmp_path):
-    address, env = ray_head
+    address, env, temp_dir = ray_head
     working_dir, output = write_job(tmp_path)
     submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(working_dir),
               "--", "loopcoder", "data", "run", "job.yaml"]  # fmt: skip
@@ -121,8 +128,9 @@ def test_ray_job_submit_runs_a_job_on_the_cluster(ray_head, tmp_path):
             break
         time.sleep(2)
     if "No available agent" in result.stderr:
-        # seen on fresh virtualenvs of the 2-core test machine: the head answers but its job agent never registers
-        pytest.skip("the Ray head's job agent did not come up within 120 s on this machine")
+        log = temp_dir / "session_latest" / "logs" / "dashboard_agent.log"
+        agent_log = log.read_text(errors="replace")[-3000:] if log.exists() else "(no dashboard_agent.log)"
+        pytest.fail(f"the head's job agent did not register within 120 s; dashboard_agent.log ends with:\n{agent_log}")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "succeeded" in result.stdout
     check_output(output)
