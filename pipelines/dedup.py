@@ -1,4 +1,4 @@
-"""Global dedup stages on Ray Data: exact groups, LSH buckets -> edges, connected components.
+"""Global dedup stages on Ray Data: exact groups, LSH buckets -> candidate pairs -> exact Jaccard, connected components.
 
 No process holds the whole index. Every document is identified by a *rank key*
 `"{licence rank}|{id}|{task:06d}|{row:07d}"`, whose string order is the keep order: permissive
@@ -9,13 +9,21 @@ Stages (each writes Parquet files between stages, then a `.done` marker, so each
 
 1. `exact`: rows `(content_sha256, key)` are hash-shuffled by `content_sha256`; each group keeps
    its smallest key and emits `(key, rep)` for the others.
-2. `edges`: rows `(band, band_hash, key)` are hash-shuffled by bucket `(band, band_hash)`; a bucket
-   of k documents emits k - 1 star edges (smallest key -> each other) instead of all pairs.
-3. `components`: connected components by alternating large-star / small-star rounds (Kiveris et
-   al., "Connected Components in MapReduce and Beyond", 2014), each round one shuffle by node;
-   it stops when every component is a star around its smallest key, so the result is
-   `(node, root)` with root = smallest key of the component.
-4. `annotations`: exact removals and components, shuffled by task, written as one small file per
+2. `edges`: rows `(band, band_hash, content_hash, key)` are hash-shuffled by bucket `(band,
+   band_hash)`. Copies of one content in a bucket are paired with their first copy (Jaccard 1);
+   the distinct contents, in key order, are each paired with the next `bucket_window` ones (all
+   pairs in buckets of up to `bucket_window + 1`), so a bucket of k costs at most k * window pairs.
+   Without verification a bucket emits k - 1 star edges (smallest key -> each other).
+3. `verified` (with `verify`): exact Jaccard of every distinct candidate pair, computed where the
+   documents are: pairs are shuffled by the task of `u`, whose worker reads that task's documents
+   and attaches u's shingle set (duplicates of a pair from several bands meet there and collapse),
+   then by the task of `v`, whose worker computes the Jaccard. Every candidate is kept with its
+   similarity and `duplicate = jaccard >= threshold`.
+4. `components`: connected components of the duplicate pairs by alternating large-star /
+   small-star rounds (Kiveris et al., "Connected Components in MapReduce and Beyond", 2014),
+   each round one shuffle by node; it stops when every component is a star around its smallest
+   key, so the result is `(node, root)` with root = smallest key of the component.
+5. `annotations`: exact removals and components, shuffled by task, written as one small file per
    task: `(row, reason, cluster)`; the final per-task stage joins it to its own shard.
 """
 
@@ -26,11 +34,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
 from .io import atomic_write_json, atomic_write_parquet
+from .minhash import MinhashConfig, jaccard, shingle_set
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +147,102 @@ def _bucket_edges(group: pa.Table) -> pa.Table:
     return pa.table({"u": keys[1:], "v": [keys[0]] * (len(keys) - 1)}, schema=_EDGE_SCHEMA)
 
 
+def bucket_pairs(keys: list[str], content_hashes: list[int], window: int) -> list[tuple[str, str, bool]]:
+    """Candidate pairs `(u, v, same_content)` with u < v from one LSH bucket (see stage 2)."""
+    first_copy: dict[int, str] = {}
+    pairs, distinct = [], []
+    for key, content in sorted(set(zip(keys, content_hashes, strict=True))):
+        if content in first_copy:
+            pairs.append((first_copy[content], key, True))
+        else:
+            first_copy[content] = key
+            distinct.append(key)
+    for i, u in enumerate(distinct):
+        pairs.extend((u, v, False) for v in distinct[i + 1 : i + 1 + window])
+    return pairs
+
+
+def _bucket_pairs(group: pa.Table, window: int) -> pa.Table:
+    pairs = bucket_pairs(group.column("key").to_pylist(), group.column("content_hash").to_pylist(), window)
+    return pa.table(
+        {"u": [p[0] for p in pairs], "v": [p[1] for p in pairs], "same_content": [p[2] for p in pairs]},
+        schema=_PAIR_SCHEMA,
+    )
+
+
+def _with_task_of(batch: pa.Table, column: str) -> pa.Table:
+    tasks = [key_position(key)[0] for key in batch.column(column).to_pylist()]
+    return batch.append_column("task", pa.array(tasks, pa.int64()))
+
+
+def _shingle_sets(work: str, ngram: int, task: int, keys: list[str]) -> dict[str, np.ndarray]:
+    """key -> shingle set, for some rows of one task, computed from the task's documents file."""
+    import pyarrow.parquet as pq
+
+    rows = sorted({key_position(key)[1] for key in keys})
+    if not rows:
+        return {}
+    table = pq.read_table(Path(work) / "documents" / f"task-{task:06d}.parquet", columns=["content"])
+    contents = table.column("content").take(pa.array(rows, pa.int64())).to_pylist()
+    by_row = {row: shingle_set(content, ngram) for row, content in zip(rows, contents, strict=True)}
+    return {key: by_row[key_position(key)[1]] for key in keys}
+
+
+def _attach_first_sets(group: pa.Table, work: str, ngram: int) -> pa.Table:
+    """Pairs grouped by the task of `u`: distinct pairs, with u's shingle set attached, keyed by the task of `v`."""
+    task = group.column("task")[0].as_py()
+    same: dict[tuple[str, str], bool] = {}
+    for u, v, flag in zip(*(group.column(c).to_pylist() for c in ("u", "v", "same_content")), strict=True):
+        same[(u, v)] = same.get((u, v), False) or flag
+    pairs = sorted(same)
+    sets = _shingle_sets(work, ngram, task, sorted({u for (u, _), flag in same.items() if not flag}))
+    return pa.table(
+        {
+            "u": [u for u, _ in pairs],
+            "v": [v for _, v in pairs],
+            "same_content": [same[p] for p in pairs],
+            "task": pa.array([key_position(v)[0] for _, v in pairs], pa.int64()),
+            "u_set": pa.array([b"" if same[(u, v)] else sets[u].tobytes() for u, v in pairs], pa.large_binary()),
+        }
+    )
+
+
+def _verify_pairs(group: pa.Table, work: str, ngram: int, threshold: float) -> pa.Table:
+    """Pairs grouped by the task of `v`: exact Jaccard of each pair and whether it reaches the threshold."""
+    task = group.column("task")[0].as_py()
+    us, vs = group.column("u").to_pylist(), group.column("v").to_pylist()
+    same, u_sets = group.column("same_content").to_pylist(), group.column("u_set").to_pylist()
+    sets = _shingle_sets(work, ngram, task, sorted({v for v, flag in zip(vs, same, strict=True) if not flag}))
+    similarity = [
+        1.0 if flag else jaccard(np.frombuffer(u_set, dtype=np.uint32), sets[v])
+        for v, flag, u_set in zip(vs, same, u_sets, strict=True)
+    ]
+    return pa.table(
+        {"u": us, "v": vs, "jaccard": pa.array(similarity, pa.float64()), "duplicate": [s >= threshold for s in similarity]},
+        schema=_VERIFIED_SCHEMA,
+    )
+
+
+def _duplicate_edges(batch: pa.Table) -> pa.Table:
+    return batch.filter(batch.column("duplicate")).select(["u", "v"])
+
+
+def _jaccard_histogram(batch: pa.Table) -> pa.Table:
+    bins = np.minimum((batch.column("jaccard").to_numpy() * 10).astype(np.int64), 9)
+    duplicate = batch.column("duplicate").to_numpy(zero_copy_only=False)
+    return pa.table(
+        {
+            "bin": np.arange(10),
+            "count": np.bincount(bins, minlength=10),
+            "duplicates": np.bincount(bins, weights=duplicate, minlength=10).astype(np.int64),
+        }
+    )
+
+
 _PAIR_SCHEMA_EXACT = pa.schema([("key", pa.string()), ("rep", pa.string())])
 _EDGE_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string())])
+_PAIR_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string()), ("same_content", pa.bool_())])
+_VERIFIED_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string()), ("jaccard", pa.float64()), ("duplicate", pa.bool_())])
 _STAR_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string()), ("unstable", pa.int64())])
 
 
@@ -258,7 +362,7 @@ class _WriteTaskAnnotations:
         return pa.table({"task": [task], "rows": [len(rows)]})
 
 
-def run_dedup(work: Path, exact: bool, minhash: bool, partitions: int) -> dict[str, Any]:
+def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions: int) -> dict[str, Any]:
     """Runs the enabled global stages over the stage-1 files under `work`; returns their statistics."""
     dedup = work / "dedup"
     dedup.mkdir(parents=True, exist_ok=True)
@@ -274,16 +378,47 @@ def run_dedup(work: Path, exact: bool, minhash: bool, partitions: int) -> dict[s
     def build_edges(tmp: Path) -> dict[str, Any]:
         bands = _read(_parquet_files(work / "bands"))
         if bands is None:
-            return {"edges": 0}
-        edges = bands.groupby(["band", "band_hash"], num_partitions=partitions).map_groups(
-            _bucket_edges, batch_format="pyarrow"
+            return {"candidate_pairs": 0}
+        buckets = bands.groupby(["band", "band_hash"], num_partitions=partitions)
+        if minhash.verify:
+            edges = buckets.map_groups(_bucket_pairs, fn_args=(minhash.bucket_window,), batch_format="pyarrow")
+        else:
+            edges = buckets.map_groups(_bucket_edges, batch_format="pyarrow")
+        return {"candidate_pairs": _write(edges, tmp)}
+
+    def build_verified(tmp: Path) -> dict[str, Any]:
+        pairs = _read(_parquet_files(dedup / "edges"))
+        if pairs is None:
+            return {"candidate_pairs": 0, "duplicate_pairs": 0}
+        verified = (
+            pairs.map_batches(_with_task_of, fn_args=("u",), batch_format="pyarrow")
+            .groupby("task", num_partitions=partitions)
+            .map_groups(_attach_first_sets, fn_args=(str(work), minhash.ngram), batch_format="pyarrow")
+            .groupby("task", num_partitions=partitions)
+            .map_groups(_verify_pairs, fn_args=(str(work), minhash.ngram, minhash.threshold), batch_format="pyarrow")
         )
-        return {"edges": _write(edges, tmp)}
+        written = _write(verified, tmp)
+        scored = _read(_parquet_files(tmp))
+        histogram, duplicates = [0] * 10, 0
+        if scored is not None:
+            for row in scored.map_batches(_jaccard_histogram, batch_format="pyarrow").iter_rows():
+                histogram[int(row["bin"])] += int(row["count"])
+                duplicates += int(row["duplicates"])
+        return {
+            "candidate_pairs": written,
+            "duplicate_pairs": duplicates,
+            "below_threshold": written - duplicates,
+            "jaccard_histogram": {f"{b / 10:.1f}-{(b + 1) / 10:.1f}": n for b, n in enumerate(histogram)},
+        }
 
     def build_components(tmp: Path) -> dict[str, Any]:
-        edges = _read(_parquet_files(dedup / "edges"))
+        if minhash.verify:
+            pairs = _read(_parquet_files(dedup / "verified"))
+            edges = None if pairs is None else pairs.map_batches(_duplicate_edges, batch_format="pyarrow")
+        else:
+            edges = _read(_parquet_files(dedup / "edges"))
         if edges is None:
-            return {"rounds": 0, "clustered_documents": 0}
+            return {"rounds": 0, "removed": 0}
         components, rounds = connected_components(edges, partitions)
         return {"rounds": rounds, "removed": _write(components, tmp)}
 
@@ -305,6 +440,8 @@ def run_dedup(work: Path, exact: bool, minhash: bool, partitions: int) -> dict[s
         stats["exact"] = _stage(dedup / "exact", build_exact)
     if minhash:
         stats["edges"] = _stage(dedup / "edges", build_edges)
+        if minhash.verify:
+            stats["verified"] = _stage(dedup / "verified", build_verified)
         stats["components"] = _stage(dedup / "components", build_components)
     stats["annotations"] = _stage(dedup / "annotations", build_annotations)
     return stats

@@ -10,7 +10,7 @@
       - ast: {time_budget_seconds: 5}
       - decontamination: {benchmarks: [humaneval]}
       - exact_dedup: {}
-      - minhash_dedup: {num_perm: 256, bands: 25, rows: 10}
+      - minhash_dedup: {num_perm: 256, bands: 40, rows: 6, threshold: 0.7}
 
 The resolved config (every default filled in) is written as `config.json` beside the output;
 a rerun into the same output must resolve to the same config, or it is refused.

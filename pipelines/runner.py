@@ -127,7 +127,8 @@ class TaskRunner:
                     token_list = tokens(content)
                     if len(token_list) >= self.signer.config.min_tokens:
                         hashes = self.signer.band_hashes(self.signer.signature_from_tokens(token_list))
-                        bands.extend((band, value, key) for band, value in enumerate(hashes.tolist()))
+                        content_hash = int(record["content_sha256"][:16], 16)
+                        bands.extend((band, value, content_hash, key) for band, value in enumerate(hashes.tolist()))
         import pyarrow as pa
 
         if keys:
@@ -138,7 +139,8 @@ class TaskRunner:
                 {
                     "band": pa.array([b[0] for b in bands], pa.int32()),
                     "band_hash": pa.array([b[1] for b in bands], pa.uint64()),
-                    "key": pa.array([b[2] for b in bands], pa.string()),
+                    "content_hash": pa.array([b[2] for b in bands], pa.uint64()),
+                    "key": pa.array([b[3] for b in bands], pa.string()),
                 }
             )
             atomic_write_parquet(table, self.work / "bands" / f"task-{number:06d}.parquet")
@@ -318,7 +320,7 @@ def run_job(job: JobConfig, output: Path | None = None) -> dict[str, Any]:
         dedup_stats = {}
         if "exact_dedup" in names or "minhash_dedup" in names:
             logger.info("dedup stages")
-            dedup_stats = run_dedup(work, "exact_dedup" in names, "minhash_dedup" in names, job.ray.shuffle_partitions)
+            dedup_stats = run_dedup(work, "exact_dedup" in names, job.minhash_config(), job.ray.shuffle_partitions)
         timings["dedup"] = time.perf_counter() - start
         start = time.perf_counter()
         pending = [t for t in tasks if not (output / "markers" / f"task-{t['task']:06d}.done").exists()]

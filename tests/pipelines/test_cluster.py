@@ -87,7 +87,8 @@ def write_job(tmp_path: Path) -> tuple[Path, Path]:
         "name": "cluster",
         "output": str(output),
         "inputs": [{"kind": "directory", "path": str(stdlib / "json"), "repo": "stdlib/json", "include": ["*.py"]}],
-        "steps": ["decode", "quality", "exact_dedup", "minhash_dedup"],
+        # the LSH-only dedup (no exact-Jaccard check, BigCode's bands) runs here; the default path elsewhere
+        "steps": ["decode", "quality", "exact_dedup", {"minhash_dedup": {"verify": False, "bands": 25, "rows": 10}}],
         "tasks": {"files_per_task": 3},
         "ray": {"shuffle_partitions": 1},
     }

@@ -5,18 +5,24 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 from datasketch import MinHash
 
+from loopcoder.pipelines.dedup import bucket_pairs, key_position
+from loopcoder.pipelines.job import JobConfig
 from loopcoder.pipelines.minhash import (
     MinhashConfig,
     MinhashSignatures,
+    jaccard,
     shingle_hash,
     shingle_hashes,
+    shingle_set,
     shingles,
     tokens,
 )
+from loopcoder.pipelines.runner import normalised_sha256, run_job
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",
@@ -56,7 +62,7 @@ def test_vectorised_shingle_hashes_equal_the_python_hash():
 
 def test_bands_share_a_bucket_only_when_their_values_agree(signer):
     a, b, c = (signer.band_hashes(signer.signature(t)) for t in (TEXTS[0], TEXTS[0], TEXTS[2]))
-    assert a.shape == (25,) and np.array_equal(a, b)
+    assert a.shape == (signer.config.bands,) and np.array_equal(a, b)
     assert not np.any(a == c)
 
 
@@ -92,35 +98,114 @@ def exact_jaccard_pairs(sets: list[np.ndarray], threshold: float) -> set[tuple[i
     matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(sets), len(vocabulary)))
     inter = sp.triu(matrix @ matrix.T, k=1).tocoo()
     sizes = np.array([len(s) for s in sets])
-    jaccard = inter.data / (sizes[inter.row] + sizes[inter.col] - inter.data)
-    keep = jaccard >= threshold
+    similarity = inter.data / (sizes[inter.row] + sizes[inter.col] - inter.data)
+    keep = similarity >= threshold
     return set(zip(inter.row[keep].tolist(), inter.col[keep].tolist(), strict=True))
 
 
-def test_dedup_quality_on_real_near_duplicates(signer):
+def test_jaccard_is_exact_on_shingle_sets():
+    a, b = shingle_set(TEXTS[2]), shingle_set(TEXTS[2] + "    def pop(self):\n        return self.items.pop()\n")
+    common = set(a.tolist()) & set(b.tolist())
+    assert jaccard(a, b) == len(common) / len(set(a.tolist()) | set(b.tolist())) < 1.0
+    assert jaccard(a, a) == 1.0 and jaccard(a, shingle_set(TEXTS[0])) == 0.0
+    assert list(a) == sorted(set(a.tolist()))
+
+
+def test_bucket_pairs_collapse_copies_and_stay_within_the_window():
+    keys = [f"0|doc{i}|000000|{i:07d}" for i in range(6)]
+    # docs 0 and 3 have one content: 3 pairs with 0 only; the 5 distinct contents pair within a window of 2
+    pairs = bucket_pairs(keys[::-1], [7, 5, 4, 7, 2, 1][::-1], window=2)
+    assert (keys[0], keys[3], True) in pairs and sum(p[2] for p in pairs) == 1
+    distinct = [keys[i] for i in (0, 1, 2, 4, 5)]
+    expected = {(distinct[i], distinct[j], False) for i in range(5) for j in range(i + 1, min(i + 3, 5))}
+    assert {p for p in pairs if not p[2]} == expected
+    assert all(u < v for u, v, _ in pairs)
+    everything = bucket_pairs(keys, list(range(6)), window=32)
+    assert {(u, v) for u, v, _ in everything} == set(combinations(keys, 2))
+
+
+def test_candidate_probability_matches_the_measured_band_collisions(signer):
+    """The S-curve the defaults are chosen with, against the band collisions of real similar pairs."""
+    config = signer.config
+    assert config.candidate_probability(0.7) > 0.99 and config.candidate_probability(0.3) < 0.05
+    assert MinhashConfig(bands=25, rows=10).candidate_probability(0.7) == pytest.approx(0.51, abs=0.01)
+    texts = near_duplicate_corpus()
+    sets = [shingle_set(t) for t in texts]
+    bands = np.stack([signer.band_hashes(signer.signature(t)) for t in texts])
+    pairs = sorted(exact_jaccard_pairs(sets, 0.5))
+    collided = np.array([np.any(bands[a] == bands[b]) for a, b in pairs])
+    expected = np.array([config.candidate_probability(jaccard(sets[a], sets[b])) for a, b in pairs])
+    # a sum of independent Bernoulli trials: within 4 standard deviations of its mean
+    assert abs(collided.sum() - expected.sum()) < 4 * np.sqrt(np.sum(expected * (1 - expected))) + 1
+
+
+def output_rows(output: Path, folder: str = "files") -> list[dict]:
+    return [r for path in sorted((output / folder).glob("*.parquet")) for r in pq.read_table(path).to_pylist()]
+
+
+def write_corpus(texts: list[str], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = [folder / f"doc-{i:04d}.py" for i in range(len(texts))]
+    for path, text in zip(paths, texts, strict=True):
+        path.write_text(text, encoding="utf-8")
+    return paths
+
+
+def test_dedup_quality_on_real_near_duplicates(ray_local, tmp_path):
+    """Pair precision and recall of the job's near-duplicate pairs against exact Jaccard over all pairs."""
     texts = near_duplicate_corpus()
     assert len(texts) > 300, "the corpus needs pip, setuptools and the packages they vendor"
-    sets = [np.unique(shingle_hashes(tokens(t), 5)) for t in texts]
+    write_corpus(texts, tmp_path / "corpus")
+    job = JobConfig.from_dict({
+        "name": "quality", "output": str(tmp_path / "out"),
+        "inputs": [{"kind": "directory", "path": str(tmp_path / "corpus"), "repo": "corpus", "include": ["*.py"]}],
+        "steps": ["decode", "minhash_dedup"], "tasks": {"files_per_task": 150}, "ray": {"shuffle_partitions": 2},
+    })  # fmt: skip
+    stats = run_job(job, tmp_path / "out")
+    work = tmp_path / "out" / "_work"
+    documents = {}  # (task, row) -> corpus index
+    for path in sorted((work / "documents").glob("task-*.parquet")):
+        task = int(path.stem.split("-")[1])
+        for row, name in enumerate(pq.read_table(path, columns=["path"]).column("path").to_pylist()):
+            documents[(task, row)] = int(name[4:8])
+    assert sorted(documents.values()) == list(range(len(texts)))
+    scored = pq.read_table(work / "dedup" / "verified").to_pylist()
+
+    def index(key: str) -> int:
+        return documents[key_position(key)]
+
+    # copies of one content are one point: a bucket pairs a copy with its first copy only, and a pair found
+    # for one copy holds for all of them
+    copies: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        copies.setdefault(normalised_sha256(text), []).append(i)
+    same = {i: members for members in copies.values() for i in members}
+    found = {
+        tuple(sorted((a, b)))
+        for r in scored if r["duplicate"]
+        for a in same[index(r["u"])] for b in same[index(r["v"])] if a != b
+    }  # fmt: skip
+    candidates = {tuple(sorted((index(r["u"]), index(r["v"])))) for r in scored}
+    sets = [shingle_set(t) for t in texts]
     truth = exact_jaccard_pairs(sets, 0.7)
     assert len(truth) > 100
-    buckets: dict[tuple[int, int], list[int]] = {}
-    for doc, text in enumerate(texts):
-        for band, value in enumerate(signer.band_hashes(signer.signature(text)).tolist()):
-            buckets.setdefault((band, value), []).append(doc)
-    candidates = {pair for members in buckets.values() for pair in combinations(sorted(members), 2)}
-    precision = len(candidates & truth) / len(candidates)
-    recall = len(candidates & truth) / len(truth)
-    print(f"docs {len(texts)}, true pairs {len(truth)}, candidates {len(candidates)}, "
-          f"precision {precision:.3f}, recall {recall:.3f}")  # fmt: skip
-    # 25 bands x 10 rows make a pair at Jaccard 0.7 a candidate with probability 1 - (1 - 0.7**10)**25 = 0.51,
-    # 0.94 at 0.8: this corpus (vendored copies a few versions apart) has 25% of its true pairs in
-    # [0.7, 0.8), which is where every miss is; measured precision 0.965, recall 0.824.
-    assert precision >= 0.95
-    assert recall >= 0.80
-    missed = truth - candidates
-    assert all(jaccard(sets[a], sets[b]) < 0.8 for a, b in missed)
+    precision, recall = len(found & truth) / len(found), len(found & truth) / len(truth)
+    print(f"docs {len(texts)}, true pairs {len(truth)}, candidates {len(candidates)}, duplicate pairs {len(found)}: "
+          f"precision {precision:.3f}, recall {recall:.3f}; LSH candidates alone: precision "
+          f"{len(candidates & truth) / len(candidates):.3f}")  # fmt: skip
+    assert precision >= 0.95 and recall >= 0.95
+    for r in scored:  # the similarity the job recorded is the exact one
+        assert r["jaccard"] == pytest.approx(jaccard(sets[index(r["u"])], sets[index(r["v"])]))
+    verified = stats["dedup"]["verified"]
+    assert verified["candidate_pairs"] == len(scored)
+    assert (
+        verified["duplicate_pairs"]
+        == sum(r["duplicate"] for r in scored)
+        == sum(verified["jaccard_histogram"].values()) - verified["below_threshold"]
+    )
 
-
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    common = len(np.intersect1d(a, b, assume_unique=True))
-    return common / (len(a) + len(b) - common)
+    # every removed file belongs to a cluster whose representative survives
+    kept = {int(r["path"][4:8]): r["near_dup_cluster"] for r in output_rows(tmp_path / "out")}
+    removed = [r for r in output_rows(tmp_path / "out", "rejected") if r["rejection_reason"] == "near_duplicate"]
+    assert removed and {r["near_dup_cluster"] for r in removed} <= set(kept.values())
+    assert len(removed) + len(kept) == len(texts)
