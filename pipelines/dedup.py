@@ -7,10 +7,10 @@ cluster is its smallest key, so the survivors do not depend on partitioning or s
 
 Stages (each writes Parquet files between stages, then a `.done` marker, so each reruns alone):
 
-1. `exact`: rows `(content_sha256, key)` are hash-shuffled by `content_sha256`; each group keeps
-   its smallest key and emits `(key, rep)` for the others.
-2. `edges`: rows `(band, band_hash, content_hash, key)` are hash-shuffled by bucket `(band,
-   band_hash)`. Copies of one content in a bucket are paired with their first copy (Jaccard 1);
+1. `exact`: rows `(content_sha256, key)` are shuffled into parts by a hash of `content_sha256`;
+   each group of equal hashes keeps its smallest key and emits `(key, rep)` for the others.
+2. `edges`: rows `(band, band_hash, content_hash, key)` are shuffled into parts by `band_hash`,
+   so a bucket `(band, band_hash)` lies in one part. Copies of one content in a bucket are paired with their first copy (Jaccard 1);
    the distinct contents, in key order, are each paired with the next `bucket_window` ones (all
    pairs in buckets of up to `bucket_window + 1`), so a bucket of k costs at most k * window pairs.
    Without verification a bucket emits k - 1 star edges (smallest key -> each other).
@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +87,8 @@ def _stage(path: Path, build) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(path, ignore_errors=True)
     tmp.mkdir(parents=True)
-    stats = build(tmp)
+    start = time.perf_counter()
+    stats = build(tmp) | {"seconds": round(time.perf_counter() - start, 3)}
     tmp.rename(path)
     atomic_write_json(marker, stats)
     return stats
@@ -137,14 +140,70 @@ def _write(ds, directory: Path) -> int:
     return sum(int(row["rows"]) for row in written.iter_rows())
 
 
-def _exact_group(group: pa.Table) -> pa.Table:
-    keys = sorted(group.column("key").to_pylist())
-    return pa.table({"key": keys[1:], "rep": [keys[0]] * (len(keys) - 1)}, schema=_PAIR_SCHEMA_EXACT)
+# Rows per group handed to one call of a part function: buckets and exact groups are hashed into
+# parts of about this many rows, so the per-group cost of `map_groups` (a Python call and a table per
+# group) is paid per part, and singleton buckets, the vast majority, never reach Python.
+ROWS_PER_PART = 1_000_000
 
 
-def _bucket_edges(group: pa.Table) -> pa.Table:
-    keys = sorted(set(group.column("key").to_pylist()))
-    return pa.table({"u": keys[1:], "v": [keys[0]] * (len(keys) - 1)}, schema=_EDGE_SCHEMA)
+def _num_parts(files: list[Path], partitions: int) -> int:
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    return max(partitions, -(-rows // ROWS_PER_PART))
+
+
+def _with_part(batch: pa.Table, column: str, parts: int) -> pa.Table:
+    """Adds `part`, a hash of `column` modulo `parts`, so that equal values share a part."""
+    values = batch.column(column)
+    if pa.types.is_unsigned_integer(values.type):
+        part = values.to_numpy() % np.uint64(parts)
+    else:
+        part = np.array([int(v[:15], 16) % parts for v in values.to_pylist()], dtype=np.uint64)
+    return batch.append_column("part", pa.array(part.astype(np.int64)))
+
+
+def _shared_groups(table: pa.Table, columns: list[str]) -> Iterator[pa.Table]:
+    """The groups of rows equal on `columns` that have two or more rows, each sorted by key."""
+    if table.num_rows < 2:
+        return
+    table = table.sort_by([(c, "ascending") for c in [*columns, "key"]])
+    change = np.zeros(table.num_rows, dtype=bool)
+    change[0] = True
+    for column in columns:
+        values = table.column(column).to_numpy(zero_copy_only=False)
+        change[1:] |= values[1:] != values[:-1]
+    starts = np.flatnonzero(change)
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), table.num_rows], strict=True):
+        if end - start >= 2:
+            yield table.slice(start, end - start)
+
+
+def _exact_part(part: pa.Table) -> pa.Table:
+    keys, reps = [], []
+    for group in _shared_groups(part, ["content_sha256"]):
+        members = group.column("key").to_pylist()
+        keys += members[1:]
+        reps += [members[0]] * (len(members) - 1)
+    return pa.table({"key": keys, "rep": reps}, schema=_PAIR_SCHEMA_EXACT)
+
+
+def _bucket_part(part: pa.Table, window: int, verify: bool) -> pa.Table:
+    """Candidate pairs of every bucket of a part (stage 2); without `verify`, star edges."""
+    if not verify:
+        u, v = [], []
+        for group in _shared_groups(part, ["band", "band_hash"]):
+            keys = sorted(set(group.column("key").to_pylist()))
+            u += keys[1:]
+            v += [keys[0]] * (len(keys) - 1)
+        return pa.table({"u": u, "v": v}, schema=_EDGE_SCHEMA)
+    pairs = []
+    for group in _shared_groups(part, ["band", "band_hash"]):
+        pairs += bucket_pairs(group.column("key").to_pylist(), group.column("content_hash").to_pylist(), window)
+    return pa.table(
+        {"u": [p[0] for p in pairs], "v": [p[1] for p in pairs], "same_content": [p[2] for p in pairs]},
+        schema=_PAIR_SCHEMA,
+    )
 
 
 def bucket_pairs(keys: list[str], content_hashes: list[int], window: int) -> list[tuple[str, str, bool]]:
@@ -160,14 +219,6 @@ def bucket_pairs(keys: list[str], content_hashes: list[int], window: int) -> lis
     for i, u in enumerate(distinct):
         pairs.extend((u, v, False) for v in distinct[i + 1 : i + 1 + window])
     return pairs
-
-
-def _bucket_pairs(group: pa.Table, window: int) -> pa.Table:
-    pairs = bucket_pairs(group.column("key").to_pylist(), group.column("content_hash").to_pylist(), window)
-    return pa.table(
-        {"u": [p[0] for p in pairs], "v": [p[1] for p in pairs], "same_content": [p[2] for p in pairs]},
-        schema=_PAIR_SCHEMA,
-    )
 
 
 def _with_task_of(batch: pa.Table, column: str) -> pa.Table:
@@ -368,22 +419,26 @@ def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions
     dedup.mkdir(parents=True, exist_ok=True)
     stats: dict[str, Any] = {}
 
+    def grouped_by_part(files: list[Path], column: str, function, args: tuple):
+        parts = _num_parts(files, partitions)
+        return (
+            _read(files)
+            .map_batches(_with_part, fn_args=(column, parts), batch_format="pyarrow")
+            .groupby("part", num_partitions=partitions)
+            .map_groups(function, fn_args=args, batch_format="pyarrow")
+        )
+
     def build_exact(tmp: Path) -> dict[str, Any]:
-        keys = _read(_parquet_files(work / "keys"))
-        if keys is None:
+        files = _parquet_files(work / "keys")
+        if not files:
             return {"removed": 0}
-        pairs = keys.groupby("content_sha256", num_partitions=partitions).map_groups(_exact_group, batch_format="pyarrow")
-        return {"removed": _write(pairs, tmp)}
+        return {"removed": _write(grouped_by_part(files, "content_sha256", _exact_part, ()), tmp)}
 
     def build_edges(tmp: Path) -> dict[str, Any]:
-        bands = _read(_parquet_files(work / "bands"))
-        if bands is None:
+        files = _parquet_files(work / "bands")
+        if not files:
             return {"candidate_pairs": 0}
-        buckets = bands.groupby(["band", "band_hash"], num_partitions=partitions)
-        if minhash.verify:
-            edges = buckets.map_groups(_bucket_pairs, fn_args=(minhash.bucket_window,), batch_format="pyarrow")
-        else:
-            edges = buckets.map_groups(_bucket_edges, batch_format="pyarrow")
+        edges = grouped_by_part(files, "band_hash", _bucket_part, (minhash.bucket_window, minhash.verify))
         return {"candidate_pairs": _write(edges, tmp)}
 
     def build_verified(tmp: Path) -> dict[str, Any]:
