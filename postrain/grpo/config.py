@@ -8,12 +8,10 @@ the valid ones. The resolved config is saved as `config.yaml` in the output dire
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from loopcoder.postrain.config_file import ConfigFile
 
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
 SCALE_REWARDS = ("group", "none")
@@ -22,7 +20,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(ConfigFile):
     r"""Configuration of `loopcoder train grpo`: GRPO with DAPO's clip-higher and token-level loss, no KL.
 
     A *step* is one generation batch: `prompts_per_step` problems x `num_generations` rollouts are sampled and
@@ -223,45 +221,6 @@ class GRPOConfig:
     @property
     def optimizer_steps_per_generation(self) -> int:
         return self.steps_per_generation * self.num_iterations
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> GRPOConfig:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(fields))}")
-        raw = dict(raw)
-        for name, value in raw.items():
-            # YAML 1.1 reads `3e-4` as a string
-            if isinstance(value, str) and str(fields[name].type).startswith("float"):
-                try:
-                    raw[name] = float(value)
-                except ValueError:
-                    raise ValueError(f"{name} must be a number, got {value!r}") from None
-        return cls(**raw)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> GRPOConfig:
-        from loopcoder.postrain.sft.config import parse_override
-
-        raw: dict[str, Any] = {}
-        if path is not None:
-            path = Path(path)
-            if not path.exists():
-                raise FileNotFoundError(f"config {path} does not exist")
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            if not isinstance(raw, dict):
-                raise ValueError(f"{path}: expected a mapping of config keys")
-        for override in overrides or []:
-            key, value = parse_override(override)
-            raw[key] = value
-        return cls.from_dict(raw)
 
 
 __all__ = ["GRPOConfig", "LOSS_TYPES"]

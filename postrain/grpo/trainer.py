@@ -35,14 +35,13 @@ import torch
 import torch.distributed as dist
 
 from loopcoder.postrain.sft.checkpoint import (
-    find_resume_checkpoint,
     full_state_dict,
     load_checkpoint,
-    remove_partials,
+    prepare_run,
     save_checkpoint,
     save_hf_model,
 )
-from loopcoder.postrain.sft.distributed import deepspeed_config, device, init_distributed, set_cpu_threads
+from loopcoder.postrain.sft.distributed import device, init_distributed, initialize_engine, set_cpu_threads
 from loopcoder.postrain.sft.metrics import MetricsLogger
 
 from .config import GRPOConfig
@@ -199,19 +198,13 @@ class GRPOTrainer:
             reward_fns = build_reward_functions(config, workers)
         self.reward_fns = reward_fns
 
-        import deepspeed
-
         model = build_model(config)
         self.model_config = model.config
         # beta = 0: no reference model exists at all (nothing loaded, nothing kept in memory)
         self.ref_model = None
         if config.beta > 0:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.device)
-        self.ds_config = deepspeed_config(config, self.accumulation)
-        self.zero_stage = int(self.ds_config["zero_optimization"].get("stage", 0))
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self.ds_config
-        )
+        self.engine, self.ds_config, self.zero_stage = initialize_engine(model, config, self.accumulation)
         self.step = 0
         self.optimizer_steps = 0
         self.resumed_from: Path | None = None
@@ -563,12 +556,7 @@ class GRPOTrainer:
 
     def train(self) -> TrainResult:
         config = self.config
-        if self.rank == 0:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            remove_partials(self.checkpoint_root)
-            (self.output_dir / "config.yaml").write_text(self.resolved_config(), encoding="utf-8")
-        dist.barrier()
-        resume = find_resume_checkpoint(config, self.checkpoint_root)
+        resume = prepare_run(config, self.rank, self.output_dir, self.checkpoint_root, self.resolved_config())
         if resume is not None:
             state = load_checkpoint(self.engine, resume)
             self.step = int(state["step"])

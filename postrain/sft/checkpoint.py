@@ -100,6 +100,17 @@ def find_resume_checkpoint(config, root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def prepare_run(config, rank: int, output_dir: Path, checkpoint_root: Path, config_yaml: str) -> Path | None:
+    """Start of a run on every rank: rank 0 creates the output, clears half-written checkpoints and saves the
+    resolved config; then all ranks agree on the checkpoint to resume from (None: start fresh)."""
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_partials(checkpoint_root)
+        (output_dir / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    dist.barrier()
+    return find_resume_checkpoint(config, checkpoint_root)
+
+
 def save_checkpoint(engine, root: Path, step: int, trainer_state: dict[str, Any], config_yaml: str, keep: int) -> Path:
     """Collective: every rank calls it. Returns the complete checkpoint's path."""
     rank = dist.get_rank()
@@ -201,6 +212,7 @@ def save_hf_model(state: dict[str, torch.Tensor], model_config, out_dir: Path, r
 
 
 __all__ = [
+    "prepare_run",
     "save_checkpoint",
     "load_checkpoint",
     "find_resume_checkpoint",

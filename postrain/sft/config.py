@@ -10,13 +10,11 @@ as `config.yaml` in the output directory and in every checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from loopcoder.postrain.config_file import ConfigFile, parse_override
 
 MODES = ("sft", "pretrain")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -24,7 +22,7 @@ ACTIONS = ("stop", "warn")
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(ConfigFile):
     r"""Configuration of `loopcoder train sft` (`mode: sft`) and of looped continued pre-training (`mode: pretrain`).
 
     Parameters that control the model:
@@ -217,59 +215,6 @@ class SFTConfig:
         if self.curriculum:
             return sum(int(p["steps"]) for p in self.curriculum)
         raise ValueError("set max_steps (or a curriculum whose phases give the steps)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> SFTConfig:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(fields))}")
-        raw = dict(raw)
-        for name, value in raw.items():
-            # YAML 1.1 reads `3e-4` as a string
-            if isinstance(value, str) and str(fields[name].type).startswith("float"):
-                try:
-                    raw[name] = float(value)
-                except ValueError:
-                    raise ValueError(f"{name} must be a number, got {value!r}") from None
-        return cls(**raw)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> SFTConfig:
-        raw: dict[str, Any] = {}
-        if path is not None:
-            path = Path(path)
-            if not path.exists():
-                raise FileNotFoundError(f"config {path} does not exist")
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            if not isinstance(raw, dict):
-                raise ValueError(f"{path}: expected a mapping of config keys")
-        for override in overrides or []:
-            key, value = parse_override(override)
-            raw[key] = value
-        return cls.from_dict(raw)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`name=value` -> (name, value read as YAML; `1e-3` style numbers become floats)."""
-    if "=" not in text:
-        raise ValueError(f"override {text!r} must look like name=value")
-    key, raw_value = text.split("=", 1)
-    key = key.strip().lstrip("-").replace("-", "_")
-    value = yaml.safe_load(raw_value) if raw_value.strip() else None
-    if isinstance(value, str):
-        # YAML 1.1 reads `3e-4` as a string; a trainer config never means that
-        try:
-            value = float(value) if any(c in value.lower() for c in "e.") else value
-        except ValueError:
-            pass
-    return key, value
 
 
 __all__ = ["SFTConfig", "parse_override"]

@@ -121,4 +121,16 @@ def deepspeed_config(config, gradient_accumulation_steps: int) -> dict[str, Any]
     return ds
 
 
-__all__ = ["prepare_environment", "init_distributed", "deepspeed_config", "device", "use_bf16", "free_port"]
+def initialize_engine(model, config, gradient_accumulation_steps: int) -> tuple[Any, dict[str, Any], int]:
+    """(DeepSpeed engine over the trainable parameters of `model`, its resolved config, its ZeRO stage)."""
+    import deepspeed
+
+    ds_config = deepspeed_config(config, gradient_accumulation_steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+    return engine, ds_config, int(ds_config["zero_optimization"].get("stage", 0))
+
+
+__all__ = [
+    "prepare_environment", "init_distributed", "deepspeed_config", "initialize_engine", "device", "use_bf16", "free_port",
+]  # fmt: skip

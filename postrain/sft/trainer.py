@@ -24,16 +24,15 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import (
-    find_resume_checkpoint,
     full_state_dict,
     load_checkpoint,
-    remove_partials,
+    prepare_run,
     save_checkpoint,
     save_hf_model,
 )
 from .config import SFTConfig
 from .data import MicroBatch, ShardStream, collate, discover_shards
-from .distributed import deepspeed_config, device, init_distributed, set_cpu_threads
+from .distributed import device, init_distributed, initialize_engine, set_cpu_threads
 from .loss import category_sums, merge_sums, token_losses
 from .metrics import MetricsLogger
 from .plan import BatchPlanner, learning_rate, phase_at, rank_share
@@ -124,15 +123,9 @@ class SFTTrainer:
         if not any(w > 0 for p in config.phases for w in p["mixture"].values()):
             raise ValueError("no training data: set `mixture` or a `curriculum`")
 
-        import deepspeed
-
         model = build_model(config)
         self.model_config = model.config
-        self.ds_config = deepspeed_config(config, self.accumulation)
-        self.zero_stage = int(self.ds_config["zero_optimization"].get("stage", 0))
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self.ds_config
-        )
+        self.engine, self.ds_config, self.zero_stage = initialize_engine(model, config, self.accumulation)
         self.detector = SilentErrorDetector(config, self.rank, self.world)
         self.step = 0
         self.resumed_from: Path | None = None
@@ -227,12 +220,7 @@ class SFTTrainer:
     # -- the loop -------------------------------------------------------------------------------
     def train(self) -> TrainResult:
         config = self.config
-        if self.rank == 0:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            remove_partials(self.checkpoint_root)
-            (self.output_dir / "config.yaml").write_text(self.resolved_config(), encoding="utf-8")
-        dist.barrier()
-        resume = find_resume_checkpoint(config, self.checkpoint_root)
+        resume = prepare_run(config, self.rank, self.output_dir, self.checkpoint_root, self.resolved_config())
         if resume is not None:
             state = load_checkpoint(self.engine, resume)
             self.step = int(state["step"])
