@@ -386,31 +386,26 @@ def _annotation_rows(batch: pa.Table, reason: str) -> pa.Table:
     )
 
 
-class _WriteTaskAnnotations:
+def _write_task_annotations(group: pa.Table, directory: str) -> pa.Table:
     """One Parquet file per task: its rows' dedup reason and cluster (exact removal wins)."""
-
-    def __init__(self, directory: str):
-        self.directory = Path(directory)
-
-    def __call__(self, group: pa.Table) -> pa.Table:
-        task = group.column("task")[0].as_py()
-        merged: dict[int, tuple[str | None, int | None]] = {}
-        for row, reason, cluster in zip(
-            group.column("row").to_pylist(), group.column("reason").to_pylist(), group.column("cluster").to_pylist(), strict=True
-        ):
-            old_reason, old_cluster = merged.get(row, (None, None))
-            new_reason = EXACT_DUPLICATE if EXACT_DUPLICATE in (reason, old_reason) else (reason or old_reason)
-            merged[row] = (new_reason, cluster if cluster is not None else old_cluster)
-        rows = sorted(merged)
-        table = pa.table(
-            {
-                "row": pa.array(rows, pa.int64()),
-                "reason": pa.array([merged[r][0] for r in rows], pa.string()),
-                "cluster": pa.array([merged[r][1] for r in rows], pa.int64()),
-            }
-        )
-        atomic_write_parquet(table, self.directory / f"task-{task:06d}.parquet")
-        return pa.table({"task": [task], "rows": [len(rows)]})
+    task = group.column("task")[0].as_py()
+    merged: dict[int, tuple[str | None, int | None]] = {}
+    for row, reason, cluster in zip(
+        group.column("row").to_pylist(), group.column("reason").to_pylist(), group.column("cluster").to_pylist(), strict=True
+    ):
+        old_reason, old_cluster = merged.get(row, (None, None))
+        new_reason = EXACT_DUPLICATE if EXACT_DUPLICATE in (reason, old_reason) else (reason or old_reason)
+        merged[row] = (new_reason, cluster if cluster is not None else old_cluster)
+    rows = sorted(merged)
+    table = pa.table(
+        {
+            "row": pa.array(rows, pa.int64()),
+            "reason": pa.array([merged[r][0] for r in rows], pa.string()),
+            "cluster": pa.array([merged[r][1] for r in rows], pa.int64()),
+        }
+    )
+    atomic_write_parquet(table, Path(directory) / f"task-{task:06d}.parquet")
+    return pa.table({"task": [task], "rows": [len(rows)]})
 
 
 def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions: int) -> dict[str, Any]:
@@ -460,6 +455,7 @@ def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions
                 histogram[int(row["bin"])] += int(row["count"])
                 duplicates += int(row["duplicates"])
         return {
+            "threshold": minhash.threshold,
             "candidate_pairs": written,
             "duplicate_pairs": duplicates,
             "below_threshold": written - duplicates,
@@ -487,7 +483,7 @@ def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions
             return {"tasks": 0}
         rows = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
         written = rows.groupby("task", num_partitions=partitions).map_groups(
-            _WriteTaskAnnotations, fn_constructor_args=(str(tmp),), batch_format="pyarrow", concurrency=1
+            _write_task_annotations, fn_args=(str(tmp),), batch_format="pyarrow"
         )
         return {"tasks": written.count()}
 

@@ -267,7 +267,7 @@ def _run_stage(stage: str, tasks: list[dict], job: JobConfig, output: Path, num_
         TaskRunner,
         fn_constructor_args=(stage, job.to_dict(), str(output.resolve()), num_tasks),
         batch_size=1,
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
     )
     for _ in ds.iter_batches(batch_size=None):

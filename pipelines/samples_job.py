@@ -257,7 +257,7 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
             tasks = ray.data.from_items([{"task": i} for i in pending], override_num_blocks=len(pending))
             tasks = tasks.map_batches(
                 FilesTask, fn_constructor_args=(config.to_dict(), str(output.resolve()), shards),
-                batch_size=1, concurrency=workers, num_cpus=1,
+                batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
             )  # fmt: skip
             for _ in tasks.iter_batches(batch_size=None):
                 pass
@@ -270,7 +270,8 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
             files = ray.data.from_items([{"path": shard} for shard in shards], override_num_blocks=len(shards))
             files = files.flat_map(_kept_rows_of_shard)
             samples = files.groupby("repo").map_groups(
-                RepoFimGroup, fn_constructor_args=(config.to_dict(),), concurrency=1, batch_format="pyarrow"
+                RepoFimGroup, fn_constructor_args=(config.to_dict(),), compute=ray.data.ActorPoolStrategy(size=1),
+                batch_format="pyarrow",
             )
             records = sorted(samples.take_all(), key=lambda r: r["id"])
             records = [r | {"context_paths": list(r["context_paths"])} for r in records]

@@ -124,6 +124,12 @@ def print_job_summary(stats: dict, output: Path) -> None:
         f"{sum(1 for name in stats['shards'] if name.startswith('files/'))} shard(s) under {output / 'files'}; "
         f"{stats['rejected'].get('rows', 0):,} rejected"
     )
+    verified = stats.get("dedup", {}).get("verified")
+    if verified:
+        console.print(
+            f"near-dedup: {verified['candidate_pairs']:,} candidate pair(s) from the LSH buckets, "
+            f"{verified['duplicate_pairs']:,} at exact Jaccard >= {verified['threshold']:g}"
+        )
     for name, error in stats["input_errors"].items():
         console.print(f"[red]unreadable input {name}[/red]: {error}")
     timings = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in stats["timings_seconds"].items())

@@ -104,6 +104,7 @@ def print_stats(stats) -> None:
         ("tokens per category", stats.tokens_by_category), ("FIM split kinds", stats.fim_split_kinds),
         ("FIM modes", stats.fim_modes), ("rejections (job stats)", stats.job_rejections),
         ("rejections (filter decisions in shards)", stats.filter_rejections),
+        ("near-dedup candidate pairs by exact Jaccard", stats.candidate_pairs_by_jaccard),
     ):  # fmt: skip
         if not counter:
             continue
@@ -112,7 +113,9 @@ def print_stats(stats) -> None:
         table.add_column("count", justify="right")
         table.add_column("share", justify="right")
         total = sum(counter.values())
-        for value, count in counter.most_common(15):
+        # a histogram reads in bin order; the other counters by size
+        ordered = sorted(counter.items()) if counter is stats.candidate_pairs_by_jaccard else counter.most_common(15)
+        for value, count in ordered:
             table.add_row(str(value), f"{count:,}", f"{count / total:.1%}")
         if len(counter) > 15:
             table.add_row(f"... {len(counter) - 15} more", "", "")

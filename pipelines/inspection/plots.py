@@ -69,4 +69,20 @@ def plot_stats(stats: ShardStats, out_dir: str | Path) -> list[Path]:
     rejections = stats.job_rejections + stats.filter_rejections
     bars(rejections, "Rejections by reason", "files rejected", "rejections.png", share=False)
     bars(stats.fim_split_kinds, "FIM split kinds", "% of FIM samples", "fim_split_kinds.png")
+    if stats.candidate_pairs_by_jaccard:
+        bins = sorted(stats.candidate_pairs_by_jaccard)
+        counts = [stats.candidate_pairs_by_jaccard[b] for b in bins]
+        threshold = stats.near_duplicate_threshold
+        colours = ["#C44E52" if threshold is not None and float(b.split("-")[0]) >= threshold else "#8C8C8C" for b in bins]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(bins, counts, color=colours)
+        for x, count in enumerate(counts):
+            ax.text(x, count, f"{count:,}", ha="center", va="bottom", fontsize=8)
+        ax.set_xlabel("exact Jaccard similarity of the pair's shingle sets")
+        ax.set_ylabel("candidate pairs")
+        kept_note = f"; red: at or above the threshold {threshold:g}, duplicates" if threshold is not None else ""
+        ax.set_title(f"Near-dedup candidate pairs (LSH buckets){kept_note}", fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+        save(fig, "near_duplicate_pairs.png")
     return written

@@ -58,6 +58,9 @@ class ShardStats:
     job_rejections: Counter = field(default_factory=Counter)
     kept: int | None = None
     dedup_clusters: int | None = None
+    # near-dedup candidate pairs by exact Jaccard (bins "0.6-0.7", ...) and the threshold, from the job's stats
+    candidate_pairs_by_jaccard: Counter = field(default_factory=Counter)
+    near_duplicate_threshold: float | None = None
     length_unit: str | None = None
     length_percentiles: dict[str, float] = field(default_factory=dict)
     lengths: list[int] = field(default_factory=list, repr=False)
@@ -164,3 +167,7 @@ def _read_stats_files(root: Path, stats: ShardStats) -> None:
             if isinstance(rejections, dict):
                 stats.job_rejections.update({k: int(v) for k, v in rejections.items()})
                 stats.stats_files.append(str(stats_file))
+            verified = (payload.get("dedup") or {}).get("verified") or {}
+            if isinstance(verified.get("jaccard_histogram"), dict):
+                stats.candidate_pairs_by_jaccard.update({k: int(v) for k, v in verified["jaccard_histogram"].items()})
+                stats.near_duplicate_threshold = verified.get("threshold")

@@ -10,7 +10,10 @@ import pytest
 import scipy.sparse as sp
 from datasketch import MinHash
 
+from loopcoder.jobs.commands.data import print_job_summary
 from loopcoder.pipelines.dedup import bucket_pairs, key_position
+from loopcoder.pipelines.inspection.plots import plot_stats
+from loopcoder.pipelines.inspection.stats import collect_stats
 from loopcoder.pipelines.job import JobConfig
 from loopcoder.pipelines.minhash import (
     MinhashConfig,
@@ -151,7 +154,7 @@ def write_corpus(texts: list[str], folder: Path) -> list[Path]:
     return paths
 
 
-def test_dedup_quality_on_real_near_duplicates(ray_local, tmp_path):
+def test_dedup_quality_on_real_near_duplicates(ray_local, tmp_path, capsys):
     """Pair precision and recall of the job's near-duplicate pairs against exact Jaccard over all pairs."""
     texts = near_duplicate_corpus()
     assert len(texts) > 300, "the corpus needs pip, setuptools and the packages they vendor"
@@ -203,6 +206,19 @@ def test_dedup_quality_on_real_near_duplicates(ray_local, tmp_path):
         == sum(r["duplicate"] for r in scored)
         == sum(verified["jaccard_histogram"].values()) - verified["below_threshold"]
     )
+
+    print_job_summary(stats, tmp_path / "out")
+    assert (
+        f"{len(scored):,} candidate pair(s) from the LSH buckets, {verified['duplicate_pairs']:,} at exact Jaccard >= 0.7"
+        in (" ".join(capsys.readouterr().out.split()))
+    )
+
+    # the shard tools show the candidates by similarity, as a table and a chart
+    inspected = collect_stats(tmp_path / "out")
+    assert dict(inspected.candidate_pairs_by_jaccard) == verified["jaccard_histogram"]
+    assert inspected.near_duplicate_threshold == 0.7
+    charts = {p.name: p for p in plot_stats(inspected, tmp_path / "charts")}
+    assert charts["near_duplicate_pairs.png"].read_bytes()[:4] == b"\x89PNG"
 
     # every removed file belongs to a cluster whose representative survives
     kept = {int(r["path"][4:8]): r["near_dup_cluster"] for r in output_rows(tmp_path / "out")}
