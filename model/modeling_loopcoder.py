@@ -33,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
-from loopcoder.model.attention import cached_attention, get_looped_attention
+from loopcoder.model.attention import FUSED_GATED, cached_attention, get_looped_attention
 from loopcoder.model.cache import LoopCoderCache
 from loopcoder.model.checkpoint import GATE_KEY_ALIASES
 from loopcoder.model.configuration_loopcoder import IQuestLoopCoderConfig, IQuestPLTCoderConfig, LoopCoderConfig
@@ -168,6 +168,8 @@ class SequenceLayout:
         key_padding_mask: `[B, T]` False at padding, or None (always None when flattened).
         flatten: run the looped attention on the batch flattened into one row (packed documents).
         history_reset: `[B, T]` True where the cross-loop history must be zero (a document's first token).
+        row_cu_seqlens: per row, its own `[N_b + 1]` document boundaries when packed (rows never share a
+            document), for backends whose cost grows with the square of the row length.
     """
 
     loop0_mask: torch.Tensor | None
@@ -175,6 +177,7 @@ class SequenceLayout:
     key_padding_mask: torch.Tensor | None
     flatten: bool
     history_reset: torch.Tensor
+    row_cu_seqlens: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -266,7 +269,20 @@ class LoopCoderAttention(nn.Module):
             g = self.gate(gate_module, residual, q)
             looped = get_looped_attention(impl)
             window = self.config.loop_window
-            if layout.flatten:
+            if layout.flatten and impl != FUSED_GATED and batch > 1:
+                # masked dense backends cost (rows x length)^2 on a flattened batch: one call per row instead
+                out = torch.cat(
+                    [
+                        looped(
+                            *(t[row : row + 1] for t in (q, key0, value0, k, v, g)),
+                            window=window,
+                            scale=self.scaling,
+                            cu_seqlens=layout.row_cu_seqlens[row],
+                        )
+                        for row in range(batch)
+                    ]
+                )
+            elif layout.flatten:
                 flat = [t.reshape(1, batch * seq_len, *t.shape[2:]) for t in (q, key0, value0, k, v, g)]
                 out = looped(
                     *flat,
@@ -646,14 +662,16 @@ class LoopCoderModel(LoopCoderPreTrainedModel):
                 visible = visible & valid[:, None, :]
             visible = visible | torch.eye(seq_len, dtype=torch.bool, device=device)[None]
             loop0_mask = _additive(visible[:, None], dtype)
-        cu, kpm = None, valid
+        cu, kpm, row_cu = None, valid, None
         if packed:
             # one row of documents; padded tokens become one-token documents, so no padding mask is needed
             doc_starts = new_doc if valid is None else new_doc | ~valid | history_reset
             flat_starts = doc_starts.reshape(-1).nonzero().flatten()
             cu = torch.cat([flat_starts, flat_starts.new_tensor([batch * seq_len])]).to(torch.int32)
+            end = torch.tensor([seq_len], device=device)
+            row_cu = [torch.cat([row.nonzero().flatten(), end]).to(torch.int32) for row in doc_starts]
             kpm = None
-        return SequenceLayout(loop0_mask, cu, kpm, packed, history_reset)
+        return SequenceLayout(loop0_mask, cu, kpm, packed, history_reset, row_cu)
 
     def _forward_full(self, embeds, attention_mask, position_ids, cu_seqlens, cache, output_loop_states):
         config = self.config
