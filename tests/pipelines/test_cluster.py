@@ -39,16 +39,27 @@ def free_port() -> int:
 
 
 def processes_using(marker: str) -> list[int]:
-    """Pids whose command line names `marker` (the head's own temp dir): only the head this test started."""
-    pids = []
+    """Pids whose command line names `marker` (the head's own temp dir), and all their descendants.
+
+    Ray renames some of its processes (`ray::DashboardAgent`, `ray::IDLE`), so their command lines no
+    longer name the temp dir; they are found as children of the head's raylet and dashboard.
+    """
+    named, parent = set(), {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                named.add(int(entry.name))
+            # the parent pid is the second field after the parenthesised command name
+            parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(named), set(named)
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
+        found |= frontier
+    return sorted(found)
 
 
 @pytest.fixture
