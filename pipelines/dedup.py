@@ -16,8 +16,9 @@ Stages (each writes Parquet files between stages, then a `.done` marker, so each
    Without verification a bucket emits k - 1 star edges (smallest key -> each other).
 3. `verified` (with `verify`): exact Jaccard of every distinct candidate pair, computed where the
    documents are: pairs are shuffled by the task of `u`, whose worker reads that task's documents
-   and attaches u's shingle set (duplicates of a pair from several bands meet there and collapse),
-   then by the task of `v`, whose worker computes the Jaccard. Every candidate is kept with its
+   and attaches u's shingle set once per task holding partners of u (duplicates of a pair from
+   several bands meet there and collapse), then by the task of `v`, whose worker computes the
+   Jaccard. Every candidate is kept with its
    similarity and `duplicate = jaccard >= threshold`.
 4. `components`: connected components of the duplicate pairs by alternating large-star /
    small-star rounds (Kiveris et al., "Connected Components in MapReduce and Beyond", 2014),
@@ -240,34 +241,45 @@ def _shingle_sets(work: str, ngram: int, task: int, keys: list[str]) -> dict[str
 
 
 def _attach_first_sets(group: pa.Table, work: str, ngram: int) -> pa.Table:
-    """Pairs grouped by the task of `u`: distinct pairs, with u's shingle set attached, keyed by the task of `v`."""
+    """Pairs grouped by the task of `u` -> one row per (u, task of v): u's shingle set and its partners there.
+
+    A pair found in several bands arrives several times and is kept once. u's set travels once to
+    each task holding partners of u, not once per pair.
+    """
     task = group.column("task")[0].as_py()
     same: dict[tuple[str, str], bool] = {}
     for u, v, flag in zip(*(group.column(c).to_pylist() for c in ("u", "v", "same_content")), strict=True):
         same[(u, v)] = same.get((u, v), False) or flag
-    pairs = sorted(same)
-    sets = _shingle_sets(work, ngram, task, sorted({u for (u, _), flag in same.items() if not flag}))
+    partners: dict[tuple[str, int], list[str]] = {}
+    for u, v in sorted(same):
+        partners.setdefault((u, key_position(v)[0]), []).append(v)
+    needs_set = {u for (u, _), flag in same.items() if not flag}
+    sets = _shingle_sets(work, ngram, task, sorted(needs_set))
+    rows = sorted(partners)
     return pa.table(
         {
-            "u": [u for u, _ in pairs],
-            "v": [v for _, v in pairs],
-            "same_content": [same[p] for p in pairs],
-            "task": pa.array([key_position(v)[0] for _, v in pairs], pa.int64()),
-            "u_set": pa.array([b"" if same[(u, v)] else sets[u].tobytes() for u, v in pairs], pa.large_binary()),
+            "u": [u for u, _ in rows],
+            "task": pa.array([v_task for _, v_task in rows], pa.int64()),
+            "v": pa.array([partners[r] for r in rows], pa.list_(pa.string())),
+            "same_content": pa.array([[same[(r[0], v)] for v in partners[r]] for r in rows], pa.list_(pa.bool_())),
+            "u_set": pa.array([sets[u].tobytes() if u in needs_set else b"" for u, _ in rows], pa.large_binary()),
         }
     )
 
 
 def _verify_pairs(group: pa.Table, work: str, ngram: int, threshold: float) -> pa.Table:
-    """Pairs grouped by the task of `v`: exact Jaccard of each pair and whether it reaches the threshold."""
+    """Rows grouped by the task of `v`: exact Jaccard of each pair and whether it reaches the threshold."""
     task = group.column("task")[0].as_py()
-    us, vs = group.column("u").to_pylist(), group.column("v").to_pylist()
-    same, u_sets = group.column("same_content").to_pylist(), group.column("u_set").to_pylist()
-    sets = _shingle_sets(work, ngram, task, sorted({v for v, flag in zip(vs, same, strict=True) if not flag}))
-    similarity = [
-        1.0 if flag else jaccard(np.frombuffer(u_set, dtype=np.uint32), sets[v])
-        for v, flag, u_set in zip(vs, same, u_sets, strict=True)
-    ]
+    rows = list(zip(*(group.column(c).to_pylist() for c in ("u", "v", "same_content", "u_set")), strict=True))
+    needed = {v for _, partners, flags, _ in rows for v, flag in zip(partners, flags, strict=True) if not flag}
+    sets = _shingle_sets(work, ngram, task, sorted(needed))
+    us, vs, similarity = [], [], []
+    for u, partners, flags, u_set in rows:
+        u_shingles = np.frombuffer(u_set, dtype=np.uint32)
+        for v, flag in zip(partners, flags, strict=True):
+            us.append(u)
+            vs.append(v)
+            similarity.append(1.0 if flag else jaccard(u_shingles, sets[v]))
     return pa.table(
         {"u": us, "v": vs, "jaccard": pa.array(similarity, pa.float64()), "duplicate": [s >= threshold for s in similarity]},
         schema=_VERIFIED_SCHEMA,
