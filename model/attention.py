@@ -56,6 +56,58 @@ def _visible(
     return visible | (distance == 0)
 
 
+# The local branch is computed in query blocks of `_band_block(window)` rows, each against the
+# `block + window` keys it can see, once the sequence holds this many blocks: T * (block + window)
+# scores instead of T * T.
+BANDED_MIN_BLOCKS = 4
+
+
+def _band_block(window: int) -> int:
+    return max(64, window)
+
+
+def _banded_local_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    document_ids: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    scale: float | None,
+    gqa: bool,
+) -> torch.Tensor:
+    """Sliding-window attention `[B, H, T, D]` (keys at distance 0..window, same document, not padding)."""
+    batch, heads, seq_len, dim = q.shape
+    block = _band_block(window)
+    blocks = -(-seq_len // block)
+    padded = blocks * block
+    device = q.device
+    # key index j of block b is the padded position b * block + j, i.e. the token b * block + j - window
+    key_index = torch.arange(blocks, device=device)[:, None] * block + torch.arange(block + window, device=device)
+    key_pos = key_index - window
+    query_pos = torch.arange(padded, device=device).view(blocks, block)
+    distance = query_pos[:, :, None] - key_pos[:, None, :]
+    inside = (key_pos >= 0) & (key_pos < seq_len)
+    visible = ((distance >= 0) & (distance <= window) & inside[:, None, :])[None, :, None]  # [1, nb, 1, C, C+W]
+    if document_ids is not None:
+        query_doc = F.pad(document_ids, (0, padded - seq_len), value=-1).view(-1, blocks, block)
+        key_doc = F.pad(document_ids, (window, padded - seq_len), value=-2)[:, key_index]
+        visible = visible & (query_doc[:, :, :, None] == key_doc[:, :, None, :])[:, :, None]
+    if key_padding_mask is not None:
+        keep = F.pad(key_padding_mask.bool(), (window, padded - seq_len), value=False)[:, key_index]
+        visible = visible & keep[:, :, None, None, :]
+    visible = visible | (distance == 0)[None, :, None]
+
+    def key_blocks(x: torch.Tensor) -> torch.Tensor:  # [B, HKV, T, D] -> [B, nb, HKV, C+W, D]
+        return F.pad(x, (0, 0, window, padded - seq_len))[:, :, key_index].transpose(1, 2)
+
+    query_blocks = F.pad(q, (0, 0, 0, padded - seq_len)).view(batch, heads, blocks, block, dim).transpose(1, 2)
+    out = F.scaled_dot_product_attention(
+        query_blocks, key_blocks(k), key_blocks(v), attn_mask=visible, scale=scale, enable_gqa=gqa
+    )
+    return out.transpose(1, 2).reshape(batch, heads, padded, dim)[:, :, :seq_len]
+
+
 def sdpa_gated_attention(
     q: torch.Tensor,
     k0: torch.Tensor,
@@ -85,8 +137,11 @@ def sdpa_gated_attention(
     else:
         causal = _visible(seq_len, None, document_ids, key_padding_mask, q.device)
         global_out = F.scaled_dot_product_attention(q_, k0_, v0_, attn_mask=causal, scale=scale, enable_gqa=gqa)
-    local = _visible(seq_len, window, document_ids, key_padding_mask, q.device)
-    local_out = F.scaled_dot_product_attention(q_, kr_, vr_, attn_mask=local, scale=scale, enable_gqa=gqa)
+    if seq_len >= BANDED_MIN_BLOCKS * _band_block(window):
+        local_out = _banded_local_attention(q_, kr_, vr_, window, document_ids, key_padding_mask, scale, gqa)
+    else:
+        local = _visible(seq_len, window, document_ids, key_padding_mask, q.device)
+        local_out = F.scaled_dot_product_attention(q_, kr_, vr_, attn_mask=local, scale=scale, enable_gqa=gqa)
     g = gate.transpose(1, 2)[..., None].to(q.dtype)  # [B, HQ, T, 1]
     out = g * global_out + (1 - g) * local_out
     return out.transpose(1, 2)
