@@ -138,3 +138,27 @@ def test_bfloat16_forward_and_decode(impl, lc):
     assert (logits.float() - reference).abs().max().item() < 0.1
     assert (torch.cat(steps, 1).float() - reference).abs().max().item() < 0.1
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 15)
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("schedule", ["sequential", "parallel"])
+def test_beam_search_with_the_cache_equals_beam_search_without(variant, schedule, lc, monkeypatch):
+    """Beam search reorders the cache between steps (`reorder_cache`); recomputing every step must agree."""
+    from loopcoder.model.cache import LoopCoderCache
+
+    shuffles = []
+    reorder = LoopCoderCache.reorder_cache
+
+    def recording_reorder(self, beam_idx):
+        shuffles.append(not torch.equal(beam_idx.cpu(), torch.arange(len(beam_idx))))
+        return reorder(self, beam_idx)
+
+    monkeypatch.setattr(LoopCoderCache, "reorder_cache", recording_reorder)
+    model = lc.make_model(lc.config(variant, decode_schedule=schedule), noise=0.15)
+    prompt = lc.random_ids(2, 6, seed=7)
+    settings = dict(max_new_tokens=10, do_sample=False, num_beams=3, num_return_sequences=2, early_stopping=False)
+    cached = model.generate(prompt, use_cache=True, output_scores=True, return_dict_in_generate=True, **settings)
+    assert any(shuffles), "the beams never changed places: the cache reordering was not exercised"
+    recomputed = model.generate(prompt, use_cache=False, output_scores=True, return_dict_in_generate=True, **settings)
+    assert cached.sequences.tolist() == recomputed.sequences.tolist()
+    assert torch.allclose(cached.sequences_scores, recomputed.sequences_scores, atol=1e-5)
