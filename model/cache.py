@@ -10,6 +10,10 @@ Per sequence and physical layer (docs/model.md, "Cache"):
 
 Memory per token is therefore the one of a dense model of the same width and depth; the loop
 buffers add a constant `(R - 1) * (W + 1)` positions.
+
+Rollback (assisted decoding): after `activate_past_recording()` the loop buffers and the carries
+keep every position until the next `crop(-n)`, which removes the last n positions of every part
+and shrinks the buffers back to the window, as transformers' sliding-window caches do.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ class LoopCoderCache(Cache):
         self.carry: list[torch.Tensor | None] = [None] * max(self.num_loops - 1, 0)
         # positions processed so far by each loop (equal outside a chunked prefill)
         self.seen = [0] * self.num_loops
+        # With past recording (`activate_past_recording`, used by assisted decoding) the loop buffers keep
+        # every position until the next `crop`, and carry_history[r] `[B, n, d]` keeps the carries of the
+        # positions since then, so that `crop` can take back the tokens a verification step rejected.
+        self.record_past = False
+        self.carry_history: list[torch.Tensor | None] = [None] * max(self.num_loops - 1, 0)
+        self._carry_before_history: list[torch.Tensor | None] = list(self.carry)
+        self._seen_before_history = 0
 
     # -- loop 0: full K/V ------------------------------------------------------------------
     def update_loop0(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
@@ -64,7 +75,10 @@ class LoopCoderCache(Cache):
         if entry is not None:
             key = torch.cat([entry[0], key], dim=-2)
             value = torch.cat([entry[1], value], dim=-2)
-        self.local[loop][layer_idx] = (key[..., -self.local_size :, :], value[..., -self.local_size :, :])
+        if self.record_past:
+            self.local[loop][layer_idx] = (key, value)
+        else:
+            self.local[loop][layer_idx] = (key[..., -self.local_size :, :], value[..., -self.local_size :, :])
         return key, value, first_slot
 
     def local_length(self, loop: int) -> int:
@@ -77,8 +91,60 @@ class LoopCoderCache(Cache):
         self.seen[loop] += num_tokens
 
     def set_carry(self, loop: int, hidden: torch.Tensor) -> None:
-        if loop < self.num_loops - 1:
-            self.carry[loop] = hidden
+        """Loop `loop`'s outputs `[B, n, d]` at the positions just processed (or `[B, d]` for one position)."""
+        if loop >= self.num_loops - 1:
+            return
+        if hidden.dim() == 2:
+            hidden = hidden[:, None]
+        self.carry[loop] = hidden[:, -1]
+        if self.record_past:
+            previous = self.carry_history[loop]
+            self.carry_history[loop] = hidden if previous is None else torch.cat([previous, hidden], dim=1)
+
+    # -- rollback (assisted decoding) ----------------------------------------------------------
+    def activate_past_recording(self) -> None:
+        """Keeps what `crop` needs to take back tokens: every loop buffer entry and carry until the next crop."""
+        self.record_past = True
+        self._carry_before_history = list(self.carry)
+        self._seen_before_history = self.seen[0]
+
+    @property
+    def is_croppable(self) -> bool:
+        return True
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Removes the last `-tokens_to_remove` positions (a non-positive count, as transformers' caches), then
+        shrinks the loop buffers back to their working size. Needs past recording to remove any position."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes the negative number of positions to remove, got {tokens_to_remove}")
+        remove = -tokens_to_remove
+        if remove:
+            recorded = self.seen[0] - self._seen_before_history if self.record_past else 0
+            if recorded < remove:
+                raise RuntimeError(
+                    f"cannot remove {remove} position(s): the cache recorded {recorded} since the last crop; "
+                    "call activate_past_recording() before the forward whose positions may be taken back"
+                )
+            self.keys0 = [None if k is None else k[..., :-remove, :] for k in self.keys0]
+            self.values0 = [None if v is None else v[..., :-remove, :] for v in self.values0]
+            for loop in range(1, self.num_loops):
+                self.local[loop] = [
+                    None if e is None else (e[0][..., :-remove, :], e[1][..., :-remove, :]) for e in self.local[loop]
+                ]
+            for loop, history in enumerate(self.carry_history):
+                if history is not None:
+                    kept = history.shape[1] - remove
+                    self.carry[loop] = history[:, kept - 1] if kept > 0 else self._carry_before_history[loop]
+            self.seen = [seen - remove for seen in self.seen]
+        # back to the working size: the window of every loop buffer, no carry history
+        for loop in range(1, self.num_loops):
+            self.local[loop] = [
+                None if e is None else (e[0][..., -self.local_size :, :], e[1][..., -self.local_size :, :])
+                for e in self.local[loop]
+            ]
+        self.carry_history = [None] * len(self.carry_history)
+        self._carry_before_history = list(self.carry)
+        self._seen_before_history = self.seen[0]
 
     # -- transformers Cache API ------------------------------------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -107,6 +173,8 @@ class LoopCoderCache(Cache):
         self.values0 = [None if t is None else fn(t) for t in self.values0]
         self.local = [[None if e is None else (fn(e[0]), fn(e[1])) for e in row] for row in self.local]
         self.carry = [None if t is None else fn(t) for t in self.carry]
+        self.carry_history = [None if t is None else fn(t) for t in self.carry_history]
+        self._carry_before_history = [None if t is None else fn(t) for t in self._carry_before_history]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -119,9 +187,6 @@ class LoopCoderCache(Cache):
 
     def reset(self) -> None:
         self.__init__(_ConfigView(self.num_layers, self.num_loops, self.local_size))
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("LoopCoderCache keeps only a window of the later loops and cannot be cropped")
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors (loop-0 K/V, loop buffers, hidden carries)."""

@@ -710,7 +710,9 @@ class LoopCoderModel(LoopCoderPreTrainedModel):
             if fill_cache:
                 cache.advance(loop, hidden.shape[1])
                 if config.clp_shift:
-                    cache.set_carry(loop, self._history(hidden)[:, -1].detach())
+                    # the carries of every position only when a rollback may need them
+                    kept = hidden if cache.record_past else hidden[:, -1:]
+                    cache.set_carry(loop, self._history(kept).detach())
         return self.norm(hidden), tuple(loop_states)
 
     # -- cached steps -------------------------------------------------------------------------
@@ -784,7 +786,7 @@ class LoopCoderModel(LoopCoderPreTrainedModel):
                 history = self._history(hidden)
                 if config.clp_shift:
                     shifted = self._shifted(loop, history, cache, reset)
-                    cache.set_carry(loop - 1, history[:, -1])
+                    cache.set_carry(loop - 1, history)
                     history = shifted
                 hidden = self._loop_input(embeds, history)
             (hidden,) = self._run_step([StepRow(loop, hidden, cache.seen[loop], position_ids)], cache, slot_valid)
@@ -831,11 +833,15 @@ class LoopCoderModel(LoopCoderPreTrainedModel):
                 if row.loop < num_loops - 1:
                     # the carry loop r + 1 reads at its next chunk: loop r's output at this chunk's last token
                     if lag == 0:
-                        cache.set_carry(row.loop, self._history(out)[:, -1])
+                        cache.set_carry(row.loop, self._history(out))
         final = torch.cat([outputs[(num_loops - 1, c)] for c in range(len(chunks))], dim=1)
         if lag:
             for loop in range(num_loops - 1):
-                cache.set_carry(loop, self._history(outputs[(loop, len(chunks) - 1)])[:, -1])
+                if cache.record_past:
+                    produced = torch.cat([outputs[(loop, c)] for c in range(len(chunks))], dim=1)
+                else:
+                    produced = outputs[(loop, len(chunks) - 1)][:, -1:]
+                cache.set_carry(loop, self._history(produced))
         return self.norm(final), None
 
     def _chunk_history(self, loop, chunk_idx, previous, embeds_c, cache, outputs, lag):
@@ -906,6 +912,9 @@ class LoopCoderForCausalLM(LoopCoderPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
             model_kwargs["past_key_values"] = LoopCoderCache(self.config)
+            if getattr(generation_config, "is_assistant", False):
+                # an assistant's candidates are taken back when the main model rejects them
+                model_kwargs["past_key_values"].activate_past_recording()
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 

@@ -162,3 +162,66 @@ def test_beam_search_with_the_cache_equals_beam_search_without(variant, schedule
     recomputed = model.generate(prompt, use_cache=False, output_scores=True, return_dict_in_generate=True, **settings)
     assert cached.sequences.tolist() == recomputed.sequences.tolist()
     assert torch.allclose(cached.sequences_scores, recomputed.sequences_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("schedule", ["sequential", "parallel"])
+@pytest.mark.parametrize("rejected", [1, 4, 5])
+def test_crop_takes_back_a_verification_step(variant, schedule, rejected, lc):
+    """The assisted-decoding pattern: a chunk of candidates, `crop` of the rejected ones, then decoding on.
+
+    The prompt is longer than the window so the loop buffers are full; removing all 5 candidates also
+    takes back the carry to the one before the chunk."""
+    model = lc.make_model(lc.config(variant, decode_schedule=schedule), noise=0.15)
+    ids = lc.random_ids(1, 24, seed=9)
+    prompt, candidates, continuation = ids[:, :12], ids[:, 12:17], ids[:, 17:]
+    kept = candidates[:, : 5 - rejected]
+    with torch.no_grad():
+        cache = model(prompt, use_cache=True).past_key_values
+        cache.activate_past_recording()
+        model(candidates, past_key_values=cache, use_cache=True)
+        cache.crop(-rejected)
+        assert cache.get_seq_length() == 12 + 5 - rejected
+        assert cache.local_length(1) <= model.config.local_cache_size  # back to the working size
+        logits = model(continuation, past_key_values=cache, use_cache=True).logits
+        expected = model(torch.cat([prompt, kept, continuation], dim=1), use_cache=False).logits[
+            :, -continuation.shape[1] :
+        ]
+    assert (logits - expected).abs().max().item() < 1e-5
+
+
+def test_crop_without_recording_is_refused(lc):
+    model = lc.make_model(lc.v2_config())
+    with torch.no_grad():
+        cache = model(lc.random_ids(1, 12), use_cache=True).past_key_values
+    with pytest.raises(RuntimeError, match="activate_past_recording"):
+        cache.crop(-2)
+    with pytest.raises(ValueError, match="negative"):
+        cache.crop(3)
+    cache.crop(0)  # nothing to take back: allowed
+    assert cache.get_seq_length() == 12
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("schedule", ["sequential", "parallel"])
+def test_assisted_and_prompt_lookup_decoding_equal_greedy_decoding(variant, schedule, lc, monkeypatch):
+    """Greedy assisted decoding is exact: an assistant that guesses differently changes only the speed."""
+    from loopcoder.model.cache import LoopCoderCache
+
+    removed = []
+    crop = LoopCoderCache.crop
+
+    def recording_crop(self, tokens_to_remove):
+        removed.append(-tokens_to_remove)
+        return crop(self, tokens_to_remove)
+
+    monkeypatch.setattr(LoopCoderCache, "crop", recording_crop)
+    model = lc.make_model(lc.config(variant, decode_schedule=schedule), noise=0.15)
+    assistant = lc.make_model(lc.config(variant, num_loops=1), seed=3, noise=0.15)  # a different model
+    prompt = torch.cat([lc.random_ids(1, 8, seed=11)] * 2, dim=1)  # repeats, so prompt lookup finds candidates
+    greedy = model.generate(prompt, max_new_tokens=24, do_sample=False)
+    assisted = model.generate(prompt, max_new_tokens=24, do_sample=False, assistant_model=assistant)
+    lookup = model.generate(prompt, max_new_tokens=24, do_sample=False, prompt_lookup_num_tokens=4)
+    assert assisted.tolist() == greedy.tolist()
+    assert lookup.tolist() == greedy.tolist()
+    assert max(removed) > 1  # rejected candidates were taken back
