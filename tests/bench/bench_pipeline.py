@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-mb", type=float, default=100)
     parser.add_argument("--output", type=Path, default=Path("/tmp/bench_pipeline"))
-    parser.add_argument("--files-per-task", type=int, default=400)
+    parser.add_argument("--files-per-task", type=int, default=200)
     args = parser.parse_args()
     inputs, megabytes = corpus_inputs(args.min_mb)
     if megabytes < args.min_mb:
