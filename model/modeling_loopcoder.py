@@ -486,6 +486,13 @@ class LoopCoderPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = False
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
 
+    def post_init(self) -> None:
+        if self.config.num_loops == 1:
+            # one loop has no gates: a looped checkpoint loaded as a dense model leaves them out on purpose
+            gates = [r"\.plt_gate\.", r"\.loop_gate_proj\.", r"gate_projections?\."]
+            self._keys_to_ignore_on_load_unexpected = [*type(self)._keys_to_ignore_on_load_unexpected, *gates]
+        super().post_init()
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -503,10 +510,10 @@ class LoopCoderPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, also accepting the alternative gate spellings of released files."""
         kwargs.setdefault("key_mapping", GATE_KEY_ALIASES)
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
         # save in the released spelling, not in the one we happened to read
-        model._weight_conversions = None
-        return model
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._weight_conversions = None  # (model, info) on request
+        return loaded
 
 
 @dataclass

@@ -139,3 +139,26 @@ def test_full_size_v2_parameters_match_the_spec_on_meta_device():
     assert shapes == expected
     assert sum(p.numel() for p in model.parameters()) == 7_615_749_680
     assert released_tensor_shapes(config) == expected
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+def test_looped_checkpoint_loads_as_one_loop_without_unexpected_keys(tmp_path, variant, lc):
+    """The loop-count study loads a looped checkpoint with num_loops=1: its gates are left out on purpose."""
+    model = lc.make_model(lc.config(variant))
+    model.save_pretrained(tmp_path)
+    one_loop, info = LoopCoderForCausalLM.from_pretrained(tmp_path, num_loops=1, output_loading_info=True)
+    assert one_loop.config.num_loops == 1
+    assert info["unexpected_keys"] == set() and info["missing_keys"] == set()
+    ids = lc.random_ids(1, 9)
+    with torch.no_grad():
+        # the one-loop model is loop 0 of the looped one: same weights, nothing re-initialised
+        expected = model(ids, output_loop_states=True).loop_hidden_states[0]
+        got = one_loop(ids, output_loop_states=True).loop_hidden_states[0]
+    assert torch.equal(got, expected)
+    # a looped model still reports what does not belong to it
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "model.safetensors")
+    save_file(saved | {"model.layers.0.self_attn.unknown.weight": torch.zeros(2)}, tmp_path / "model.safetensors")
+    _, info = LoopCoderForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["unexpected_keys"] == {"model.layers.0.self_attn.unknown.weight"}
