@@ -444,14 +444,24 @@ def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions
     def build_edges(tmp: Path) -> dict[str, Any]:
         files = _parquet_files(work / "bands")
         if not files:
-            return {"candidate_pairs": 0}
+            return {"pair_rows": 0}
         edges = grouped_by_part(files, "band_hash", _bucket_part, (minhash.bucket_window, minhash.verify))
-        return {"candidate_pairs": _write(edges, tmp)}
+        # a pair sharing several bands is written once per band (`verified` counts distinct pairs)
+        return {"pair_rows": _write(edges, tmp)}
+
+    def verified_stats(candidates: int, duplicates: int, histogram: list[int]) -> dict[str, Any]:
+        return {
+            "threshold": minhash.threshold,
+            "candidate_pairs": candidates,
+            "duplicate_pairs": duplicates,
+            "below_threshold": candidates - duplicates,
+            "jaccard_histogram": {f"{b / 10:.1f}-{(b + 1) / 10:.1f}": n for b, n in enumerate(histogram)},
+        }
 
     def build_verified(tmp: Path) -> dict[str, Any]:
         pairs = _read(_parquet_files(dedup / "edges"))
-        if pairs is None:
-            return {"candidate_pairs": 0, "duplicate_pairs": 0}
+        if pairs is None:  # no bucket holds two documents
+            return verified_stats(0, 0, [0] * 10)
         verified = (
             pairs.map_batches(_with_task_of, fn_args=("u",), batch_format="pyarrow")
             .groupby("task", num_partitions=partitions)
@@ -466,13 +476,7 @@ def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions
             for row in scored.map_batches(_jaccard_histogram, batch_format="pyarrow").iter_rows():
                 histogram[int(row["bin"])] += int(row["count"])
                 duplicates += int(row["duplicates"])
-        return {
-            "threshold": minhash.threshold,
-            "candidate_pairs": written,
-            "duplicate_pairs": duplicates,
-            "below_threshold": written - duplicates,
-            "jaccard_histogram": {f"{b / 10:.1f}-{(b + 1) / 10:.1f}": n for b, n in enumerate(histogram)},
-        }
+        return verified_stats(written, duplicates, histogram)
 
     def build_components(tmp: Path) -> dict[str, Any]:
         if minhash.verify:

@@ -58,6 +58,9 @@ class MinhashConfig:
             raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.min_tokens < self.ngram:
+            # a file with fewer tokens than one shingle has an empty set: all of them would collide at Jaccard 1
+            raise ValueError(f"min_tokens ({self.min_tokens}) must be at least ngram ({self.ngram})")
         if self.bucket_window < 1:
             raise ValueError(f"bucket_window must be at least 1, got {self.bucket_window}")
 

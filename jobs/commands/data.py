@@ -124,11 +124,12 @@ def print_job_summary(stats: dict, output: Path) -> None:
         f"{sum(1 for name in stats['shards'] if name.startswith('files/'))} shard(s) under {output / 'files'}; "
         f"{stats['rejected'].get('rows', 0):,} rejected"
     )
-    verified = stats.get("dedup", {}).get("verified")
-    if verified:
+    verified = stats.get("dedup", {}).get("verified") or {}
+    if "candidate_pairs" in verified:
+        threshold = verified.get("threshold")
         console.print(
             f"near-dedup: {verified['candidate_pairs']:,} candidate pair(s) from the LSH buckets, "
-            f"{verified['duplicate_pairs']:,} at exact Jaccard >= {verified['threshold']:g}"
+            f"{verified.get('duplicate_pairs', 0):,} at exact Jaccard >= {threshold if threshold is not None else '?'}"
         )
     for name, error in stats["input_errors"].items():
         console.print(f"[red]unreadable input {name}[/red]: {error}")

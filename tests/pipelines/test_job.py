@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from loopcoder.jobs.commands.data import print_job_summary
 from loopcoder.pipelines.dedup import connected_components
 from loopcoder.pipelines.job import JobConfig
 from loopcoder.pipelines.runner import run_job
@@ -101,8 +102,12 @@ def bad_inputs(tmp_path: Path) -> list[dict]:
     ]
 
 
-def test_bad_input_is_counted_and_the_rest_processed(ray_local, bad_inputs, tmp_path):
+def test_bad_input_is_counted_and_the_rest_processed(ray_local, bad_inputs, tmp_path, capsys):
     stats = run_job(make_job(bad_inputs, tmp_path / "out", files_per_task=4), tmp_path / "out")
+    # no two kept files share an LSH bucket: the near-dedup stages and the summary still report zeros
+    assert stats["dedup"]["verified"]["candidate_pairs"] == 0
+    print_job_summary(stats, tmp_path / "out")
+    assert "near-dedup: 0 candidate pair(s) from the LSH buckets, 0 at exact Jaccard >= 0.7" in capsys.readouterr().out
     decode = step(stats, "decode")
     assert decode["dropped"] == {"binary": 1, "empty": 1, "not_utf8": 1, "symlink": 3, "too_large": 1}
     errors = stats["input_errors"]

@@ -74,6 +74,13 @@ def test_bands_times_rows_cannot_exceed_permutations():
         MinhashConfig(num_perm=64, bands=25, rows=10)
 
 
+def test_files_without_a_shingle_never_reach_the_buckets():
+    """Fewer tokens than one shingle: an empty set, which would share every band with every other such file."""
+    with pytest.raises(ValueError, match="min_tokens"):
+        MinhashConfig(min_tokens=2)
+    assert MinhashConfig(ngram=3, min_tokens=3).min_tokens == 3
+
+
 def near_duplicate_corpus() -> list[str]:
     """Vendored copies of packages next to the installed ones, plus unrelated standard-library files."""
     site = Path(sysconfig.get_paths()["purelib"])
