@@ -108,6 +108,11 @@ class LoopCoderCache(Cache):
         self._carry_before_history = list(self.carry)
         self._seen_before_history = self.seen[0]
 
+    def deactivate_past_recording(self) -> None:
+        """Back to constant memory: the buffers shrink to the window and stop keeping older positions."""
+        self.crop(0)
+        self.record_past = False
+
     @property
     def is_croppable(self) -> bool:
         return True
@@ -190,7 +195,7 @@ class LoopCoderCache(Cache):
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors (loop-0 K/V, loop buffers, hidden carries)."""
-        tensors = [t for t in self.keys0 + self.values0 + self.carry if t is not None]
+        tensors = [t for t in self.keys0 + self.values0 + self.carry + self.carry_history if t is not None]
         tensors += [t for row in self.local for e in row if e is not None for t in e]
         return sum(t.numel() * t.element_size() for t in tensors)
 

@@ -916,6 +916,16 @@ class LoopCoderForCausalLM(LoopCoderPreTrainedModel, GenerationMixin):
             loop_hidden_states=outputs.loop_hidden_states,
         )
 
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`; a cache that assisted decoding set recording is handed back at constant size."""
+        output = super().generate(*args, **kwargs)
+        config = kwargs.get("generation_config") or self.generation_config
+        if not getattr(config, "is_assistant", False):  # an assistant's cache is taken back by its caller
+            cache = kwargs.get("past_key_values") or getattr(output, "past_key_values", None)
+            if isinstance(cache, LoopCoderCache) and cache.record_past:
+                cache.deactivate_past_recording()
+        return output
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
             model_kwargs["past_key_values"] = LoopCoderCache(self.config)

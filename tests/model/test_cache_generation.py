@@ -221,7 +221,17 @@ def test_assisted_and_prompt_lookup_decoding_equal_greedy_decoding(variant, sche
     prompt = torch.cat([lc.random_ids(1, 8, seed=11)] * 2, dim=1)  # repeats, so prompt lookup finds candidates
     greedy = model.generate(prompt, max_new_tokens=24, do_sample=False)
     assisted = model.generate(prompt, max_new_tokens=24, do_sample=False, assistant_model=assistant)
-    lookup = model.generate(prompt, max_new_tokens=24, do_sample=False, prompt_lookup_num_tokens=4)
+    lookup = model.generate(
+        prompt, max_new_tokens=24, do_sample=False, prompt_lookup_num_tokens=4, return_dict_in_generate=True
+    )
     assert assisted.tolist() == greedy.tolist()
-    assert lookup.tolist() == greedy.tolist()
+    assert lookup.sequences.tolist() == greedy.tolist()
     assert max(removed) > 1  # rejected candidates were taken back
+    # the returned cache is back at constant size and stays there when decoding goes on
+    cache = lookup.past_key_values
+    assert not cache.record_past and cache.local_length(1) <= model.config.local_cache_size
+    with torch.no_grad():
+        for token in lc.random_ids(1, 6, seed=12)[0]:
+            model(token.view(1, 1), past_key_values=cache, use_cache=True)
+    assert cache.local_length(1) <= model.config.local_cache_size
+    assert all(history is None for history in cache.carry_history)
