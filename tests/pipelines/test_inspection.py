@@ -4,6 +4,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -141,12 +142,16 @@ def test_validate_passes_real_output_and_names_each_problem(corpus, tmp_path, ca
 
 def test_validate_catches_corrupt_pages_unless_quick(tmp_path):
     path = tmp_path / "part-00000.parquet"
-    rows = [{"id": str(i), "repo": "r", "path": f"{i}.py", "language": "Python", "content": os.urandom(300).hex(),
+    generator = random.Random(0)
+    rows = [{"id": str(i), "repo": "r", "path": f"{i}.py", "language": "Python", "content": generator.randbytes(300).hex(),
              "size_bytes": 600, "license": None, "revision": None} for i in range(50)]  # fmt: skip
     pq.write_table(SOURCE_FILE.from_records(rows), path, compression="zstd")
+    # overwrite the middle of the content column's compressed pages; the footer stays intact
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(SOURCE_FILE.arrow_schema.get_field_index("content"))
+    first_page = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    start = first_page + chunk.total_compressed_size // 2
     data = bytearray(path.read_bytes())
-    middle = len(data) // 3
-    data[middle : middle + 64] = b"\xff" * 64  # inside the content column's pages, footer intact
+    data[start : start + 64] = b"\xff" * 64
     path.write_bytes(bytes(data))
     _, quick = validate_shards(path, quick=True)
     _, deep = validate_shards(path)
