@@ -182,12 +182,12 @@ TAMPERING = {
         "             'compile', 'type', 'repr', 'str', 'int', 'float', 'bool'):\n"
         "    setattr(builtins, name, lambda *a, **k: 0)\n"
         "builtins.AssertionError = type('Harmless', (Exception,), {{}})\n"
-        "def {entry}(*args, **kwargs):\n    return None\n"
+        "def {entry}(*args, **kwargs):\n    return 10 ** 9\n"
     ),
     "own check and candidate names": (
         "def check(candidate):\n    pass\ncandidate = None\n"
         "def abs(x):\n    return 0\ndef isinstance(*a):\n    return True\n"
-        "def {entry}(*args, **kwargs):\n    return None\n"
+        "def {entry}(*args, **kwargs):\n    return 10 ** 9\n"
     ),
     "trace hook exits when the checks start": (
         "import os, sys\n"
