@@ -43,7 +43,7 @@ MAX_DEPTH = 100
 MAX_ITEMS = 1_000_000
 COUNT = struct.Struct(">I")
 DOUBLE = struct.Struct(">d")
-CONTAINERS = {b"l": list, b"t": tuple, b"s": set, b"z": frozenset}
+CONTAINERS = {b"l": list, b"t": tuple, b"e": set, b"z": frozenset}
 CONTAINER_TAGS = {kind: tag for tag, kind in CONTAINERS.items()}
 
 
