@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 
@@ -77,97 +75,48 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _run(args: argparse.Namespace) -> int:
     from loopcoder.jobs.cli import UserError
-    from loopcoder.postrain.rewards.code_rewards import extract_code, select_tests
-    from loopcoder.postrain.sandbox.execution import Limits, SandboxConfig
+    from loopcoder.postrain.sandbox.execution import SandboxConfig
     from loopcoder.postrain.sandbox.pool import SandboxPool
     from loopcoder.postrain.sandbox.problems import read_problems_jsonl
+    from loopcoder.postrain.sandbox.scoring import UnknownProblem, score_solutions
 
     if not args.problems.exists():
         raise FileNotFoundError(f"{args.problems} does not exist")
-    problems = {p["id"]: p for p in read_problems_jsonl(args.problems)}
+    problems = read_problems_jsonl(args.problems)
     solutions = _read_jsonl(args.solutions)
     max_tests = None if args.max_tests < 0 else args.max_tests
-    requests, rows = [], []
-    for number, solution in enumerate(solutions, 1):
-        problem_id = solution.get("problem_id", solution.get("id"))
-        if problem_id not in problems:
-            raise UserError(f"{args.solutions}:{number}: unknown problem id {problem_id!r}")
-        problem = problems[problem_id]
-        code = solution.get("code")
-        if code is None:
-            code = extract_code(solution.get("completion") or "") or ""
-        tests = select_tests(problem["tests"], max_tests, problem_id)
-        limits = Limits(cpu_seconds=float(problem["time_limit_seconds"]), memory_mb=int(problem["memory_limit_mb"]))
-        requests.append((code, solution.get("language") or problem["language"], tests, limits))
-        rows.append(problem_id)
-    started = time.monotonic()
     with SandboxPool(workers=args.workers, config=SandboxConfig(isolation=args.isolation)) as pool:
-        isolation = pool.sandbox.isolation
-        results = pool.run_programs(requests, args.max_timeouts)
-        stats = pool.stats
-    elapsed = time.monotonic() - started
-    per_problem: dict[str, list[float]] = defaultdict(list)
-    verdicts_by_problem: dict[str, Counter] = defaultdict(Counter)
-    records = []
-    for problem_id, verdicts in zip(rows, results, strict=True):
-        rate = sum(v.passed for v in verdicts) / len(verdicts) if verdicts else 0.0
-        per_problem[problem_id].append(rate)
-        verdicts_by_problem[problem_id].update(v.verdict for v in verdicts)
-        records.append(
-            {
-                "problem_id": problem_id,
-                "pass_rate": rate,
-                "verdicts": [
-                    {
-                        "verdict": v.verdict,
-                        "wall_seconds": round(v.wall_seconds, 4),
-                        "cpu_seconds": round(v.cpu_seconds, 4),
-                        "detail": v.detail,
-                    }
-                    for v in verdicts
-                ],
-            }
-        )
+        try:
+            records, summary = score_solutions(problems, solutions, pool, max_tests, args.max_timeouts)
+        except UnknownProblem as error:
+            raise UserError(f"{args.solutions}: {error}") from None
     if args.out:
         with open(args.out, "w") as handle:
             for record in records:
                 handle.write(json.dumps(record) + "\n")
-    totals = Counter()
-    for counter in verdicts_by_problem.values():
-        totals.update(counter)
-    rates = [r["pass_rate"] for r in records]
-    summary = {
-        "solutions": len(records),
-        "problems": len(per_problem),
-        "mean_pass_rate": sum(rates) / len(rates) if rates else 0.0,
-        "fully_passed": sum(r == 1.0 for r in rates),
-        "executions": stats.executions,
-        "cache_hits": stats.cache_hits,
-        "verdicts": dict(totals),
-        "seconds": round(elapsed, 2),
-        "isolation": isolation,
-    }
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    _print_run_summary(summary, per_problem, verdicts_by_problem)
+    _print_run_summary(summary, records)
     return 0
 
 
-def _print_run_summary(summary: dict, per_problem: dict, verdicts_by_problem: dict) -> None:
+def _print_run_summary(summary: dict, records: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from loopcoder.postrain.sandbox.scoring import by_problem
+
     console = Console()
-    columns = sorted({v for counter in verdicts_by_problem.values() for v in counter})
+    table_rows = by_problem(records)
+    columns = sorted({v for _, counter in table_rows.values() for v in counter})
     table = Table(title="pass rate by problem", title_justify="left")
     table.add_column("problem")
     table.add_column("solutions", justify="right")
     table.add_column("mean pass rate", justify="right")
     for column in columns:
         table.add_column(column, justify="right")
-    for problem_id, rates in per_problem.items():
-        counter = verdicts_by_problem[problem_id]
+    for problem_id, (rates, counter) in table_rows.items():
         table.add_row(
             problem_id, str(len(rates)), f"{sum(rates) / len(rates):.3f}", *[str(counter.get(c, 0)) for c in columns]
         )

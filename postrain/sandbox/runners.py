@@ -6,33 +6,39 @@ Two kinds of test, told apart by which fields are set (the `rl_problem` test str
   after trimming trailing whitespace of each line and trailing blank lines of the whole output. The number
   of lines must match, so a prefix of the expected output fails. Lines that differ textually still match
   when they hold the same numbers (`1.0` vs `1`, compared as Decimals, as LiveCodeBench does).
-- **assert**: `assert_code` is appended to the program and the result must exit with status 0
-  (HumanEval: the `check(candidate)` function plus a `check(<entry_point>)` call).
+- **assert** (Python only): `assert_code` (HumanEval: the `check(candidate)` function plus a
+  `check(<entry_point>)` call) runs in the harness of `assert_harness.py`: the program runs in a process of
+  its own, the checks in another that the program cannot reach and that sees only plain data coming back
+  from it. The test passes only if the harness reports, with a nonce the program never sees, that the
+  checks ran to their end; exiting early, faking equality or tampering with the checks does not pass.
 
 Verdicts (`TestVerdict.verdict`):
 
 | verdict | meaning | counts as passed |
 |---|---|---|
-| `passed` | exit 0 and the output matches (stdio) / no assertion failed (assert) | yes |
-| `failed` | exit 0 but wrong output (stdio); for assert tests an `AssertionError` | no |
+| `passed` | exit 0 and the output matches (stdio) / the checks ran to their end (assert) | yes |
+| `failed` | exit 0 but wrong output (stdio); for assert tests an `AssertionError` in the checks | no |
 | `runtime_error` | non-zero exit or killed by a signal (other than the limits below) | no |
 | `timeout` | over the CPU limit or the wall-clock limit | no |
 | `memory_exceeded` | an allocation failed under RLIMIT_AS (`MemoryError`, `std::bad_alloc`) | no |
 | `output_exceeded` | stdout over its cap | no |
 | `compile_error` | C++ only: g++ rejected the program | no |
 | `skipped` | not run: the program already timed out `max_timeouts` times (early stop) | no |
-| `sandbox_error` | the sandbox failed (infrastructure): the reward is None, never 0 | n/a |
+| `sandbox_error` | the sandbox or the assert harness failed (infrastructure): the reward is None, never 0 | n/a |
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import threading
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
-from .execution import OK, OUTPUT_EXCEEDED, SANDBOX_ERROR, TIMEOUT, Limits, Sandbox, source_hash
+from . import assert_harness
+from .execution import OK, OUTPUT_EXCEEDED, SANDBOX_ERROR, TIMEOUT, ExecutionResult, Limits, Sandbox, source_hash
 
 PASSED = "passed"
 FAILED = "failed"
@@ -58,6 +64,7 @@ VERDICTS = (
 PYTHON_LANGUAGES = {"python", "python3", "py"}
 CPP_LANGUAGES = {"cpp", "c++", "cxx", "cpp17", "c++17"}
 CPP_FLAGS = ("-O2", "-std=gnu++17", "-pipe")
+HARNESS_SOURCE = Path(assert_harness.__file__).read_text(encoding="utf-8")
 COMPILE_LIMITS = Limits(
     cpu_seconds=20, wall_seconds=40, memory_mb=2048, max_processes=32, file_size_mb=64, stdout_bytes=64 << 10
 )
@@ -146,8 +153,8 @@ def _excerpt(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
-def verdict_from_execution(result, test: TestCase) -> TestVerdict:
-    """Maps an `ExecutionResult` to a test verdict."""
+def verdict_from_execution(result: ExecutionResult, test: TestCase, nonce: str | None = None) -> TestVerdict:
+    """Maps an `ExecutionResult` to a test verdict; for assert tests, `nonce` is the one the harness was given."""
     timing = {"wall_seconds": result.wall_seconds, "cpu_seconds": result.cpu_seconds}
     if result.status == SANDBOX_ERROR:
         return TestVerdict(INFRA_ERROR, detail=result.error, **timing)
@@ -158,13 +165,26 @@ def verdict_from_execution(result, test: TestCase) -> TestVerdict:
     assert result.status == OK, result.status
     if result.memory_exceeded:
         return TestVerdict(MEMORY_EXCEEDED, detail=_excerpt(result.stderr), **timing)
+    if test.kind == "assert":
+        return _assert_verdict(result, nonce, timing)
     if result.returncode != 0:
-        if test.kind == "assert" and "AssertionError" in result.stderr:
-            return TestVerdict(FAILED, detail=_excerpt(result.stderr), **timing)
         return TestVerdict(RUNTIME_ERROR, detail=f"exit {result.returncode}: {_excerpt(result.stderr)}", **timing)
-    if test.kind == "assert" or outputs_match(result.stdout, test.expected_stdout or ""):
+    if outputs_match(result.stdout, test.expected_stdout or ""):
         return TestVerdict(PASSED, **timing)
     return TestVerdict(FAILED, detail=f"got {_excerpt(result.stdout, 120)!r}", **timing)
+
+
+def _assert_verdict(result: ExecutionResult, nonce: str | None, timing: dict) -> TestVerdict:
+    """Passed only on the harness's report: exit 0 and exactly the nonce on its private channel (stdout)."""
+    if nonce and result.returncode == assert_harness.EXIT_PASSED and result.stdout == nonce + "\n":
+        return TestVerdict(PASSED, **timing)
+    if result.returncode == assert_harness.EXIT_UNPROTECTED:
+        return TestVerdict(INFRA_ERROR, detail=_excerpt(result.stderr), **timing)
+    if result.returncode == assert_harness.EXIT_FAILED:
+        return TestVerdict(FAILED, detail=_excerpt(result.stderr), **timing)
+    if result.returncode == assert_harness.EXIT_PASSED:
+        return TestVerdict(FAILED, detail="exit 0 without the harness's report", **timing)
+    return TestVerdict(RUNTIME_ERROR, detail=f"exit {result.returncode}: {_excerpt(result.stderr)}", **timing)
 
 
 class CppCompiler:
@@ -219,30 +239,43 @@ class CppCompiler:
             return binary, ""
 
 
-def program_for_test(program: str, test: TestCase) -> str:
-    """The source actually run: the program, plus the assert code for assert tests."""
-    if test.kind == "assert":
-        return f"{program}\n\n{test.assert_code}\n"
-    return program
+def run_assert_test(sandbox: Sandbox, program: str, test: TestCase, limits: Limits) -> tuple[ExecutionResult, str]:
+    """Runs a Python program under the assert harness; returns the execution and the nonce it was given.
+
+    The program is `solution.py` in the working directory; the nonce and the test code reach the harness on
+    stdin, which it reads only after the program's process has been forked off without it.
+    """
+    nonce = secrets.token_hex(16)
+    argv = [sandbox.python, *sandbox.config.python_flags, "main.py"]
+    files = {"main.py": HARNESS_SOURCE, "solution.py": program}
+    result = sandbox.execute(argv, files=files, stdin=f"{nonce}\n{test.assert_code}", limits=limits)
+    return result, nonce
 
 
 def run_test(
     sandbox: Sandbox, program: str, language: str, test: TestCase, limits: Limits, compiler: CppCompiler | None = None
 ) -> TestVerdict:
-    """Runs one test of one program and returns its verdict (never raises for the program's faults)."""
+    """Runs one test of one program and returns its verdict (never raises for the program's faults).
+
+    Raises ValueError for an unsupported language, and for an assert test of a language other than Python
+    (there is no harness that could tell a finished check from an early exit).
+    """
     language = normalize_language(language)
-    source = program_for_test(program, test)
-    stdin = test.stdin if test.kind == "stdio" else None
+    if test.kind == "assert":
+        if language != "python":
+            raise ValueError(f"assert tests are supported for Python only, not {language}")
+        result, nonce = run_assert_test(sandbox, program, test, limits)
+        return verdict_from_execution(result, test, nonce)
     if language == "python":
-        result = sandbox.run_python(source, stdin=stdin, limits=limits)
+        result = sandbox.run_python(program, stdin=test.stdin, limits=limits)
         return verdict_from_execution(result, test)
     compiler = compiler or CppCompiler(sandbox)
-    binary, message = compiler.compile(source)
+    binary, message = compiler.compile(program)
     if binary is None:
         if message.startswith("sandbox error"):
             return TestVerdict(INFRA_ERROR, detail=message)
         if not compiler.available:
             return TestVerdict(INFRA_ERROR, detail=message)
         return TestVerdict(COMPILE_ERROR, detail=message)
-    result = sandbox.execute(["./prog"], links={"prog": binary}, stdin=stdin, limits=limits)
+    result = sandbox.execute(["./prog"], links={"prog": binary}, stdin=test.stdin, limits=limits)
     return verdict_from_execution(result, test)

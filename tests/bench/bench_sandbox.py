@@ -1,16 +1,18 @@
 """Sandbox throughput: executions per second with full isolation vs a bare `subprocess.run`, and HumanEval time.
 
-    /work/venv/bin/python tests/bench/bench_sandbox.py                 # gate, then ~40 s of measurements
-    /work/venv/bin/python tests/bench/bench_sandbox.py --runs 400      # longer, steadier figures
-    /work/venv/bin/python tests/bench/bench_sandbox.py --no-gate       # skip the correctness gate
+    .venv/bin/python tests/bench/bench_sandbox.py                 # gate, then ~40 s of measurements
+    .venv/bin/python tests/bench/bench_sandbox.py --runs 400      # longer, steadier figures
+    .venv/bin/python tests/bench/bench_sandbox.py --no-gate       # skip the correctness gate
 
 Every configuration runs the same program (a trivial `print(1)`, then one doing ~0.1 s of CPU work) with the same interpreter and flags (the
 sandbox's), sequentially (1 worker) and with one thread per usable core. Configurations alternate in rounds
 and medians are reported, because the machine is shared. Two views of the cost of isolation: wall-clock
 executions per second, and CPU milliseconds per execution (supervisor + bwrap + program), whose ratio is
 the throughput lost when the cores are saturated, independent of other users' load. Then the 164 HumanEval
-canonical solutions are scored through the pool. The correctness gate runs the sandbox property tests
-first and refuses to report figures if they fail.
+canonical solutions are run bare (program and checks in one `subprocess.run`, as an unprotected runner
+would) and through the pool (the assert harness under isolation), and their executions per second compared.
+The correctness gate runs the sandbox property tests, the attack suite and the reward-attack suite first and
+refuses to report figures if any fails.
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ PROGRAMS = {
     "trivial `print(1)`": "print(1)\n",
     "~0.1 s of CPU": "total = 0\nfor i in range(1_500_000):\n    total += i\nprint(1)\n",
 }
-GATE = ["tests/postrain/test_sandbox.py", "-q", "-x", "-k", "taxonomy or stdin or environment or comparison"]
+GATE = [
+    "tests/postrain/test_sandbox.py",
+    "tests/postrain/test_sandbox_attacks.py",
+    "tests/postrain/test_reward_attacks.py",
+    "-q",
+    "-x",
+]
 
 
 def cpu_seconds() -> float:
@@ -92,10 +100,23 @@ def sandbox_runner(sandbox: Sandbox, program: str):
     return run_once
 
 
-def humaneval_seconds(isolation: str) -> tuple[float, int]:
+def humaneval_rates(isolation: str, workers: int, python: str) -> tuple[float, float, int]:
+    """(bare executions/s, sandboxed executions/s, fully passed under the sandbox) for the 164 canonical solutions."""
     problems = load_humaneval()
     solutions = humaneval_solutions("canonical")
-    with SandboxPool(config=SandboxConfig(isolation=isolation)) as pool:
+    with tempfile.TemporaryDirectory() as directory:
+        os.chmod(directory, 0o755)
+
+        def bare(problem):
+            source = f"{solutions[problem['id']]}\n\n{problem['tests'][0]['assert_code']}"
+            result = subprocess.run([python, "-I", "-B", "-c", source], cwd=directory, capture_output=True, timeout=30)
+            assert result.returncode == 0, problem["id"]
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(workers) as executor:
+            list(executor.map(bare, problems))
+        bare_rate = len(problems) / (time.perf_counter() - start)
+    with SandboxPool(workers=workers, config=SandboxConfig(isolation=isolation)) as pool:
         requests = [
             (
                 solutions[p["id"]],
@@ -107,8 +128,8 @@ def humaneval_seconds(isolation: str) -> tuple[float, int]:
         ]
         start = time.perf_counter()
         results = pool.run_programs(requests)
-        seconds = time.perf_counter() - start
-    return seconds, sum(all(v.passed for v in verdicts) for verdicts in results)
+        sandbox_rate = len(problems) / (time.perf_counter() - start)
+    return bare_rate, sandbox_rate, sum(all(v.passed for v in verdicts) for verdicts in results)
 
 
 def main() -> int:
@@ -146,19 +167,26 @@ def main() -> int:
         f"{args.rounds} interleaved rounds (medians), {cores} usable cores, python {python}, load average "
         f"{load:.1f} at the end\n"
     )
-    print("| program | configuration | workers | executions/s | lost vs bare | CPU ms/execution | lost, CPU-bound |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| program | configuration | workers | executions/s | sandboxed ÷ bare | lost vs bare | CPU ms/execution "
+        "| lost, CPU-bound |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for label, name, workers, value, cpu, lost, lost_cpu in rows:
         bare = name.startswith("bare")
         print(
-            f"| {label} | {name} | {workers} | {value:.1f} | {'' if bare else f'{lost:.0%}'} | {cpu:.1f} | "
-            f"{'' if bare else f'{lost_cpu:.0%}'} |"
+            f"| {label} | {name} | {workers} | {value:.1f} | {'' if bare else f'{1 - lost:.2f}'} | "
+            f"{'' if bare else f'{lost:.0%}'} | {cpu:.1f} | {'' if bare else f'{lost_cpu:.0%}'} |"
         )
-    print("\n| HumanEval canonical (164 problems) | seconds | fully passed |")
-    print("|---|---:|---:|")
+    print(
+        "\n| HumanEval canonical (164 problems) | workers | bare executions/s | sandboxed executions/s | ratio | fully passed |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for mode in modes:
-        seconds, passed = humaneval_seconds(mode)
-        print(f"| {mode}, {cores} workers | {seconds:.1f} | {passed} |")
+        bare_rate, sandbox_rate, passed = humaneval_rates(mode, cores, python)
+        print(
+            f"| {mode} | {cores} | {bare_rate:.1f} | {sandbox_rate:.1f} | {sandbox_rate / bare_rate:.2f} | {passed} |"
+        )
     return 0
 
 

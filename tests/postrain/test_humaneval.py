@@ -72,3 +72,16 @@ def test_fast_subset_under_the_fallback(problems):
         assert max(score(pool, subset, "pass").values()) < 1.0
     finally:
         pool.close()
+
+
+def test_checks_use_the_reference_helpers_of_the_prompt(problems, best_sandbox):
+    """HumanEval/32 checks `find_zero` with the prompt's `poly`: a program that redefines `poly` to return 0 (so
+    that any root "works") must not be believed."""
+    problem = next(p for p in problems if p["id"] == "HumanEval/32")
+    cheat = "def poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 0.0\n"
+    pool = SandboxPool(workers=2, sandbox=best_sandbox)
+    try:
+        rewards = make_pass_rate_reward(pool=pool)([f"```python\n{cheat}```"], tests=[problem["tests"]])
+    finally:
+        pool.close()
+    assert rewards == [0.0]

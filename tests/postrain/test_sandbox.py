@@ -196,3 +196,54 @@ def test_uid_slots_are_exclusive_across_threads(sandbox):
     for thread in threads:
         thread.join()
     assert len(set(uids)) == 4
+
+
+def test_harness_codec_rebuilds_exact_builtin_types_and_refuses_malformed_data():
+    from loopcoder.postrain.sandbox import assert_harness as harness
+
+    objects = []
+
+    def refer(value):
+        objects.append(value)
+        return len(objects) - 1
+
+    class Int(int):
+        pass
+
+    values = [None, True, 0, -(10**5000), 2.5, float("inf"), -0.0, 1 + 2j, "é\udc80", b"\x00", [1, (2, {3})]]
+    values += [frozenset({"a"}), {(1, 2): [None]}, [[[]]]]
+    decoded = harness.decode(harness.encode(values, refer), lambda ref: objects[ref])
+    assert decoded == values and [type(v) for v in decoded] == [type(v) for v in values]
+    assert objects == []
+    # a subclass, or anything that is not plain data, travels as a reference to the object
+    fake = Int(3)
+    assert harness.decode(harness.encode([fake], refer), lambda ref: ("ref", ref)) == [("ref", 0)]
+    for malformed in [
+        b"",
+        b"Q",
+        b"i\x00\x00\x00\x05zz",
+        b"l\xff\xff\xff\xff",
+        b"d\x00\x00\x00\x01l\x00\x00\x00\x00N",
+        b"NN",
+    ]:
+        with pytest.raises(harness.ProtocolError):
+            harness.decode(malformed, lambda ref: None)
+
+
+def test_assert_harness_passes_honest_results_of_every_plain_type(sandbox):
+    program = (
+        "def values():\n"
+        "    return [None, True, 10 ** 400, -0.5, 2j, 'x', b'y', (1,), {2}, frozenset({3}), {'k': [4]}]\n"
+        "def squares(n):\n    for i in range(n):\n        yield i * i\n"
+        "class Solution:\n    def twice(self, x):\n        return 2 * x\n"
+        "LIMIT = 7\n"
+    )
+    checks = (
+        "assert values() == [None, True, 10 ** 400, -0.5, 2j, 'x', b'y', (1,), {2}, frozenset({3}), {'k': [4]}]\n"
+        "assert [type(v) for v in values()][1:] == [bool, int, float, complex, str, bytes, tuple, set, frozenset, dict]\n"
+        "assert list(squares(4)) == [0, 1, 4, 9]\n"
+        "assert Solution().twice(LIMIT) == 14 and 'Solution' in globals()\n"
+        "try:\n    squares(None).__next__()\nexcept TypeError:\n    pass\n"
+    )
+    assert verdict(sandbox, program, assert_code=checks) == PASSED
+    assert verdict(sandbox, program, assert_code=checks.replace("== 14", "== 15")) == FAILED
