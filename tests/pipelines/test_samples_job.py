@@ -2,12 +2,15 @@
 
 import json
 import subprocess
+import sys
 import sysconfig
+import time
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from loopcoder.pipelines.samples_job import SamplesJobConfig, render_commit, run_samples_job
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SOURCE_FILE
@@ -53,6 +56,7 @@ def make_config(inputs, output: Path) -> SamplesJobConfig:
             "total_tokens": 20_000,
             "categories": {c: {"weight": 1} for c in ("file", "file_fim", "repo_fim", "commit")},
         },
+        split={"heldout_fraction": 0.2, "seed": 0},
         rows_per_shard=50,
     )
 
@@ -67,11 +71,14 @@ def job_output(ray_local, inputs, tmp_path_factory):
 def test_every_output_conforms_and_fim_reconstructs_the_files(job_output, inputs):
     output, stats = job_output
     fim = pq.read_table(output / "fim")
-    FIM_SAMPLE.validate(pq.read_table(output / "fim" / "part-00000.parquet"))
+    for shard in sorted((output / "fim").glob("*.parquet")):
+        FIM_SAMPLE.validate(pq.read_table(shard))
     for sample in fim.to_pylist():
         assert sample["prefix"] + sample["middle"] + sample["suffix"] == inputs["rows"][sample["source_id"]]["content"]
-    repo_fim = pq.read_table(output / "repo_fim" / "part-00000.parquet")
-    REPO_FIM_SAMPLE.validate(repo_fim)
+    repo_fim = pq.read_table(output / "repo_fim")
+    for shard in sorted((output / "repo_fim").glob("*.parquet")):
+        REPO_FIM_SAMPLE.validate(pq.read_table(shard))
+    assert set(repo_fim.column("repo").to_pylist()) == {"json", "email"}
     for sample in repo_fim.to_pylist():
         assert all(path.startswith(sample["repo"] + "/") for path in sample["context_paths"])
         assert sample["target_path"] not in sample["context_paths"] and sample["num_tokens"] <= 3000
@@ -81,35 +88,85 @@ def test_every_output_conforms_and_fim_reconstructs_the_files(job_output, inputs
     assert stats["fim"]["files"] == len(inputs["rows"]) and stats["fim"]["samples"] == fim.num_rows
 
 
-def test_packed_rows_hold_the_mixture_that_stats_report(job_output):
+def _parquet_bytes(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*.parquet"))
+        if not str(p.relative_to(directory)).startswith("_work")
+    }
+
+
+def test_each_category_is_packed_in_its_own_set_with_a_heldout_split(job_output):
     output, stats = job_output
-    packed = pq.read_table(output / "packed")
-    for shard in sorted((output / "packed").glob("*.parquet")):
-        PACKED_SEQUENCE.validate(pq.read_table(shard))
+    categories = {"file", "file_fim", "repo_fim", "commit"}
+    assert set(stats["packed"]["directories"]) <= categories
     tokens = Counter()
-    for row in packed.to_pylist():
-        assert len(row["input_ids"]) == 512
-        tokens[row["category"]] += row["cu_seqlens"][row["num_documents"]]
+    for category, directory in stats["packed"]["directories"].items():
+        for shard in sorted((output / directory).glob("*.parquet")):
+            table = pq.read_table(shard)
+            PACKED_SEQUENCE.validate(table)
+            for row in table.to_pylist():
+                assert len(row["input_ids"]) == 512 and row["category"] == category
+                tokens[category] += row["cu_seqlens"][row["num_documents"]]
     assert dict(tokens) == stats["packed"]["tokens_by_category"]
-    assert set(tokens) == {"file", "file_fim", "repo_fim", "commit"}
     assert "| file |" in stats["mixture"] and json.loads((output / "stats.json").read_text()) == stats
+    # each category meets its budget up to half a document per task (rates above 1 repeat whole epochs)
+    documents = pq.read_table(output / "_work" / "documents").to_pylist()
+    for line in stats["mixture"].splitlines()[2:]:
+        category, budget, available, realised, _, rate = (
+            c.strip().replace(",", "") for c in line.strip("|").split("|")
+        )
+        longest = max(len(d["ids"]) for d in documents if d["category"] == category)
+        if float(rate) < 1:
+            assert abs(int(realised) - int(budget)) <= longest * len(list((output / "markers").glob("pack-*"))), line
+    # the held-out split is disjoint from training: its documents never reach packed/
+    assert stats["heldout"]["fraction"] == 0.2
+    heldout_rows = sum(stats["heldout"]["rows_by_category"].values())
+    assert heldout_rows > 0
+    assert set(stats["heldout"]["directories"]) <= categories
 
 
-def test_rerun_resumes_and_a_fresh_run_gives_the_same_bytes(job_output, inputs, tmp_path):
+def test_one_worker_and_two_workers_write_the_same_bytes(job_output, inputs, tmp_path):
+    output, _ = job_output
+    config = make_config(inputs, tmp_path / "one")
+    config.ray.workers = 1
+    run_samples_job(config)
+    assert _parquet_bytes(tmp_path / "one") == _parquet_bytes(output)
+
+
+def test_rerun_resumes_and_a_fresh_run_gives_the_same_bytes(job_output, inputs):
     output, stats = job_output
-    before = {p: p.read_bytes() for p in sorted(output.rglob("*.parquet"))}
+    before = _parquet_bytes(output)
     assert run_samples_job(make_config(inputs, output)) == stats  # finished: answered from stats.json
     (output / "_SUCCESS").unlink()
-    (output / "markers" / "pack.done").unlink()
+    for marker in (output / "markers").glob("pack-*.done"):
+        marker.unlink()
     (output / "markers" / "files-00001.done").unlink()
     rerun = run_samples_job(make_config(inputs, output))
-    assert {p: p.read_bytes() for p in sorted(output.rglob("*.parquet"))} == before
+    assert _parquet_bytes(output) == before
     assert rerun["packed"] == stats["packed"]
-    fresh = tmp_path / "fresh"
-    run_samples_job(make_config(inputs, fresh))
-    for name in ("fim", "repo_fim", "commits", "packed"):
-        for shard in sorted((output / name).glob("*.parquet")):
-            assert pq.read_table(fresh / name / shard.name).equals(pq.read_table(shard)), shard
+
+
+def test_a_driver_killed_mid_job_resumes_to_the_same_bytes(job_output, inputs, tmp_path):
+    output, stats = job_output
+    target = tmp_path / "killed"
+    config = make_config(inputs, target)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config.to_dict() | {"ray": {"num_cpus": 1}}))
+    command = [sys.executable, "-m", "loopcoder.jobs.cli", "data", "samples", str(tmp_path / "job.yaml")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if any((target / "markers").glob("repo_fim-*.done")):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the job ended before it could be killed"
+    finally:
+        process.kill()
+        process.wait()
+    assert not (target / "_SUCCESS").exists()
+    run_samples_job(make_config(inputs, target))
+    assert _parquet_bytes(target) == _parquet_bytes(output)
 
 
 def test_another_config_into_the_same_output_is_refused(job_output, inputs):
@@ -127,6 +184,7 @@ def test_shard_tools_read_the_packed_output(job_output):
     output, stats = job_output
     inspected = collect_stats(output / "packed")
     packed = pq.read_table(output / "packed")
+    assert set(inspected.categories) == set(stats["packed"]["directories"])
     assert inspected.tokens == sum(len(ids) for ids in packed.column("input_ids").to_pylist())
     assert dict(inspected.categories) == dict(Counter(packed.column("category").to_pylist()))
     assert inspected.documents == sum(packed.column("num_documents").to_pylist())
