@@ -191,3 +191,37 @@ def test_shard_tools_read_the_packed_output(job_output):
     whole = collect_stats(output)
     assert whole.records["fim_sample"]["rows"] == pq.read_table(output / "fim").num_rows
     assert validate_shards(output)[1] == []
+
+
+def test_the_trainer_trains_on_the_job_output_and_logs_every_category(job_output, tmp_path):
+    from loopcoder.postrain.sft.sample_data import tiny_run_config
+    from loopcoder.postrain.sft.trainer import SFTTrainer
+
+    output, stats = job_output
+    trained = stats["packed"]["directories"]
+    heldout = stats["heldout"]["directories"]
+    datasets = {c: str(output / d) for c, d in trained.items()} | {
+        f"heldout_{c}": str(output / d) for c, d in heldout.items()
+    }
+    config = tiny_run_config(
+        output,
+        tmp_path / "run",
+        mode="pretrain",
+        datasets=datasets,
+        curriculum=[],
+        mixture={c: 1.0 for c in trained},
+        replay={},
+        replay_fraction=0.0,
+        max_steps=2,
+        eval_datasets=[f"heldout_{c}" for c in heldout],
+        eval_interval=2,
+        eval_max_rows=2,
+        save_final_model=False,
+        recompute_interval=0,
+        fingerprint_interval=0,
+    )
+    SFTTrainer(config).train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = {key.removeprefix("loss/") for r in records for key in r if key.startswith("loss/")}
+    assert logged == set(stats["packed"]["tokens_by_category"])
+    assert any("eval_loss" in r for r in records)
