@@ -160,14 +160,6 @@ def test_each_category_is_packed_in_its_own_set_with_a_heldout_split(job_output)
     assert set(stats["heldout"]["directories"]) <= categories
 
 
-def test_one_worker_and_two_workers_write_the_same_bytes(job_output, inputs, tmp_path):
-    output, _ = job_output
-    config = make_config(inputs, tmp_path / "one")
-    config.ray.workers = 1
-    run_samples_job(config)
-    assert _parquet_bytes(tmp_path / "one") == _parquet_bytes(output)
-
-
 def test_rerun_resumes_and_a_fresh_run_gives_the_same_bytes(job_output, inputs):
     output, stats = job_output
     before = _parquet_bytes(output)
@@ -181,11 +173,12 @@ def test_rerun_resumes_and_a_fresh_run_gives_the_same_bytes(job_output, inputs):
     assert rerun["packed"] == stats["packed"]
 
 
-def test_a_driver_killed_mid_job_resumes_to_the_same_bytes(job_output, inputs, tmp_path):
+def test_one_worker_killed_mid_job_then_two_workers_give_the_same_bytes(job_output, inputs, tmp_path):
+    """A driver on one worker is killed after its first stages; the rerun on two workers finishes the job."""
     output, stats = job_output
     target = tmp_path / "killed"
     config = make_config(inputs, target)
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config.to_dict() | {"ray": {"num_cpus": 1}}))
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config.to_dict() | {"ray": {"num_cpus": 1, "workers": 1}}))
     command = [sys.executable, "-m", "loopcoder.jobs.cli", "data", "samples", str(tmp_path / "job.yaml")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
