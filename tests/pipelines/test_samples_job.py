@@ -160,7 +160,7 @@ def test_each_category_is_packed_in_its_own_set_with_a_heldout_split(job_output)
     assert set(stats["heldout"]["directories"]) <= categories
 
 
-def test_rerun_resumes_and_a_fresh_run_gives_the_same_bytes(job_output, inputs):
+def test_a_rerun_resumes_to_the_same_bytes(job_output, inputs):
     output, stats = job_output
     before = _parquet_bytes(output)
     assert run_samples_job(make_config(inputs, output)) == stats  # finished: answered from stats.json
