@@ -18,18 +18,19 @@ $(VENV)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 	@touch $@
 
 # The main job on the embedded defaults (local Ray, CPU, the sample corpus): corpus -> clean and
-# dedup -> FIM, repo-level FIM, commits, packed mixture -> a short SFT run of a tiny looped model
-# -> a few GRPO steps with sandboxed rewards -> held-out loss and the loop-count study.
+# dedup -> FIM, repo-level FIM, commits, SFT conversations, per-category packed sets -> continued
+# looped pre-training on the packed mixture -> SFT with curriculum and replay on the pipeline's
+# conversations -> a few GRPO steps with sandboxed rewards -> held-out loss and the loop-count study.
 demo: setup
 	$(BIN)/loopcoder data sample-corpus --out data/sample
 	$(BIN)/loopcoder data run jobs/data/clean_dedup.yaml
 	$(BIN)/loopcoder data samples jobs/data/samples.yaml
 	$(BIN)/loopcoder shards stats data/samples/packed
-	$(BIN)/loopcoder train prepare-sample --corpus data/sample --out data/sample_packed
+	$(BIN)/loopcoder train sft --config jobs/sft/pretrain_tiny.yaml
 	$(BIN)/loopcoder train sft --config jobs/sft/sample_tiny.yaml
 	$(BIN)/loopcoder train grpo --config jobs/rl/print_number_tiny.yaml
-	$(BIN)/loopcoder eval loss --model runs/sample_tiny/final --data data/sample_packed/eval --threads 1 --out runs/eval/loss
-	$(BIN)/loopcoder eval loops --model runs/sample_tiny/final --data data/sample_packed/eval --threads 1 --out runs/eval/loops
+	$(BIN)/loopcoder eval loss --model runs/sample_tiny/final --data data/samples/heldout --threads 1 --out runs/eval/loss
+	$(BIN)/loopcoder eval loops --model runs/sample_tiny/final --data data/samples/heldout --threads 1 --out runs/eval/loops
 
 test: setup  ## the whole test suite (larger sweeps marked slow are skipped)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,16 +1,26 @@
-"""Mixtures: how many tokens of each category a training set holds.
+"""Mixtures: how many tokens of each category a training set holds, decided one task at a time.
 
 A mixture config assigns each category either a token budget or a weight (a share of
-`total_tokens`). `select` walks each category's documents in a seeded, partition-independent
-order (by a hash of seed and document key) and takes them until the budget is met; a category
-smaller than its budget is repeated for whole further epochs (each epoch reshuffled) when
-`allow_repeat` is on, otherwise it contributes what it has. The realised table reports budget,
-tokens taken, share and epochs per category.
+`total_tokens`). With `available` tokens of a category in the whole job, its rate is
+`budget / available`, capped at `max_epochs` (at 1 without `allow_repeat`). Each task of a
+distributed job then meets the rate on its own documents: every document `floor(rate)` times,
+plus, walking the task's documents in an order hashed from (seed, document key), each whole
+document of which at least half still fits in `rate - floor(rate)` of the task's tokens. The
+realised budget is exact up to half a document per task and category, and since tasks are fixed
+by the inputs (never by the workers) the choice is the same with any number of workers. Each copy
+gets an order key hashed from (seed, epoch, document key), so repeated epochs are reshuffled.
+
+    >>> config = MixtureConfig(categories={"code": {"tokens": 250}})
+    >>> config.rates({"code": 100})
+    {'code': 2.5}
+    >>> [epoch for _, epoch, _ in select_in_task([("a", 50), ("b", 50)], 2.5, config)]
+    [0, 0, 1, 1, 2]
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,43 +50,62 @@ class MixtureConfig:
                 raise ValueError(f"mixture category '{category}' needs `tokens` or `weight`")
         return budgets
 
+    def rates(self, available: dict[str, int]) -> dict[str, float]:
+        """Expected copies per document of each category, from the tokens each category has."""
+        cap = float(self.max_epochs if self.allow_repeat else 1)
+        rates = {}
+        for category, budget in self.budgets().items():
+            tokens = available.get(category, 0)
+            rates[category] = min(budget / tokens, cap) if tokens > 0 else 0.0
+        return rates
+
+
+def _unit(*parts: Any) -> bytes:
+    return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).digest()
+
+
+def _uniform(*parts: Any) -> float:
+    """A number in [0, 1) fixed by its parts."""
+    return int.from_bytes(_unit(*parts)[:8], "big") / 2**64
+
+
+def select_in_task(
+    documents: list[tuple[str, int]], rate: float, config: MixtureConfig
+) -> list[tuple[str, int, bytes]]:
+    """(key, epoch, order key) of every copy taken from one task's documents [(key, tokens)] of a category.
+
+    Sorted by epoch, then order key: the order in which the copies are packed.
+    """
+    whole = math.floor(rate)
+    chosen = [(key, epoch) for epoch in range(whole) for key, _ in documents]
+    target = (rate - whole) * sum(length for _, length in documents)
+    taken = 0
+    for key, length in sorted(documents, key=lambda item: _unit("mixture-take", config.seed, item[0])):
+        # a document is taken when at least half of it fits, so each task lands within half a document
+        if taken + length / 2 <= target:
+            chosen.append((key, whole))
+            taken += length
+    copies = [(key, epoch, _unit("mixture", config.seed, epoch, key)) for key, epoch in chosen]
+    return sorted(copies, key=lambda c: (c[1], c[2]))
+
+
+def held_out(key: str, fraction: float, seed: int) -> bool:
+    """Whether a document belongs to the held-out evaluation split (a seeded share `fraction`)."""
+    return fraction > 0 and _uniform("heldout", seed, key) < fraction
+
 
 @dataclass
 class MixtureReport:
+    """Rows of category, budget, available tokens, realised tokens and rate."""
+
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def table(self) -> str:
-        lines = ["| category | budget | tokens | share | epochs |", "|---|---|---|---|---|"]
+        lines = ["| category | budget | available | tokens | share | rate |", "|---|---|---|---|---|---|"]
         total = sum(r["tokens"] for r in self.rows) or 1
         for r in self.rows:
             lines.append(
-                f"| {r['category']} | {r['budget']:,} | {r['tokens']:,} | {r['tokens'] / total:.1%} | {r['epochs']} |"
+                f"| {r['category']} | {r['budget']:,} | {r['available']:,} | {r['tokens']:,} "
+                f"| {r['tokens'] / total:.1%} | {r['rate']:.3f} |"
             )
         return "\n".join(lines)
-
-
-def _order_key(seed: int, epoch: int, key: str) -> bytes:
-    return hashlib.sha256(f"mixture\x00{seed}\x00{epoch}\x00{key}".encode()).digest()
-
-
-def select(
-    documents: dict[str, list[tuple[str, int]]], config: MixtureConfig
-) -> tuple[dict[str, list[str]], MixtureReport]:
-    """documents: category -> [(document key, tokens)]. Returns category -> chosen keys (with repeats) and the report."""
-    budgets = config.budgets()
-    chosen: dict[str, list[str]] = {}
-    report = MixtureReport()
-    for category, budget in budgets.items():
-        pool = documents.get(category, [])
-        taken: list[str] = []
-        tokens, epoch = 0, 0
-        while pool and tokens < budget and epoch < (config.max_epochs if config.allow_repeat else 1):
-            for key, length in sorted(pool, key=lambda item: _order_key(config.seed, epoch, item[0])):
-                if tokens >= budget:
-                    break
-                taken.append(key)
-                tokens += length
-            epoch += 1
-        chosen[category] = taken
-        report.rows.append({"category": category, "budget": budget, "tokens": tokens, "epochs": epoch})
-    return chosen, report

@@ -42,7 +42,7 @@ from loopcoder.schemas import FILTERED_FILE
 
 from .dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, rank_key, read_annotations, run_dedup
 from .io import atomic_write_json, atomic_write_parquet
-from .job import GLOBAL_STEPS, JobConfig
+from .job import GLOBAL_STEPS, JobConfig, RayConfig
 from .minhash import MinhashSignatures, tokens
 from .readers import plan_tasks, read_task
 from .stats import StepStats, merge_stats, shard_stats
@@ -224,8 +224,8 @@ def _inject_worker_fault(task: int) -> None:
 
 
 @contextmanager
-def ray_session(job: JobConfig):
-    """Connects to the cluster named by RAY_ADDRESS, or starts local Ray sized to the machine."""
+def ray_session(settings: RayConfig):
+    """Connects to the cluster named by RAY_ADDRESS, or starts local Ray sized to the machine (the `ray:` block)."""
     import ray
     from ray.data import DataContext
     from ray.data.context import ShuffleStrategy
@@ -238,15 +238,15 @@ def ray_session(job: JobConfig):
         else:
             # address="local": a new instance for this job, never a cluster some other `ray start` left running
             ray.init(
-                address="local", num_cpus=job.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
+                address="local", num_cpus=settings.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
             )
         started = True
     context = DataContext.get_current()
-    context.default_hash_shuffle_parallelism = job.ray.shuffle_partitions
+    context.default_hash_shuffle_parallelism = settings.shuffle_partitions
     strategies = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}
-    if job.ray.shuffle_strategy not in strategies:
-        raise ValueError(f"ray.shuffle_strategy must be one of {', '.join(strategies)}, got '{job.ray.shuffle_strategy}'")
-    context.shuffle_strategy = strategies[job.ray.shuffle_strategy]
+    if settings.shuffle_strategy not in strategies:
+        raise ValueError(f"ray.shuffle_strategy must be one of {', '.join(strategies)}, got '{settings.shuffle_strategy}'")
+    context.shuffle_strategy = strategies[settings.shuffle_strategy]
     try:
         yield
     finally:
@@ -310,7 +310,7 @@ def run_job(job: JobConfig, output: Path | None = None) -> dict[str, Any]:
     tasks, num_tasks = plan["tasks"], len(plan["tasks"])
     timings: dict[str, float] = {}
     names = job.step_names()
-    with ray_session(job):
+    with ray_session(job.ray):
         start = time.perf_counter()
         pending = [t for t in tasks if not (work / "documents" / f"task-{t['task']:06d}.done").exists()]
         logger.info("documents stage: %d of %d task(s) to run", len(pending), num_tasks)

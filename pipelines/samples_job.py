@@ -2,21 +2,28 @@
 
     loopcoder data samples jobs/data/samples.yaml [--output DIR]
 
-Stages (files between stages, markers written last, a rerun skips finished work):
+Every stage is a set of tasks fixed by the inputs and the config, never by the number of workers;
+the tasks run on a Ray Data actor pool (local Ray, or the cluster named by `RAY_ADDRESS`) and each
+writes its own files, then its marker. The driver only plans tasks and adds up their summaries:
+no sample, document or token passes through it.
 
-1. `files`: one Ray Data task per input shard (actors hold the FIM splitter's parsers and the
-   tokenizer): each kept file becomes a FIM sample (`fim/part-N.parquet`) or stays left-to-right,
-   and is tokenised into `_work/documents/files-N.parquet`; then `markers/files-N.done`;
-2. `repo_fim`: the kept files grouped by repository (a Ray Data groupby), one repository-level
-   FIM builder per group, written sorted by id to `repo_fim/part-00000.parquet` and tokenised;
-3. `commits`: commit triplets of each configured git repository (`commits/part-00000.parquet`);
-4. `sft`: conversations from JSONL files (`sft/part-00000.parquet`), assistant-only loss;
-5. `pack`: the mixture selects documents per category to its token budgets (seeded, partition
-   independent), `CategoryPacker` packs them into `packed/part-*.parquet`, and `stats.json`
-   reports the realised tokens per category, the generators' counts and skips by reason.
+1. `files` (one task per input shard): each kept file becomes a FIM sample (`fim/part-N.parquet`)
+   or stays left-to-right, and is tokenised into `_work/documents/files-N.parquet`; the kept rows
+   are also written to `_work/repos/bucket-B/files-N.parquet`, where B is a hash of the repository;
+2. `repo_fim` (one task per repository bucket): every file of a repository lands in one bucket,
+   whichever shard it came from, so the task sees whole repositories and writes their
+   repository-level FIM samples (`repo_fim/part-B.parquet`) and documents;
+3. `commits` (one task per configured git repository): commit triplets (`commits/part-R.parquet`);
+4. `sft` (one task per conversation file): conversations (`sft/part-F.parquet`), assistant-only
+   loss, each in the tier of its difficulty (`sft_easy`, `sft_medium`, `sft_hard`, `sft`);
+5. `pack` (one task per document file): a held-out share of documents (seeded by document key)
+   goes to `heldout/<category>/`, the others are repeated or sampled to the mixture's token
+   budgets and packed into `packed/<category>/`. Budgets become per-category rates from the token
+   counts the earlier tasks reported, so a task decides each document on its own
+   (`mixture.copies`).
 
-Every sample's random choices are seeded by (seed, document key), so the output does not depend
-on the number of workers or the order in which Ray runs tasks.
+Every random choice is seeded by (seed, document key), so the output is the same bytes with one
+worker or many, on a rerun, and after a driver killed mid-job and restarted.
 """
 
 from __future__ import annotations
@@ -25,16 +32,15 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -42,16 +48,23 @@ from loopcoder.model.tokenizer.special_tokens import ENDOFTEXT, FILE_SEP, REPO_N
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SFT_CONVERSATION
 
 from .commits import CommitConfig, CommitTripletExtractor
+from .conversations import ConversationConfig, DocstringExtractor, commit_conversations
+from .dedup import run_dedup
 from .fim import FimConfig, FimSplitter
 from .inspection.discovery import discover_shards
-from .io import ShardWriter, atomic_write_json, atomic_write_parquet
-from .mixture import MixtureConfig, select
-from .packing import CategoryPacker, Document, PackingConfig, tokenize_conversation, tokenize_text
+from .io import atomic_write_json, atomic_write_parquet
+from .job import RayConfig, _sub
+from .minhash import MinhashConfig, MinhashSignatures
+from .mixture import MixtureConfig, MixtureReport, held_out, select_in_task
+from .packing import CategoryPacker, Document, PackingConfig, tokenize_conversation, tokenize_texts
 from .repo_fim import RepoFimBuilder, RepoFimConfig, token_counter
-from .sft_data import read_conversations
+from .sft_data import read_conversation_file
+from .sft_dedup import SftDecontaminationConfig, SftDecontaminator, drop_duplicates, write_dedup_inputs
+from .sft_difficulty import DifficultyConfig, DifficultyScorer, DifficultyStats, tier_category
 
 logger = logging.getLogger(__name__)
 
+WORK = "_work"
 DOCUMENT_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -60,6 +73,19 @@ DOCUMENT_SCHEMA = pa.schema(
         ("loss_mask", pa.list_(pa.int8())),
     ]
 )
+REPO_FILE_COLUMNS = ["id", "repo", "path", "language", "content"]
+
+
+@dataclass
+class SplitConfig:
+    """The held-out evaluation split: a seeded share of each category's documents, never trained on."""
+
+    heldout_fraction: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"split.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
 
 
 @dataclass
@@ -77,8 +103,36 @@ class SamplesJobConfig:
     commits: dict[str, Any] = field(default_factory=dict)
     packing: dict[str, Any] = field(default_factory=dict)
     mixture: dict[str, Any] | None = None  # MixtureConfig keys; none: every document once
+    split: SplitConfig = field(default_factory=SplitConfig)
+    sft_from_corpus: bool = True  # docstring -> implementation and commit -> patch conversations
+    conversations: dict[str, Any] = field(default_factory=dict)  # ConversationConfig keys
+    difficulty: dict[str, Any] = field(default_factory=dict)  # DifficultyConfig keys (tiers of the curriculum)
+    sft_decontamination: dict[str, Any] = field(default_factory=dict)  # SftDecontaminationConfig keys
+    sft_dedup: dict[str, Any] | None = field(default_factory=dict)  # MinhashConfig keys; null: no SFT dedup
+    repo_buckets: int = 16  # repository groups of the repo_fim stage; the output does not depend on workers
     rows_per_shard: int = 1000
-    num_cpus: int | None = None  # local Ray only
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.split, dict):
+            self.split = _sub(SplitConfig, self.split, "split")
+        if isinstance(self.ray, dict):
+            self.ray = _sub(RayConfig, self.ray, "ray")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> SamplesJobConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(raw) - known:
+            raise ValueError(f"{source}: unknown key(s) {', '.join(sorted(set(raw) - known))}")
+        for key in ("name", "output", "input"):
+            if key not in raw:
+                raise ValueError(f"{source}: missing key '{key}'")
+        raw = dict(raw)
+        raw["split"] = _sub(SplitConfig, raw.get("split"), f"{source}: split")
+        raw["ray"] = _sub(RayConfig, raw.get("ray"), f"{source}: ray")
+        config = cls(**raw)
+        config.validate()
+        return config
 
     @classmethod
     def from_yaml(cls, path: Path, overrides: dict[str, Any] | None = None) -> SamplesJobConfig:
@@ -86,15 +140,7 @@ class SamplesJobConfig:
         if not path.exists():
             raise FileNotFoundError(f"job config {path} does not exist")
         raw = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) | (overrides or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(raw) - known:
-            raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(set(raw) - known))}")
-        for key in ("name", "output", "input"):
-            if key not in raw:
-                raise ValueError(f"{path}: missing key '{key}'")
-        config = cls(**raw)
-        config.validate()
-        return config
+        return cls.from_dict(raw, str(path))
 
     def validate(self) -> None:
         """Builds every part once, so a bad key fails here and not on a worker."""
@@ -104,12 +150,19 @@ class SamplesJobConfig:
         PackingConfig(**self.packing)
         if self.mixture is not None:
             MixtureConfig(**self.mixture).budgets()
+        ConversationConfig(**self.conversations)
+        DifficultyConfig(**self.difficulty)
+        SftDecontaminationConfig(**self.sft_decontamination)
+        if self.sft_dedup is not None:
+            MinhashConfig(**self.sft_dedup)
+        if self.repo_buckets < 1:
+            raise ValueError(f"repo_buckets must be at least 1, got {self.repo_buckets}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        relevant = {k: v for k, v in self.to_dict().items() if k not in ("output", "num_cpus")}
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ("output", "ray")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -124,115 +177,335 @@ def render_commit(triplet: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def repo_bucket(repo: str, buckets: int) -> int:
+    """The bucket of a repository: every file of one repository lands in the same one."""
+    return int.from_bytes(hashlib.sha256(f"repo\x00{repo}".encode()).digest()[:8], "big") % buckets
+
+
 def _load_tokenizer(path: str | None):
     from loopcoder.model.tokenizer import load_tokenizer
 
     return load_tokenizer(path)
 
 
-def _write_documents(path: Path, documents: list[tuple[str, Document]]) -> None:
-    table = pa.table(
+def _git_root() -> Path:
+    from .sample_corpus import git_root
+
+    return Path(git_root(Path.cwd()) or Path.cwd())
+
+
+def _documents_table(keys: list[str], documents: list[Document]) -> pa.Table:
+    return pa.table(
         {
-            "key": [key for key, _ in documents],
-            "category": [d.category for _, d in documents],
-            "ids": [d.ids for _, d in documents],
-            "loss_mask": [d.loss_mask for _, d in documents],
+            "key": keys,
+            "category": [d.category for d in documents],
+            "ids": [d.ids for d in documents],
+            "loss_mask": [d.loss_mask for d in documents],
         },
         schema=DOCUMENT_SCHEMA,
     )
-    atomic_write_parquet(table, path)
 
 
-def _kept_rows(table: pa.Table) -> list[dict[str, Any]]:
+def _document_summary(keys: list[str], documents: list[Document], split: SplitConfig) -> dict[str, dict[str, int]]:
+    """Tokens per category in the training part and in the held-out part of one document file."""
+    train: Counter = Counter()
+    heldout: Counter = Counter()
+    for key, document in zip(keys, documents, strict=True):
+        target = heldout if held_out(key, split.heldout_fraction, split.seed) else train
+        target[document.category] += len(document.ids)
+    return {"train_tokens": dict(train), "heldout_tokens": dict(heldout)}
+
+
+def _kept_rows(table: pa.Table) -> pa.Table:
     if "kept" in table.column_names:
         table = table.filter(table.column("kept"))
-    return table.select(["id", "repo", "path", "language", "content"]).to_pylist()
+    # the AST status lets the docstring extractor skip files the parser already failed on
+    return table.select(REPO_FILE_COLUMNS + [c for c in ("ast_status",) if c in table.column_names])
 
 
-def _kept_rows_of_shard(item: dict[str, Any]) -> list[dict[str, Any]]:
-    return _kept_rows(pq.read_table(item["path"]))
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: its stage, its number inside the stage, and what it reads."""
+
+    stage: str
+    number: int
+    source: str = ""
+    conversation_task: int = -1  # the task's number among every task that builds conversations
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}-{self.number:05d}"
 
 
-class FilesTask:
-    """Ray Data actor: FIM samples and tokenised documents for one input shard at a time."""
+class SamplesWorker:
+    """Ray Data actor running samples-job tasks; it keeps the tokenizer and parsers between tasks."""
 
-    def __init__(self, config: dict[str, Any], output: str, shards: list[str]):
-        self.config = SamplesJobConfig(**config)
+    def __init__(self, config: dict[str, Any], output: str, plan: dict[str, Any]):
+        self.config = SamplesJobConfig.from_dict(config)
         self.output = Path(output)
-        self.shards = shards
-        self.splitter = FimSplitter(FimConfig(**self.config.fim))
+        self.plan = plan
         self.tokenizer = _load_tokenizer(self.config.tokenizer)
+        self._splitter: FimSplitter | None = None
+        self._repo_builder: RepoFimBuilder | None = None
+        self._docstrings: DocstringExtractor | None = None
+        self._scorer: DifficultyScorer | None = None
+        self._decontaminator: SftDecontaminator | None = None
+        self._signer: MinhashSignatures | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        summaries = [json.dumps(self.run(int(task))) for task in batch["task"]]
+        summaries = []
+        for spec in batch["task"]:
+            task = Task(**json.loads(spec))
+            summaries.append(json.dumps(self.run(task)))
         return {"task": batch["task"], "summary": np.array(summaries, dtype=object)}
 
-    def run(self, task: int) -> dict[str, Any]:
-        marker = self.output / "markers" / f"files-{task:05d}.done"
+    def run(self, task: Task) -> dict[str, Any]:
+        marker = self.output / "markers" / f"{task.name}.done"
         if marker.exists():
             return json.loads(marker.read_text())
-        rows = _kept_rows(pq.read_table(self.shards[task]))
-        samples, documents, skipped = [], [], Counter()
-        for row in rows:
-            sample = self.splitter(row)
-            if sample is not None:
-                samples.append(sample)
-                documents.append((sample["id"], tokenize_text(self.tokenizer, sample["text"], "file_fim")))
-            else:
-                if self.splitter.last_skip_reason:
-                    skipped[self.splitter.last_skip_reason] += 1
-                documents.append((row["id"], tokenize_text(self.tokenizer, row["content"], "file")))
-        atomic_write_parquet(FIM_SAMPLE.from_records(samples), self.output / "fim" / f"part-{task:05d}.parquet")
-        _write_documents(self.output / "_work" / "documents" / f"files-{task:05d}.parquet", documents)
-        summary = {"task": task, "files": len(rows), "fim_samples": len(samples), "fim_skipped": dict(skipped)}
+        summary = {"task": task.name} | getattr(self, f"_run_{task.stage}")(task)
         atomic_write_json(marker, summary)
         return summary
 
+    def _write_documents(self, name: str, keys: list[str], documents: list[Document]) -> dict[str, Any]:
+        atomic_write_parquet(_documents_table(keys, documents), self.output / WORK / "documents" / f"{name}.parquet")
+        return _document_summary(keys, documents, self.config.split)
 
-class RepoFimGroup:
-    """Ray Data actor for `map_groups`: the repository-level FIM samples of one repository."""
+    def _tokenize(self, texts: list[str], categories: list[str]) -> list[Document]:
+        return tokenize_texts(self.tokenizer, texts, categories)
 
-    def __init__(self, config: dict[str, Any]):
-        self.config = SamplesJobConfig(**config)
-        tokenizer = _load_tokenizer(self.config.tokenizer)
-        options = dict(self.config.repo_fim)
-        fim = FimConfig(**({"fim_rate": 1.0} | options.pop("fim", {})))
-        self.builder = RepoFimBuilder(RepoFimConfig(fim=fim, **options), count_tokens=token_counter(tokenizer))
+    def _run_files(self, task: Task) -> dict[str, Any]:
+        if self._splitter is None:
+            self._splitter = FimSplitter(FimConfig(**self.config.fim))
+        table = _kept_rows(pq.read_table(task.source))
+        rows = table.to_pylist()
+        table = table.select(REPO_FILE_COLUMNS)
+        samples, keys, texts, categories, skipped = [], [], [], [], Counter()
+        for row in rows:
+            sample = self._splitter(row)
+            if sample is not None:
+                samples.append(sample)
+                keys.append(sample["id"])
+                texts.append(sample["text"])
+                categories.append("file_fim")
+            else:
+                if self._splitter.last_skip_reason:
+                    skipped[self._splitter.last_skip_reason] += 1
+                keys.append(row["id"])
+                texts.append(row["content"])
+                categories.append("file")
+        atomic_write_parquet(FIM_SAMPLE.from_records(samples), self.output / "fim" / f"part-{task.number:05d}.parquet")
+        buckets = np.array([repo_bucket(r, self.config.repo_buckets) for r in table.column("repo").to_pylist()])
+        written_buckets = []
+        for bucket in sorted(set(buckets.tolist())):
+            part = table.filter(pa.array(buckets == bucket))
+            path = self.output / WORK / "repos" / f"bucket-{bucket:05d}" / f"files-{task.number:05d}.parquet"
+            atomic_write_parquet(part, path)
+            written_buckets.append(bucket)
+        documents = self._tokenize(texts, categories)
+        summary = {
+            "files": len(rows),
+            "fim_samples": len(samples),
+            "fim_skipped": dict(skipped),
+            "buckets": written_buckets,
+            "documents": self._write_documents(task.name, keys, documents),
+        }
+        if self.config.sft_from_corpus:
+            if self._docstrings is None:
+                self._docstrings = DocstringExtractor(ConversationConfig(**self.config.conversations))
+            self._docstrings.rejections = Counter()
+            conversations = [c for row in rows for c in self._docstrings(row) if c is not None]
+            summary["sft"] = self._conversation_candidates(task, conversations, self._docstrings.rejections)
+        return summary
 
-    def __call__(self, group: pa.Table) -> pa.Table:
-        files = group.to_pylist()
-        samples = self.builder(files[0]["repo"], files)
-        return pa.Table.from_pylist(samples, schema=REPO_FIM_SAMPLE.arrow_schema.remove_metadata())
+    def _run_repo_fim(self, task: Task) -> dict[str, Any]:
+        if self._repo_builder is None:
+            options = dict(self.config.repo_fim)
+            fim = FimConfig(**({"fim_rate": 1.0} | options.pop("fim", {})))
+            self._repo_builder = RepoFimBuilder(
+                RepoFimConfig(fim=fim, **options), count_tokens=token_counter(self.tokenizer)
+            )
+        self._repo_builder.skipped = Counter()
+        directory = self.output / WORK / "repos" / f"bucket-{task.number:05d}"
+        files = pa.concat_tables([pq.read_table(path) for path in sorted(directory.glob("files-*.parquet"))])
+        by_repo: dict[str, list[dict[str, Any]]] = {}
+        for row in files.to_pylist():
+            by_repo.setdefault(row["repo"], []).append(row)
+        records = []
+        for repo in sorted(by_repo):
+            records += self._repo_builder(repo, by_repo[repo])
+        records.sort(key=lambda r: r["id"])
+        path = self.output / "repo_fim" / f"part-{task.number:05d}.parquet"
+        atomic_write_parquet(REPO_FIM_SAMPLE.from_records(records), path)
+        keys = [r["id"] for r in records]
+        documents = self._tokenize([r["text"] for r in records], ["repo_fim"] * len(records))
+        return {
+            "repositories": len(by_repo),
+            "samples": len(records),
+            "skipped": dict(self._repo_builder.skipped),
+            "documents": self._write_documents(task.name, keys, documents),
+        }
+
+    def _run_commits(self, task: Task) -> dict[str, Any]:
+        repository = self.plan["git_repositories"][task.number]
+        extractor = CommitTripletExtractor(CommitConfig(**self.config.commits))
+        triplets = extractor(Path(repository["path"]), repository["repo"])
+        path = self.output / "commits" / f"part-{task.number:05d}.parquet"
+        atomic_write_parquet(COMMIT_TRIPLET.from_records(triplets), path)
+        keys = [t["id"] for t in triplets]
+        documents = self._tokenize([render_commit(t) for t in triplets], ["commit"] * len(triplets))
+        summary = {
+            "triplets": len(triplets),
+            "rejected": dict(extractor.rejections),
+            "documents": self._write_documents(task.name, keys, documents),
+        }
+        if self.config.sft_from_corpus:
+            conversations, rejections = commit_conversations(triplets, ConversationConfig(**self.config.conversations))
+            summary["sft"] = self._conversation_candidates(task, conversations, rejections)
+        return summary
+
+    def _run_sft(self, task: Task) -> dict[str, Any]:
+        conversations, rejections = read_conversation_file(task.source)
+        return {"sft": self._conversation_candidates(task, conversations, rejections)}
+
+    def _conversation_candidates(
+        self, task: Task, conversations: list[dict[str, Any]], rejections: Counter
+    ) -> dict[str, Any]:
+        """Scores and decontaminates one task's conversations, and writes them with their dedup inputs."""
+        if self._scorer is None:
+            self._scorer = DifficultyScorer(DifficultyConfig(**self.config.difficulty), token_counter(self.tokenizer))
+            self._decontaminator = SftDecontaminator(SftDecontaminationConfig(**self.config.sft_decontamination))
+            if self.config.sft_dedup is not None:
+                self._signer = MinhashSignatures(MinhashConfig(**self.config.sft_dedup))
+        scored, features = self._scorer(conversations)
+        kept, removed = self._decontaminator(scored)
+        kept_ids = {id(record) for record in kept}
+        difficulty = DifficultyStats()
+        difficulty.add(kept, [f for record, f in zip(scored, features, strict=True) if id(record) in kept_ids])
+        number = task.conversation_task
+        candidates = self.output / WORK / "sft" / f"candidates-{number:06d}.parquet"
+        atomic_write_parquet(SFT_CONVERSATION.from_records(kept), candidates)
+        if self.config.sft_dedup is not None:
+            write_dedup_inputs(self.output / WORK / "sft_dedup", number, kept, self._signer)
+        return {
+            "built": len(conversations),
+            "rejected": dict(rejections),
+            "removed": dict(removed),
+            "difficulty": difficulty.to_dict(),
+        }
+
+    def _run_sft_final(self, task: Task) -> dict[str, Any]:
+        """A conversation task's survivors of the SFT dedup, written and tokenised in their tiers."""
+        candidates = self.output / WORK / "sft" / f"candidates-{task.number:06d}.parquet"
+        records = pq.read_table(candidates).to_pylist()
+        removed: Counter = Counter()
+        if self.config.sft_dedup is not None and records:
+            records = drop_duplicates(records, self.output / WORK / "sft_dedup", task.number, removed)
+        atomic_write_parquet(
+            SFT_CONVERSATION.from_records(records), self.output / "sft" / f"part-{task.number:06d}.parquet"
+        )
+        keys, documents = [], []
+        for record in records:
+            try:
+                category = tier_category(record["difficulty_tier"])
+                documents.append(tokenize_conversation(self.tokenizer, record["messages"], category))
+            except ValueError:
+                removed["not_trainable"] += 1
+                continue
+            keys.append(record["id"])
+        return {
+            "conversations": len(keys),
+            "removed": dict(removed),
+            "tiers": dict(Counter(d.category for d in documents)),
+            "documents": self._write_documents(task.name, keys, documents),
+        }
+
+    def _run_pack(self, task: Task) -> dict[str, Any]:
+        rates: dict[str, float] = self.plan["rates"]
+        mixture = MixtureConfig(**self.config.mixture) if self.config.mixture is not None else None
+        split = self.config.split
+        train: dict[str, dict[str, Document]] = {}
+        heldout: dict[str, dict[str, Document]] = {}
+        for row in pq.read_table(task.source).to_pylist():
+            document = Document(row["ids"], row["loss_mask"], row["category"])
+            target = heldout if held_out(row["key"], split.heldout_fraction, split.seed) else train
+            target.setdefault(document.category, {})[row["key"]] = document
+        pad_id = self.tokenizer.pad_token_id
+        packing = PackingConfig(**self.config.packing)
+        summary: dict[str, Any] = {"train": {}, "heldout": {}}
+        for category in sorted(heldout):
+            documents = [heldout[category][key] for key in sorted(heldout[category])]
+            directory = self.output / "heldout" / category
+            summary["heldout"][category] = self._pack_category(documents, packing, pad_id, directory, task.number)
+        for category in sorted(train):
+            pool = train[category]
+            if mixture is None or category not in rates:
+                documents = [pool[key] for key in sorted(pool)]  # a category the mixture does not name: all of it
+            else:
+                lengths = [(key, len(pool[key].ids)) for key in sorted(pool)]
+                documents = [pool[key] for key, _, _ in select_in_task(lengths, rates[category], mixture)]
+            directory = self.output / "packed" / category
+            summary["train"][category] = self._pack_category(documents, packing, pad_id, directory, task.number)
+        return summary
+
+    def _pack_category(
+        self, documents: list[Document], packing: PackingConfig, pad_id: int, directory: Path, number: int
+    ) -> dict[str, Any]:
+        packer = CategoryPacker(packing, pad_id)
+        rows = [row for document in documents for row in packer.add(document)] + list(packer.flush())
+        size = self.config.rows_per_shard
+        for piece, start in enumerate(range(0, len(rows), size)):
+            path = directory / f"part-{number:05d}-{piece:03d}.parquet"
+            atomic_write_parquet(PACKED_SEQUENCE.from_records(rows[start : start + size]), path)
+        stats = packer.stats
+        return {
+            "rows": stats.rows,
+            "documents": sum(stats.documents.values()),
+            "tokens": sum(stats.tokens.values()),
+            "padding_tokens": stats.padding_tokens,
+            "dropped": dict(stats.dropped),
+        }
 
 
-def _stage_done(output: Path, name: str) -> dict[str, Any] | None:
-    marker = output / "markers" / f"{name}.done"
-    return json.loads(marker.read_text()) if marker.exists() else None
-
-
-def _ray_session(num_cpus: int | None):
+def _run_stage(tasks: list[Task], config: SamplesJobConfig, output: Path, plan: dict[str, Any]) -> None:
+    """Runs the unfinished tasks of one stage on an actor pool; each task writes its files and marker."""
     import ray
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
+    import ray.data
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # the repository groupby is small: a pull-based sort shuffle over few partitions starts fastest
-    context = DataContext.get_current()
-    context.default_hash_shuffle_parallelism = 4
-    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    return True
+    pending = [t for t in tasks if not (output / "markers" / f"{t.name}.done").exists()]
+    if tasks:
+        logger.info("%s stage: %d of %d task(s) to run", tasks[0].stage, len(pending), len(tasks))
+    if not pending:
+        return
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    workers = max(1, min(len(pending), config.ray.workers or cpus))
+    items = [{"task": json.dumps(dataclasses.asdict(t))} for t in pending]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        SamplesWorker,
+        fn_constructor_args=(config.to_dict(), str(output.resolve()), plan),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1,
+    )
+    for _ in dataset.iter_batches(batch_size=None):
+        pass
+
+
+def _summaries(output: Path, tasks: list[Task]) -> Iterator[dict[str, Any]]:
+    for task in tasks:
+        yield json.loads((output / "markers" / f"{task.name}.done").read_text())
+
+
+def _mixture_rates(config: SamplesJobConfig, train_tokens: Counter) -> dict[str, float]:
+    """Per-category sampling rates that meet the mixture's budgets in expectation."""
+    if config.mixture is None:
+        return {category: 1.0 for category in train_tokens}
+    return MixtureConfig(**config.mixture).rates(dict(train_tokens))
 
 
 def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dict[str, Any]:
     """Runs (or resumes) the samples job; returns the statistics written to `stats.json`."""
-    import ray
-    import ray.data
+    from .runner import ray_session
 
     output = Path(output or config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -246,141 +519,161 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
     shards = [str(p) for p in discover_shards(config.input)]
     if not shards:
         raise FileNotFoundError(f"no .parquet shards under {config.input} (run the clean job first)")
+    repositories = [
+        {"path": str(r["path"]).replace("{git_root}", str(_git_root())), "repo": r.get("repo")}
+        for r in config.git_repositories
+    ]
+    repositories = [r | {"repo": r["repo"] or Path(r["path"]).name} for r in repositories]
+    plan: dict[str, Any] = {"git_repositories": repositories, "rates": {}}
     timings: dict[str, float] = {}
-    started = _ray_session(config.num_cpus)
-    try:
+    stages: dict[str, list[Task]] = {}
+    with ray_session(config.ray):
         start = time.perf_counter()
-        pending = [i for i in range(len(shards)) if _stage_done(output, f"files-{i:05d}") is None]
-        logger.info("files stage: %d of %d task(s) to run", len(pending), len(shards))
-        if pending:
-            workers = max(1, min(len(pending), int(ray.cluster_resources().get("CPU", 1))))
-            tasks = ray.data.from_items([{"task": i} for i in pending], override_num_blocks=len(pending))
-            tasks = tasks.map_batches(
-                FilesTask, fn_constructor_args=(config.to_dict(), str(output.resolve()), shards),
-                batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
-            )  # fmt: skip
-            for _ in tasks.iter_batches(batch_size=None):
-                pass
-        timings["files"] = time.perf_counter() - start
+        number = iter(range(1 << 30))  # conversation tasks, numbered in a fixed order across stages
+        stages["files"] = [Task("files", i, shard, next(number)) for i, shard in enumerate(shards)]
+        _run_stage(stages["files"], config, output, plan)
+        buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
+        stages["repo_fim"] = [Task("repo_fim", b) for b in buckets]
+        stages["commits"] = [Task("commits", i, "", next(number)) for i in range(len(repositories))]
+        stages["sft"] = [Task("sft", i, str(path), next(number)) for i, path in enumerate(config.sft_files)]
+        for name in ("repo_fim", "commits", "sft"):
+            _run_stage(stages[name], config, output, plan)
+        timings["samples"] = time.perf_counter() - start
         start = time.perf_counter()
-        if _stage_done(output, "repo_fim") is None:
-            logger.info("repository-level FIM stage")
-            # shards are read inside Ray tasks with pyarrow (`ray.data.read_parquet` imports fsspec's HTTP
-            # filesystem, which fails here without aiohttp)
-            files = ray.data.from_items([{"path": shard} for shard in shards], override_num_blocks=len(shards))
-            files = files.flat_map(_kept_rows_of_shard)
-            samples = files.groupby("repo").map_groups(
-                RepoFimGroup, fn_constructor_args=(config.to_dict(),), compute=ray.data.ActorPoolStrategy(size=1),
-                batch_format="pyarrow",
-            )
-            records = sorted(samples.take_all(), key=lambda r: r["id"])
-            records = [r | {"context_paths": list(r["context_paths"])} for r in records]
-            atomic_write_parquet(REPO_FIM_SAMPLE.from_records(records), output / "repo_fim" / "part-00000.parquet")
-            tokenizer = _load_tokenizer(config.tokenizer)
-            documents = [(r["id"], tokenize_text(tokenizer, r["text"], "repo_fim")) for r in records]
-            _write_documents(output / "_work" / "documents" / "repo_fim.parquet", documents)
-            atomic_write_json(output / "markers" / "repo_fim.done", {"samples": len(records)})
-        timings["repo_fim"] = time.perf_counter() - start
-    finally:
-        if started:
-            ray.shutdown()
-    start = time.perf_counter()
-    if _stage_done(output, "commits") is None:
-        extractor = CommitTripletExtractor(CommitConfig(**config.commits))
-        triplets = []
-        for repository in config.git_repositories:
-            path = Path(repository["path"].replace("{git_root}", str(_git_root())))
-            triplets += extractor(path, repository.get("repo", path.name))
-        atomic_write_parquet(COMMIT_TRIPLET.from_records(triplets), output / "commits" / "part-00000.parquet")
-        tokenizer = _load_tokenizer(config.tokenizer)
-        documents = [(t["id"], tokenize_text(tokenizer, render_commit(t), "commit")) for t in triplets]
-        _write_documents(output / "_work" / "documents" / "commits.parquet", documents)
-        atomic_write_json(
-            output / "markers" / "commits.done", {"triplets": len(triplets), "rejected": dict(extractor.rejections)}
-        )
-    timings["commits"] = time.perf_counter() - start
-    if config.sft_files and _stage_done(output, "sft") is None:
-        rejections: Counter = Counter()
-        conversations = [c for path in config.sft_files for c in read_conversations(path, rejections)]
-        atomic_write_parquet(SFT_CONVERSATION.from_records(conversations), output / "sft" / "part-00000.parquet")
-        tokenizer = _load_tokenizer(config.tokenizer)
-        documents = [(c["id"], tokenize_conversation(tokenizer, c["messages"])) for c in conversations]
-        _write_documents(output / "_work" / "documents" / "sft.parquet", documents)
-        atomic_write_json(
-            output / "markers" / "sft.done", {"conversations": len(conversations), "rejected": dict(rejections)}
-        )
-    start = time.perf_counter()
-    stats = _pack(config, output)
-    timings["pack"] = time.perf_counter() - start
-    stats |= {
-        "job": config.name,
-        "fingerprint": config.fingerprint(),
-        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-    }
-    for stage in sorted((output / "markers").glob("*.done")):
-        if not stage.name.startswith("files-"):
-            stats.setdefault("stages", {})[stage.stem] = json.loads(stage.read_text())
-    files_markers = [json.loads(p.read_text()) for p in sorted((output / "markers").glob("files-*.done"))]
-    stats["fim"] = {
-        "files": sum(m["files"] for m in files_markers),
-        "samples": sum(m["fim_samples"] for m in files_markers),
-        "skipped": dict(sum((Counter(m["fim_skipped"]) for m in files_markers), Counter())),
-    }
+        conversation_tasks = [t for name in ("files", "commits", "sft") for t in stages[name]]
+        if not config.sft_from_corpus:
+            conversation_tasks = stages["sft"]
+        _sft_dedup(config, output)
+        stages["sft_final"] = [Task("sft_final", t.conversation_task) for t in conversation_tasks]
+        _run_stage(stages["sft_final"], config, output, plan)
+        timings["sft"] = time.perf_counter() - start
+        start = time.perf_counter()
+        producing = [t for name in ("files", "repo_fim", "commits", "sft_final") for t in stages[name]]
+        train_tokens: Counter = Counter()
+        for summary in _summaries(output, producing):
+            train_tokens.update(summary["documents"]["train_tokens"])
+        plan["rates"] = _mixture_rates(config, train_tokens)
+        stages["pack"] = [
+            Task("pack", i, str(output / WORK / "documents" / f"{t.name}.parquet")) for i, t in enumerate(producing)
+        ]
+        _run_stage(stages["pack"], config, output, plan)
+        timings["pack"] = time.perf_counter() - start
+    stats = merge_stats(config, output, stages, train_tokens, plan["rates"])
+    stats["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     atomic_write_json(output / "stats.json", stats)
     atomic_write_json(output / "_SUCCESS", {"job": config.name, "fingerprint": config.fingerprint()})
     return stats
 
 
-def _git_root() -> Path:
-    from .sample_corpus import git_root
+def _sft_dedup(config: SamplesJobConfig, output: Path) -> None:
+    """Exact and near-duplicate conversations across every conversation task, on the clean job's dedup stages."""
+    marker = output / "markers" / "sft_dedup.done"
+    work = output / WORK / "sft_dedup"
+    if config.sft_dedup is None or marker.exists() or not (work / "documents").exists():
+        return
+    logger.info("SFT dedup stage")
+    stats = run_dedup(work, True, MinhashConfig(**config.sft_dedup), config.ray.shuffle_partitions)
+    atomic_write_json(marker, stats)
 
-    return Path(git_root(Path.cwd()) or Path.cwd())
+
+def _add_nested(total: dict[str, Any], part: dict[str, Any]) -> None:
+    for key, value in part.items():
+        if isinstance(value, dict):
+            _add_nested(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
 
 
-def _pack(config: SamplesJobConfig, output: Path) -> dict[str, Any]:
-    """Mixture selection over every tokenised document, then category-pure packing."""
-    if (output / "markers" / "pack.done").exists():
-        return json.loads((output / "markers" / "pack.done").read_text())
-    document_files = sorted((output / "_work" / "documents").glob("*.parquet"))
-    lengths: dict[str, list[tuple[str, int]]] = {}
-    for path in document_files:
-        table = pq.read_table(path, columns=["key", "category", "ids"])
-        counts = pc.list_value_length(table.column("ids")).to_pylist()
-        for key, category, count in zip(
-            table.column("key").to_pylist(), table.column("category").to_pylist(), counts, strict=True
-        ):
-            lengths.setdefault(category, []).append((key, count))
-    if config.mixture is not None:
-        chosen, report = select(lengths, MixtureConfig(**config.mixture))
-        mixture_table = report.table()
-    else:
-        chosen = {category: sorted(key for key, _ in items) for category, items in lengths.items()}
-        mixture_table = None
-    wanted = {(category, key) for category, keys in chosen.items() for key in keys}
-    documents: dict[tuple[str, str], Document] = {}
-    for path in document_files:
-        for row in pq.read_table(path).to_pylist():
-            if (row["category"], row["key"]) in wanted:
-                documents[(row["category"], row["key"])] = Document(row["ids"], row["loss_mask"], row["category"])
-    tokenizer = _load_tokenizer(config.tokenizer)
-    packer = CategoryPacker(PackingConfig(**config.packing), pad_id=tokenizer.pad_token_id)
-    with ShardWriter(output / "packed", PACKED_SEQUENCE, config.rows_per_shard) as writer:
-        for category in sorted(chosen):
-            for key in chosen[category]:
-                writer.write_all(packer.add(documents[(category, key)]))
-        writer.write_all(packer.flush())
-    packing = packer.stats
-    stats = {
-        "packed": {
-            "rows": packing.rows,
-            "documents_by_category": dict(packing.documents),
-            "tokens_by_category": dict(packing.tokens),
-            "padding_tokens": packing.padding_tokens,
-            "dropped": dict(packing.dropped),
-            "seq_len": PackingConfig(**config.packing).seq_len,
+def merge_stats(
+    config: SamplesJobConfig,
+    output: Path,
+    stages: dict[str, list[Task]],
+    train_tokens: Counter,
+    rates: dict[str, float],
+) -> dict[str, Any]:
+    """The job's statistics from its task markers (small dictionaries, never the data)."""
+    files = list(_summaries(output, stages["files"]))
+    stats: dict[str, Any] = {
+        "job": config.name,
+        "fingerprint": config.fingerprint(),
+        "fim": {
+            "files": sum(s["files"] for s in files),
+            "samples": sum(s["fim_samples"] for s in files),
+            "skipped": dict(sum((Counter(s["fim_skipped"]) for s in files), Counter())),
         },
-        "mixture": mixture_table,
-        "rejections": {f"packing_{k}": v for k, v in packing.dropped.items()},
+        "stages": {},
     }
-    atomic_write_json(output / "markers" / "pack.done", stats)
+    for name, keys in (
+        ("repo_fim", ("repositories", "samples", "skipped")),
+        ("commits", ("triplets", "rejected")),
+    ):
+        merged: dict[str, Any] = {}
+        for summary in _summaries(output, stages[name]):
+            _add_nested(merged, {k: summary[k] for k in keys})
+        if stages[name]:
+            stats["stages"][name] = merged
+    stats["sft"] = _sft_stats(output, stages)
+    packed: dict[str, Any] = {"train": {}, "heldout": {}}
+    for summary in _summaries(output, stages["pack"]):
+        _add_nested(packed, {"train": summary["train"], "heldout": summary["heldout"]})
+    seq_len = PackingConfig(**config.packing).seq_len
+    train = packed["train"]
+    stats["packed"] = {
+        "rows": sum(c["rows"] for c in train.values()),
+        "documents_by_category": {c: v["documents"] for c, v in sorted(train.items())},
+        "tokens_by_category": {c: v["tokens"] for c, v in sorted(train.items())},
+        "padding_tokens": sum(c["padding_tokens"] for c in train.values()),
+        "dropped": dict(sum((Counter(c["dropped"]) for c in train.values()), Counter())),
+        "seq_len": seq_len,
+        "directories": {c: f"packed/{c}" for c in sorted(train) if train[c]["rows"]},
+    }
+    stats["heldout"] = {
+        "fraction": config.split.heldout_fraction,
+        "rows_by_category": {c: v["rows"] for c, v in sorted(packed["heldout"].items())},
+        "tokens_by_category": {c: v["tokens"] for c, v in sorted(packed["heldout"].items())},
+        "directories": {c: f"heldout/{c}" for c in sorted(packed["heldout"]) if packed["heldout"][c]["rows"]},
+    }
+    stats["mixture"] = None
+    if config.mixture is not None:
+        mixture = MixtureConfig(**config.mixture)
+        report = MixtureReport()
+        for category, budget in mixture.budgets().items():
+            report.rows.append(
+                {
+                    "category": category,
+                    "budget": budget,
+                    "available": int(train_tokens.get(category, 0)),
+                    "tokens": stats["packed"]["tokens_by_category"].get(category, 0),
+                    "rate": rates.get(category, 0.0),
+                }
+            )
+        stats["mixture"] = report.table()
+    stats["rejections"] = {f"packing_{k}": v for k, v in stats["packed"]["dropped"].items()}
     return stats
+
+
+def _sft_stats(output: Path, stages: dict[str, list[Task]]) -> dict[str, Any]:
+    """Conversations built, removed by reason (rejections, benchmarks, duplicates) and kept per tier, with why."""
+    built, rejected, removed = 0, Counter(), Counter()
+    difficulty = DifficultyStats()
+    for name in ("files", "commits", "sft"):
+        for summary in _summaries(output, stages[name]):
+            if "sft" not in summary:
+                continue
+            built += summary["sft"]["built"]
+            rejected.update(summary["sft"]["rejected"])
+            removed.update(summary["sft"]["removed"])
+            difficulty = difficulty.merge(DifficultyStats.from_dict(summary["sft"]["difficulty"]))
+    kept, tiers = 0, Counter()
+    for summary in _summaries(output, stages["sft_final"]):
+        kept += summary["conversations"]
+        removed.update(summary["removed"])
+        tiers.update(summary["tiers"])
+    return {
+        "built": built,
+        "rejected": dict(sorted(rejected.items())),
+        "removed": dict(sorted(removed.items())),
+        "conversations": kept,
+        "tiers": dict(sorted(tiers.items())),
+        "difficulty": difficulty.report(),
+    }

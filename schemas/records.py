@@ -144,13 +144,21 @@ MESSAGE = pa.struct([pa.field("role", pa.string(), nullable=False), pa.field("co
 
 SFT_CONVERSATION = _schema(
     "sft_conversation",
-    1,
+    2,
     "one supervised conversation; the loss is on assistant turns only",
     [
         ("id", pa.string(), "conversation id"),
         ("messages", pa.list_(MESSAGE), "turns with role `system`, `user`, `assistant` or `tool`"),
         ("source", pa.string(), "dataset the conversation came from"),
         ("difficulty", pa.float32(), "difficulty score in [0, 1] for the curriculum", NULLABLE),
+        (
+            "difficulty_tier",
+            pa.string(),
+            "curriculum tier from `difficulty`: `easy`, `medium` or `hard` (packed as `sft_<tier>`)",
+            NULLABLE,
+        ),
+        ("kind", pa.string(), "how it was made: `commit`, `docstring` or `user` (a conversation file)", NULLABLE),
+        ("language", pa.string(), "language of the code in the answer (`Python`, ...), when known", NULLABLE),
     ],
 )
 

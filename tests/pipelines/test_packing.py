@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loopcoder.model.tokenizer import load_tokenizer
-from loopcoder.pipelines.mixture import MixtureConfig, select
+from loopcoder.pipelines.mixture import MixtureConfig, held_out, select_in_task
 from loopcoder.pipelines.packing import Document, PackingConfig, pack, tokenize_conversation, tokenize_text
 from loopcoder.pipelines.sft_data import read_conversations
 from loopcoder.schemas import PACKED_SEQUENCE, SFT_CONVERSATION
@@ -89,25 +89,38 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(tokenizer):
         tokenize_conversation(tokenizer, messages[:2])
 
 
-def test_mixture_meets_budgets_deterministically():
-    documents = {
-        "file": [(f"f{i}", 100) for i in range(50)],  # 5,000 tokens
-        "commit": [(f"c{i}", 300) for i in range(4)],  # 1,200 tokens: repeated
-        "sft": [(f"s{i}", 50) for i in range(10)],
-    }
+def test_mixture_meets_budgets_per_task_and_deterministically():
     config = MixtureConfig(
         categories={"file": {"weight": 3}, "commit": {"weight": 1}, "sft": {"tokens": 200}}, total_tokens=4000
     )
-    chosen, report = select(documents, config)
-    realised = {row["category"]: row for row in report.rows}
-    assert realised["file"]["tokens"] == 3000 and realised["file"]["epochs"] == 1
-    assert realised["commit"]["tokens"] == 1200 and realised["commit"]["budget"] == 1000
-    assert realised["sft"]["tokens"] == 200 and len(chosen["sft"]) == 4
-    assert chosen == select(documents, config)[0]
-    assert chosen != select(documents, MixtureConfig(**{**config.__dict__, "seed": 1}))[0]
-    small = select({"commit": [("c", 300)]}, MixtureConfig(categories={"commit": {"tokens": 1000}}))[0]
-    assert Counter(small["commit"]) == {"c": 4}  # four epochs of one document
-    assert "| file | 3,000 | 3,000 |" in report.table()
+    available = {"file": 5000, "commit": 1200, "sft": 500}
+    rates = config.rates(available)
+    assert rates == {"file": 0.6, "commit": pytest.approx(1000 / 1200), "sft": 0.4}
+    files = [(f"f{i}", 100) for i in range(50)]
+    # two tasks of 25 documents each meet the rate on their own, exactly up to one document each
+    taken = [select_in_task(files[:25], rates["file"], config), select_in_task(files[25:], rates["file"], config)]
+    assert sum(100 * len(t) for t in taken) == 3000
+    assert select_in_task(files[:25], 0.6, config) == taken[0]
+    assert select_in_task(files[:25], 0.6, MixtureConfig(**{**config.__dict__, "seed": 1})) != taken[0]
+    assert {key for key, _, _ in taken[0]} < {key for key, _ in files[:25]}
+    # a category smaller than its budget is repeated, each epoch in its own shuffled order, up to max_epochs
+    small = MixtureConfig(categories={"commit": {"tokens": 1000}})
+    assert small.rates({"commit": 300})["commit"] == pytest.approx(10 / 3)
+    copies = select_in_task([("c1", 150), ("c2", 150)], 10 / 3, small)
+    assert Counter(epoch for _, epoch, _ in copies) == {0: 2, 1: 2, 2: 2, 3: 1}
+    assert [e for _, e, _ in copies] == sorted(e for _, e, _ in copies)
+    assert MixtureConfig(categories={"c": {"tokens": 10**6}}, max_epochs=2).rates({"c": 10}) == {"c": 2.0}
+    assert MixtureConfig(categories={"c": {"tokens": 10**6}}, allow_repeat=False).rates({"c": 10}) == {"c": 1.0}
+    assert config.rates({"file": 0, "commit": 1, "sft": 1})["file"] == 0.0
+
+
+def test_heldout_split_is_a_seeded_share_of_keys():
+    keys = [f"doc-{i}" for i in range(20_000)]
+    chosen = [k for k in keys if held_out(k, 0.05, seed=0)]
+    assert 0.04 < len(chosen) / len(keys) < 0.06
+    assert chosen == [k for k in keys if held_out(k, 0.05, seed=0)]
+    assert chosen != [k for k in keys if held_out(k, 0.05, seed=1)]
+    assert not any(held_out(k, 0.0, seed=0) for k in keys[:100])
 
 
 def test_sft_jsonl_in_both_formats_becomes_conversations(tmp_path):

