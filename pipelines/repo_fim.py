@@ -13,6 +13,10 @@ only, never include the target, and are ranked by relevance to it: a file the ta
 similarity of its identifiers to the target's, normalised to [0, 1] within the repository.
 Context is rendered most relevant first; when the token budget (default 32K) cannot hold every
 file, the least relevant are dropped first, and files that do not fit are skipped.
+
+With `fim.fim_rate` below 1 (default 1), a target not drawn for FIM is rendered whole, left to
+right (`mode: plain`, category `repo` in the samples job): the paper's repository-level data is
+half FIM and half plain, `fim_rate: 0.5`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from loopcoder.model.tokenizer.special_tokens import FILE_SEP, REPO_NAME
 from .fim import FimConfig, FimSplitter
 from .seeding import document_rng
 
+PLAIN = "plain"
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{1,}")
 PYTHON_FROM_IMPORT = re.compile(r"^[ \t]*from[ \t]+([.\w]+)[ \t]+import[ \t]+(\([^)]*\)|[\w \t,]+)", re.MULTILINE)
 IMPORT_PATTERNS = [
@@ -195,9 +200,12 @@ class RepoFimBuilder:
     def _sample(self, repo, target_index, files, bm25) -> dict[str, Any] | None:
         target = files[target_index]
         fim = self.splitter(target)
-        if fim is None:
-            self.skipped[self.splitter.last_skip_reason or "not_split"] += 1
+        if fim is None and self.splitter.last_skip_reason is not None:
+            self.skipped[self.splitter.last_skip_reason] += 1
             return None
+        if fim is None:  # not drawn for FIM (fim_rate < 1): the target file whole, left to right
+            fim = {"source_id": target["id"], "mode": PLAIN, "split_kind": "none", "node_type": None,
+                   "prefix": target["content"], "middle": "", "suffix": "", "text": target["content"]}  # fmt: skip
         head = f"{REPO_NAME}{repo}\n"
         tail = f"{FILE_SEP}{target['path']}\n{fim['text']}"
         used = self.count_tokens(head + tail)
@@ -224,8 +232,9 @@ class RepoFimBuilder:
                 excess -= len(self._context_part(files[chosen.pop()])) / chars_per_token
             text = head + "".join(self._context_part(files[i]) for i in chosen) + tail
             total = self.count_tokens(text)
+        kind = "repo" if fim["mode"] == PLAIN else "repofim"
         return {
-            "id": f"{fim['source_id']}-repofim{self.config.seed}",
+            "id": f"{fim['source_id']}-{kind}{self.config.seed}",
             "repo": repo,
             "target_path": target["path"],
             "language": target["language"],

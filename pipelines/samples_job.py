@@ -57,7 +57,7 @@ from .job import RayConfig, _sub
 from .minhash import MinhashConfig, MinhashSignatures
 from .mixture import MixtureConfig, MixtureReport, held_out, select_in_task
 from .packing import CategoryPacker, Document, PackingConfig, tokenize_conversation, tokenize_texts
-from .repo_fim import RepoFimBuilder, RepoFimConfig, token_counter
+from .repo_fim import PLAIN, RepoFimBuilder, RepoFimConfig, token_counter
 from .sft_data import read_conversation_file
 from .sft_dedup import SftDecontaminationConfig, SftDecontaminator, drop_duplicates, write_dedup_inputs
 from .sft_difficulty import DifficultyConfig, DifficultyScorer, DifficultyStats, tier_category
@@ -338,7 +338,8 @@ class SamplesWorker:
         path = self.output / "repo_fim" / f"part-{task.number:05d}.parquet"
         atomic_write_parquet(REPO_FIM_SAMPLE.from_records(records), path)
         keys = [r["id"] for r in records]
-        documents = self._tokenize([r["text"] for r in records], ["repo_fim"] * len(records))
+        categories = ["repo" if r["mode"] == PLAIN else "repo_fim" for r in records]
+        documents = self._tokenize([r["text"] for r in records], categories)
         return {
             "repositories": len(by_repo),
             "samples": len(records),

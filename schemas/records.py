@@ -94,8 +94,9 @@ FIM_SAMPLE = _schema(
 
 REPO_FIM_SAMPLE = _schema(
     "repo_fim_sample",
-    1,
-    "a repository-level FIM sample: context files of the same repository, then the FIM target",
+    2,
+    "a repository-level sample: context files of the same repository, then the target, FIM-formatted or, with "
+    "`mode` `plain`, whole (prefix the whole file, middle and suffix empty)",
     [
         ("id", pa.string(), "sample id"),
         ("repo", pa.string(), "repository name, rendered after `<|repo_name|>`"),

@@ -57,6 +57,25 @@ def test_context_comes_from_the_same_repository_and_respects_the_budget(tokenize
         )
 
 
+def test_half_fim_half_plain_renders_plain_targets_whole(tokenizer):
+    from loopcoder.pipelines.fim import FimConfig
+
+    files = stdlib_package("email")
+    config = RepoFimConfig(token_budget=6000, targets_per_repo=12, fim=FimConfig(fim_rate=0.5))
+    samples = RepoFimBuilder(config, count_tokens=token_counter(tokenizer))("email", files)
+    modes = [s["mode"] for s in samples]
+    assert "plain" in modes and set(modes) - {"plain"}, modes
+    contents = {f["path"]: f["content"] for f in files}
+    for sample in samples:
+        if sample["mode"] == "plain":
+            assert sample["text"].endswith(f"{FILE_SEP}{sample['target_path']}\n{contents[sample['target_path']]}")
+            assert "<|fim_middle|>" not in sample["text"] and sample["id"].endswith("-repo0")
+            assert sample["prefix"] == contents[sample["target_path"]] and sample["middle"] == sample["suffix"] == ""
+        else:
+            assert "<|fim_middle|>" in sample["text"] and sample["id"].endswith("-repofim0")
+    assert RepoFimBuilder(config, count_tokens=token_counter(tokenizer))("email", files) == samples
+
+
 def test_imported_files_rank_first_and_cuts_drop_the_least_relevant():
     files = [
         {"id": "a", "repo": "r", "path": "pkg/app.py", "language": "Python",

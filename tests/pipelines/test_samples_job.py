@@ -252,3 +252,12 @@ def test_the_trainer_trains_on_the_job_output_and_logs_every_category(job_output
     logged = {key.removeprefix("loss/") for r in records for key in r if key.startswith("loss/")}
     assert logged == set(stats["packed"]["tokens_by_category"])
     assert any("eval_loss" in r for r in records)
+
+
+@pytest.mark.parametrize("name", ["samples.yaml", "samples_stage2_1.yaml", "samples_stage2_2.yaml"])
+def test_shipped_samples_configs_load_and_mix_repository_data_half_fim_half_plain(name):
+    config = SamplesJobConfig.from_yaml(Path(__file__).resolve().parents[2] / "jobs" / "data" / name)
+    assert config.repo_fim["fim"]["fim_rate"] == 0.5
+    assert {"commit", "file", "file_fim", "repo_fim", "repo"} == set(config.mixture["categories"])
+    categories = config.mixture["categories"]
+    assert categories["repo"] == categories["repo_fim"]
