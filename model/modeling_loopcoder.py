@@ -926,14 +926,22 @@ class LoopCoderForCausalLM(LoopCoderPreTrainedModel, GenerationMixin):
                 cache.deactivate_past_recording()
         return output
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = LoopCoderCache(self.config)
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
+    ):
+        # loop 0's buffers sized once for the whole generation: decode steps write in place, never copy
+        given = model_kwargs.get("past_key_values")
+        if isinstance(given, LoopCoderCache):
+            given.reserve(max_cache_length)
+        if given is None and generation_config.use_cache is not False:
+            model_kwargs["past_key_values"] = LoopCoderCache(self.config, max_cache_len=max_cache_length)
             if getattr(generation_config, "is_assistant", False):
                 # an assistant's candidates are taken back when the main model rejects them
                 model_kwargs["past_key_values"].activate_past_recording()
             return
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        return super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
+        )
 
 
 class IQuestPLTCoderForCausalLM(LoopCoderForCausalLM):
