@@ -266,7 +266,9 @@ def test_generate_writes_loop0_in_place_after_prefill(variant, schedule, lc, mon
     mask[1, :3] = 0  # left padding, as in batched rollouts
     new_tokens = 12
     cached = model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False)
-    recomputed = model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, use_cache=False)
+    recomputed = model.generate(
+        prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, use_cache=False
+    )
     assert cached.tolist() == recomputed.tolist()
     for layer in range(model.config.num_hidden_layers):
         writes = [entry for entry in storage if entry[0] == layer]
