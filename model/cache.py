@@ -2,7 +2,10 @@
 
 Per sequence and physical layer (docs/model.md, "Cache"):
 
-* loop 0: the full post-RoPE K/V of every position (the only cache that grows with the sequence);
+* loop 0: the full post-RoPE K/V of every position (the only cache that grows with the sequence),
+  written in place into a preallocated buffer: `reserve(n)` (which `generate` calls with its
+  maximum length) sizes it once, so a decode step writes its new positions and copies nothing;
+  without a reservation the buffer is sized to the prefill and doubles when it is full;
 * loop r >= 1: the K/V of the last `loop_window + 1` positions (65 for V2, 64 for V1), a sliding
   buffer the local branch reads; older entries are dropped;
 * V2 only: the hidden carry, loop r's (normed) output at the last processed position for
@@ -27,15 +30,20 @@ class LoopCoderCache(Cache):
 
     Args:
         config (LoopCoderConfig): the model configuration (layers, loops, window).
+        max_cache_len (int, Optional): positions to preallocate for loop 0 (see `reserve`).
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, max_cache_len: int | None = None, **kwargs):
         super().__init__(layers=[])
         self.num_layers = config.num_hidden_layers
         self.num_loops = config.num_loops
         self.local_size = config.local_cache_size
+        # keys0[layer] / values0[layer]: loop 0's buffers [B, HKV, capacity, D]; the first loop0_length[layer]
+        # positions are filled
         self.keys0: list[torch.Tensor | None] = [None] * self.num_layers
         self.values0: list[torch.Tensor | None] = [None] * self.num_layers
+        self.loop0_length = [0] * self.num_layers
+        self.reserved = max_cache_len or 0
         # local[r][layer] = (keys, values) of loop r's last `local_size` positions, [B, HKV, <=S, D]
         self.local: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [
             [None] * self.num_layers for _ in range(self.num_loops)
@@ -53,17 +61,41 @@ class LoopCoderCache(Cache):
         self._seen_before_history = 0
 
     # -- loop 0: full K/V ------------------------------------------------------------------
+    def reserve(self, max_cache_len: int) -> None:
+        """Sizes loop 0's buffers for `max_cache_len` positions (at their first write, or now if they exist)."""
+        self.reserved = max(self.reserved, max_cache_len)
+        for layer_idx, keys in enumerate(self.keys0):
+            if keys is not None and keys.shape[-2] < max_cache_len:
+                self._resize_loop0(layer_idx, max_cache_len)
+
+    def _resize_loop0(self, layer_idx: int, capacity: int) -> None:
+        length = self.loop0_length[layer_idx]
+        for buffers in (self.keys0, self.values0):
+            old = buffers[layer_idx]
+            new = old.new_empty((*old.shape[:-2], capacity, old.shape[-1]))
+            new[..., :length, :] = old[..., :length, :]
+            buffers[layer_idx] = new
+
     def update_loop0(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int):
-        """Appends `[B, HKV, T, D]` K/V of loop 0 and returns the whole loop-0 K/V of the layer."""
+        """Writes `[B, HKV, T, D]` K/V of loop 0 after the filled positions and returns the layer's filled K/V
+        (views of the buffers)."""
+        length = self.loop0_length[layer_idx]
+        end = length + key.shape[-2]
         if self.keys0[layer_idx] is None:
-            self.keys0[layer_idx], self.values0[layer_idx] = key, value
-        else:
-            self.keys0[layer_idx] = torch.cat([self.keys0[layer_idx], key], dim=-2)
-            self.values0[layer_idx] = torch.cat([self.values0[layer_idx], value], dim=-2)
-        return self.keys0[layer_idx], self.values0[layer_idx]
+            shape = (*key.shape[:-2], max(end, self.reserved), key.shape[-1])
+            self.keys0[layer_idx] = key.new_empty(shape)
+            self.values0[layer_idx] = value.new_empty(shape)
+        elif end > self.keys0[layer_idx].shape[-2]:
+            # past the reservation: doubling keeps the copies amortised O(1) per position
+            self._resize_loop0(layer_idx, max(end, 2 * self.keys0[layer_idx].shape[-2]))
+        self.keys0[layer_idx][..., length:end, :] = key
+        self.values0[layer_idx][..., length:end, :] = value
+        self.loop0_length[layer_idx] = end
+        return self.loop0(layer_idx)
 
     def loop0(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.keys0[layer_idx], self.values0[layer_idx]
+        length = self.loop0_length[layer_idx]
+        return self.keys0[layer_idx][..., :length, :], self.values0[layer_idx][..., :length, :]
 
     # -- loops >= 1: sliding buffers -----------------------------------------------------
     def local_with(self, key: torch.Tensor, value: torch.Tensor, loop: int, layer_idx: int):
@@ -130,8 +162,8 @@ class LoopCoderCache(Cache):
                     f"cannot remove {remove} position(s): the cache recorded {recorded} since the last crop; "
                     "call activate_past_recording() before the forward whose positions may be taken back"
                 )
-            self.keys0 = [None if k is None else k[..., :-remove, :] for k in self.keys0]
-            self.values0 = [None if v is None else v[..., :-remove, :] for v in self.values0]
+            # loop 0 keeps its buffers; the removed positions are overwritten by the next write
+            self.loop0_length = [max(length - remove, 0) for length in self.loop0_length]
             for loop in range(1, self.num_loops):
                 self.local[loop] = [
                     None if e is None else (e[0][..., :-remove, :], e[1][..., :-remove, :]) for e in self.local[loop]
@@ -176,13 +208,22 @@ class LoopCoderCache(Cache):
     def _map(self, fn) -> None:
         self.keys0 = [None if t is None else fn(t) for t in self.keys0]
         self.values0 = [None if t is None else fn(t) for t in self.values0]
+        self._map_loop_buffers_and_carries(fn)
+
+    def _map_loop_buffers_and_carries(self, fn) -> None:
         self.local = [[None if e is None else (fn(e[0]), fn(e[1])) for e in row] for row in self.local]
         self.carry = [None if t is None else fn(t) for t in self.carry]
         self.carry_history = [None if t is None else fn(t) for t in self.carry_history]
         self._carry_before_history = [None if t is None else fn(t) for t in self._carry_before_history]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+        # loop 0 in place (its filled part only), so the buffers stay where they are
+        for buffers in (self.keys0, self.values0):
+            for layer_idx, buffer in enumerate(buffers):
+                if buffer is not None:
+                    filled = buffer[..., : self.loop0_length[layer_idx], :]
+                    filled.copy_(filled.index_select(0, beam_idx.to(buffer.device)))
+        self._map_loop_buffers_and_carries(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         self._map(lambda t: t.repeat_interleave(repeats, dim=0))
@@ -191,10 +232,10 @@ class LoopCoderCache(Cache):
         self._map(lambda t: t[indices, ...])
 
     def reset(self) -> None:
-        self.__init__(_ConfigView(self.num_layers, self.num_loops, self.local_size))
+        self.__init__(_ConfigView(self.num_layers, self.num_loops, self.local_size), self.reserved)
 
     def nbytes(self) -> int:
-        """Bytes held by the cache tensors (loop-0 K/V, loop buffers, hidden carries)."""
+        """Bytes held by the cache tensors (loop-0 buffers, loop buffers, hidden carries)."""
         tensors = [t for t in self.keys0 + self.values0 + self.carry + self.carry_history if t is not None]
         tensors += [t for row in self.local for e in row if e is not None for t in e]
         return sum(t.numel() * t.element_size() for t in tensors)

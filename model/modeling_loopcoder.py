@@ -33,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
-from loopcoder.model.attention import FUSED_GATED, cached_attention, get_looped_attention
+from loopcoder.model.attention import cached_attention, get_looped_attention, per_document
 from loopcoder.model.cache import LoopCoderCache
 from loopcoder.model.checkpoint import GATE_KEY_ALIASES
 from loopcoder.model.configuration_loopcoder import IQuestLoopCoderConfig, IQuestPLTCoderConfig, LoopCoderConfig
@@ -146,9 +146,14 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain causal attention of loop 0: `[B, H, T, D]` inputs, additive mask, `[B, T, H, D]` output."""
+    """Plain causal attention of loop 0: `[B, H, T, D]` inputs, additive mask, `[B, T, H, D]` output.
+
+    Without a mask the attention is causal, as SDPA's `is_causal`.
+    """
     group = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    if attention_mask is None and query.shape[2] > 1:
+        attention_mask = _additive(_causal_visible(query.shape[2], query.device), query.dtype)
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
@@ -163,13 +168,12 @@ class SequenceLayout:
     """Masking facts of a full-sequence forward, computed once and shared by every layer and loop.
 
     Attributes:
-        loop0_mask: additive `[B, 1, T, T]` mask for loop 0, or None when plain causal attention is exact.
+        loop0_mask: additive `[B, 1, T, T]` mask for loop 0 of a padded batch, or None when plain causal
+            attention is exact or the documents are packed.
         cu_seqlens: `[N + 1]` document boundaries of the flattened batch when documents are packed, else None.
         key_padding_mask: `[B, T]` False at padding, or None (always None when flattened).
-        flatten: run the looped attention on the batch flattened into one row (packed documents).
+        flatten: attend on the batch flattened into one row of documents (packed documents).
         history_reset: `[B, T]` True where the cross-loop history must be zero (a document's first token).
-        row_cu_seqlens: per row, its own `[N_b + 1]` document boundaries when packed (rows never share a
-            document), for backends whose cost grows with the square of the row length.
     """
 
     loop0_mask: torch.Tensor | None
@@ -177,7 +181,6 @@ class SequenceLayout:
     key_padding_mask: torch.Tensor | None
     flatten: bool
     history_reset: torch.Tensor
-    row_cu_seqlens: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -238,6 +241,23 @@ class LoopCoderAttention(nn.Module):
             self.recorded_gates.append(g.detach().float())
         return g
 
+    def causal_attention(self, q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Loop 0's attention through transformers' `ALL_ATTENTION_FUNCTIONS`: `[B, T, H(KV), D]` -> `[B, T, H, D]`.
+
+        Causal without `mask` (SDPA's `is_causal`, or `eager_attention_forward`'s own causal mask).
+        """
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, _ = attention(
+            self,
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+        )
+        return out
+
     def forward(
         self,
         residual: torch.Tensor,
@@ -253,56 +273,23 @@ class LoopCoderAttention(nn.Module):
         """Full-sequence attention; returns (output `[B, T, d]`, this loop's k, v `[B, T, HKV, D]`)."""
         batch, seq_len, _ = normed.shape
         q, k, v = self.project(normed, cos, sin)
-        impl = self.config._attn_implementation
+        tensors = (q, k, v) if loop == 0 else (q, key0, value0, k, v, self.gate(gate_module, residual, q))
+        if layout.flatten:
+            # packed documents: one row of documents (rows never share one), each attended alone
+            tensors = tuple(t.reshape(1, batch * seq_len, *t.shape[2:]) for t in tensors)
         if loop == 0:
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention_forward)
-            out, _ = attention(
-                self,
-                q.transpose(1, 2),
-                k.transpose(1, 2),
-                v.transpose(1, 2),
-                layout.loop0_mask,
-                dropout=0.0 if not self.training else self.attention_dropout,
-                scaling=self.scaling,
-            )
-        else:
-            g = self.gate(gate_module, residual, q)
-            looped = get_looped_attention(impl)
-            window = self.config.loop_window
-            if layout.flatten and impl != FUSED_GATED and batch > 1:
-                # masked dense backends cost (rows x length)^2 on a flattened batch: one call per row instead
-                out = torch.cat(
-                    [
-                        looped(
-                            *(t[row : row + 1] for t in (q, key0, value0, k, v, g)),
-                            window=window,
-                            scale=self.scaling,
-                            cu_seqlens=layout.row_cu_seqlens[row],
-                        )
-                        for row in range(batch)
-                    ]
-                )
-            elif layout.flatten:
-                flat = [t.reshape(1, batch * seq_len, *t.shape[2:]) for t in (q, key0, value0, k, v, g)]
-                out = looped(
-                    *flat,
-                    window=window,
-                    scale=self.scaling,
-                    cu_seqlens=layout.cu_seqlens,
-                    key_padding_mask=layout.key_padding_mask,
-                ).view(batch, seq_len, self.num_heads, self.head_dim)
+            if layout.flatten:
+                out = per_document(self.causal_attention, layout.cu_seqlens, *tensors)
             else:
-                out = looped(
-                    q,
-                    key0,
-                    value0,
-                    k,
-                    v,
-                    g,
-                    window=window,
-                    scale=self.scaling,
-                    key_padding_mask=layout.key_padding_mask,
-                )
+                out = self.causal_attention(*tensors, mask=layout.loop0_mask)
+        else:
+            out = get_looped_attention(self.config._attn_implementation)(
+                *tensors,
+                window=self.config.loop_window,
+                scale=self.scaling,
+                cu_seqlens=layout.cu_seqlens,
+                key_padding_mask=layout.key_padding_mask,
+            )
         out = out.reshape(batch, seq_len, -1).contiguous()
         return self.o_proj(out), k, v
 
@@ -659,26 +646,18 @@ class LoopCoderModel(LoopCoderPreTrainedModel):
         starts_in_valid = new_doc if valid is None else new_doc & valid
         packed = bool((starts_in_valid.sum(-1) > 1).any())
 
-        loop0_mask = None
-        if packed or valid is not None or self.config._attn_implementation == "eager":
-            visible = _causal_visible(seq_len, device)[None]
-            if packed:
-                doc = new_doc.cumsum(-1)
-                visible = visible & (doc[:, :, None] == doc[:, None, :])
-            if valid is not None:
-                visible = visible & valid[:, None, :]
-            visible = visible | torch.eye(seq_len, dtype=torch.bool, device=device)[None]
-            loop0_mask = _additive(visible[:, None], dtype)
-        cu, kpm, row_cu = None, valid, None
         if packed:
             # one row of documents; padded tokens become one-token documents, so no padding mask is needed
             doc_starts = new_doc if valid is None else new_doc | ~valid | history_reset
             flat_starts = doc_starts.reshape(-1).nonzero().flatten()
             cu = torch.cat([flat_starts, flat_starts.new_tensor([batch * seq_len])]).to(torch.int32)
-            end = torch.tensor([seq_len], device=device)
-            row_cu = [torch.cat([row.nonzero().flatten(), end]).to(torch.int32) for row in doc_starts]
-            kpm = None
-        return SequenceLayout(loop0_mask, cu, kpm, packed, history_reset, row_cu)
+            return SequenceLayout(None, cu, None, True, history_reset)
+        loop0_mask = None
+        if valid is not None:
+            visible = _causal_visible(seq_len, device)[None] & valid[:, None, :]
+            visible = visible | torch.eye(seq_len, dtype=torch.bool, device=device)[None]
+            loop0_mask = _additive(visible[:, None], dtype)
+        return SequenceLayout(loop0_mask, None, valid, False, history_reset)
 
     def _forward_full(self, embeds, attention_mask, position_ids, cu_seqlens, cache, output_loop_states):
         config = self.config
@@ -926,14 +905,22 @@ class LoopCoderForCausalLM(LoopCoderPreTrainedModel, GenerationMixin):
                 cache.deactivate_past_recording()
         return output
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = LoopCoderCache(self.config)
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
+    ):
+        # loop 0's buffers sized once for the whole generation: decode steps write in place, never copy
+        given = model_kwargs.get("past_key_values")
+        if isinstance(given, LoopCoderCache):
+            given.reserve(max_cache_length)
+        if given is None and generation_config.use_cache is not False:
+            model_kwargs["past_key_values"] = LoopCoderCache(self.config, max_cache_len=max_cache_length)
             if getattr(generation_config, "is_assistant", False):
                 # an assistant's candidates are taken back when the main model rejects them
                 model_kwargs["past_key_values"].activate_past_recording()
             return
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        return super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
+        )
 
 
 class IQuestPLTCoderForCausalLM(LoopCoderForCausalLM):

@@ -1,12 +1,21 @@
 """Benchmark of the looped model against a dense model of the same depth and width.
 
     python tests/bench/bench_model.py [--hidden 512] [--layers 4] [--loops 2] [--threads 1]
+                                      [--sections compare packed-memory decode-growth]
 
-Measured side by side in one run and printed as one table:
+Three sections, each printed as one table (all by default):
 
-* training step (forward + backward) of the R-loop model / the dense model (aim <= 2.1 for R = 2);
-* decode time per token: cross-loop-parallel / sequential schedule (aim <= 0.6), parallel / dense (aim <= 1.2);
-* cache bytes after 4,096 tokens / the dense model's cache (aim <= 1.05).
+* compare, measured side by side in one run:
+  training step (forward + backward) of the R-loop model / the dense model (aim <= 2.1 for R = 2);
+  decode time per token: cross-loop-parallel / sequential schedule (aim <= 0.6), parallel / dense (aim <= 1.2);
+  cache bytes after 4,096 tokens / the dense model's cache (aim <= 1.05).
+* packed-memory: peak memory of a forward (no grad) and of a forward + backward over one packed row
+  of 16K tokens / of 4K tokens (aim <= 5; a `[T, T]` mask gives 16). Documents of 256 to 2,048
+  tokens, the same distribution at every length; each length runs in its own process, its peak
+  resident memory (VmHWM, reset after a warm-up) above the resident memory before the row.
+* decode-growth: time of one decode step after 128 and after 2,048 generated tokens, loop 0 in
+  preallocated buffers (`LoopCoderCache(config, max_cache_len=n)`, what `generate` uses) against
+  loop 0 grown by concatenation (the cache before preallocation), the steps interleaved.
 
 Two dense references with the same layers run once: our model with `num_loops=1` (same code path,
 same cache class) and transformers' `LlamaForCausalLM` loaded from the same weights. Timings are the
@@ -18,7 +27,11 @@ reproduce the full forward, otherwise no figure is printed.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -133,6 +146,126 @@ def cache_bytes(looped, llama, length: int) -> tuple[int, int]:
     return looped_cache.nbytes(), dense_total
 
 
+def packed_row(length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids `[1, T]` of documents of 256 to 2,048 tokens (the last one cut at T), and their count."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = []
+    while sum(lengths) < length:
+        lengths.append(min(int(torch.randint(256, 2049, (1,), generator=generator)), length - sum(lengths)))
+    return torch.cat([torch.arange(n) for n in lengths])[None], torch.tensor(len(lengths))
+
+
+def _resident_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def packed_row_child(args) -> None:
+    """Runs in its own process: prints the peak memory above the baseline of one packed-row pass, as JSON."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = LoopCoderForCausalLM(
+        LoopCoderConfig(
+            vocab_size=1024,
+            hidden_size=args.packed_hidden,
+            intermediate_size=int(args.packed_hidden * 2.75),
+            num_hidden_layers=args.packed_layers,
+            num_attention_heads=args.packed_hidden // 64,
+            num_key_value_heads=1,
+            max_position_embeddings=4096,
+            num_loops=2,
+            loop_window=64,
+            emb_scale=0.707,
+            hidden_scale=0.053,
+            attn_implementation="sdpa",
+        )
+    )
+
+    def run(length: int) -> None:
+        positions, _ = packed_row(length)
+        ids = torch.randint(0, 1024, (1, length))
+        if args.packed_row_child_backward:
+            model.train()
+            model(ids, position_ids=positions, labels=ids, use_cache=False).loss.backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                model.eval()(ids, position_ids=positions, use_cache=False)
+
+    run(1024)  # warm-up: kernels, allocator, gradient buffers
+    baseline = _resident_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # resets the peak (VmHWM) to the current resident size
+    start = time.perf_counter()
+    run(args.packed_row_child)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"peak_mib": (_resident_kib("VmHWM") - baseline) / 1024, "seconds": seconds}))
+
+
+def packed_memory(args) -> list[tuple]:
+    """Peak memory of a packed row at each length, each in a fresh process (glibc returns large blocks)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    results = {}
+    for backward in (False, True):
+        for length in args.packed_lengths:
+            command = [sys.executable, __file__, "--packed-row-child", str(length), "--threads", str(args.threads)]
+            command += ["--packed-hidden", str(args.packed_hidden), "--packed-layers", str(args.packed_layers)]
+            command += ["--packed-row-child-backward"] if backward else []
+            out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+            results[backward, length] = json.loads(out.strip().splitlines()[-1])
+    rows = []
+    short, long = args.packed_lengths[0], args.packed_lengths[-1]
+    for backward in (False, True):
+        name = "forward + backward" if backward else "forward (no grad)"
+        for length in args.packed_lengths:
+            documents = int(packed_row(length)[1])
+            result = results[backward, length]
+            rows.append((f"{name}, T = {length} ({documents} documents)", result["peak_mib"], result["seconds"]))
+        ratio = results[backward, long]["peak_mib"] / results[backward, short]["peak_mib"]
+        rows.append((f"{name}: peak at {long} / at {short}", ratio, None))
+    return rows
+
+
+class ConcatLoop0Cache(LoopCoderCache):
+    """Loop 0 grown by concatenation at every step (the cache before preallocation), for comparison only."""
+
+    def update_loop0(self, key, value, layer_idx):
+        if self.keys0[layer_idx] is None:
+            self.keys0[layer_idx], self.values0[layer_idx] = key, value
+        else:
+            self.keys0[layer_idx] = torch.cat([self.keys0[layer_idx], key], dim=-2)
+            self.values0[layer_idx] = torch.cat([self.values0[layer_idx], value], dim=-2)
+        self.loop0_length[layer_idx] = self.keys0[layer_idx].shape[-2]
+        return self.keys0[layer_idx], self.values0[layer_idx]
+
+
+def decode_growth(model, args) -> dict[str, dict[int, float]]:
+    """Median step time over the `window` steps ending at each mark of generated tokens, per cache."""
+    marks, window = (128, args.growth_tokens), 32
+    prompt = torch.randint(0, args.vocab, (1, 16))
+    total = prompt.shape[1] + args.growth_tokens
+    caches = {
+        "preallocated": LoopCoderCache(model.config, max_cache_len=total),
+        "concatenated": ConcatLoop0Cache(model.config),
+    }
+    tokens = torch.randint(0, args.vocab, (1, args.growth_tokens))
+    samples: dict[str, list[float]] = {name: [] for name in caches}
+    with torch.no_grad():
+        logits = {name: model(prompt, past_key_values=cache, use_cache=True).logits for name, cache in caches.items()}
+        for step in range(args.growth_tokens):
+            names = list(caches) if step % 2 == 0 else list(reversed(caches))
+            for name in names:
+                start = time.perf_counter()
+                logits[name] = model(tokens[:, step : step + 1], past_key_values=caches[name], use_cache=True).logits
+                samples[name].append(time.perf_counter() - start)
+        if not torch.allclose(logits["preallocated"], logits["concatenated"], atol=1e-5):
+            raise SystemExit("the two caches decode different logits: no figure reported")
+    return {
+        name: {mark: statistics.median(times[mark - window : mark]) for mark in marks}
+        for name, times in samples.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=512)
@@ -146,10 +279,53 @@ def main() -> None:
     parser.add_argument("--cache-length", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="1: a shared 2-core box makes 2-thread matmuls erratic")
+    parser.add_argument(
+        "--sections", nargs="+", choices=["compare", "packed-memory", "decode-growth"],
+        default=["compare", "packed-memory", "decode-growth"],
+    )  # fmt: skip
+    parser.add_argument("--packed-lengths", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--packed-hidden", type=int, default=256)
+    parser.add_argument("--packed-layers", type=int, default=2)
+    parser.add_argument("--growth-tokens", type=int, default=2048)
+    parser.add_argument("--packed-row-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--packed-row-child-backward", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.packed_row_child:
+        packed_row_child(args)
+        return
     torch.set_num_threads(args.threads)
-
     models = build(args)
+    if "compare" in args.sections:
+        compare(models, args)
+    if "packed-memory" in args.sections:
+        rows = packed_memory(args)
+        print(
+            f"packed row: 2 layers x 2 loops, hidden {args.packed_hidden}, {args.packed_hidden // 64}/1 heads, "
+            f"window 64, SDPA, float32, CPU, {args.threads} thread(s); peak resident memory above the baseline"
+        )
+        print(f"| {'packed row':<52} | {'peak MiB / ratio':>16} | {'seconds':>8} |")
+        print(f"|{'-' * 54}|{'-' * 17}:|{'-' * 9}:|")
+        for name, value, seconds in rows:
+            print(f"| {name:<52} | {value:>16.2f} | {'' if seconds is None else f'{seconds:.2f}':>8} |")
+    if "decode-growth" in args.sections:
+        growth = decode_growth(models["looped"], args)
+        c = models["looped"].config
+        print(
+            f"decode step: {c.num_hidden_layers} layers x {c.num_loops} loops, hidden {c.hidden_size}, parallel "
+            f"schedule, float32, CPU, {args.threads} thread(s); median of the 32 steps before each mark"
+        )
+        print(
+            f"| {'loop-0 cache':<14} | {'step at 128':>12} | {'step at ' + str(args.growth_tokens):>13} | {'ratio':>6} |"
+        )
+        print(f"|{'-' * 16}|{'-' * 13}:|{'-' * 14}:|{'-' * 7}:|")
+        for name, times in growth.items():
+            short, long = times[128], times[args.growth_tokens]
+            print(f"| {name:<14} | {short * 1e3:>9.2f} ms | {long * 1e3:>10.2f} ms | {long / short:>6.3f} |")
+        ratio = growth["concatenated"][args.growth_tokens] / growth["preallocated"][args.growth_tokens]
+        print(f"concatenated / preallocated at {args.growth_tokens} generated tokens: {ratio:.3f}")
+
+
+def compare(models, args) -> None:
     looped, dense, llama = models["looped"], models["dense"], models["llama"]
     gate = correctness_gate(looped)
 
@@ -160,7 +336,7 @@ def main() -> None:
     n = args.new_tokens
 
     def loop_cache(model):
-        return lambda: LoopCoderCache(model.config)
+        return lambda: LoopCoderCache(model.config, max_cache_len=args.prompt_length + n)
 
     per_token = decode_per_token(
         {

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from loopcoder.kernels.gated_attention import gated_attention_reference
-from loopcoder.kernels.gated_attention.reference import document_ids_from_cu_seqlens
 from loopcoder.model.attention import (
     BANDED_MIN_BLOCKS,
     _band_block,
@@ -29,21 +28,17 @@ def inputs(batch, seq_len, heads, kv_heads, dim, dtype, seed=0):
 
 @pytest.mark.parametrize("window", [0, 1, 5, 64, 100])
 @pytest.mark.parametrize("seq_len", [256, 300, 517])
-@pytest.mark.parametrize("layout", ["plain", "documents", "padding"])
+@pytest.mark.parametrize("layout", ["plain", "padding"])
 def test_banded_local_branch_equals_the_dense_mask(window, seq_len, layout):
     """float64, so any mask difference shows: the banded computation against the dense one."""
-    batch = 1 if layout == "documents" else 2
-    q, _, _, kr, vr, _ = (x.detach().transpose(1, 2) for x in inputs(batch, seq_len, 4, 2, 16, torch.float64))
-    document_ids = key_padding_mask = None
-    if layout == "documents":
-        cu_seqlens = torch.tensor([0, 3, 90, 91, 200, seq_len], dtype=torch.int32)
-        document_ids = document_ids_from_cu_seqlens(cu_seqlens, seq_len)
-    elif layout == "padding":
-        key_padding_mask = torch.ones(batch, seq_len, dtype=torch.bool)
+    q, _, _, kr, vr, _ = (x.detach().transpose(1, 2) for x in inputs(2, seq_len, 4, 2, 16, torch.float64))
+    key_padding_mask = None
+    if layout == "padding":
+        key_padding_mask = torch.ones(2, seq_len, dtype=torch.bool)
         key_padding_mask[0, :37] = False  # left padding
         key_padding_mask[1, seq_len - 70 :] = False  # right padding
-    banded = _banded_local_attention(q, kr, vr, window, document_ids, key_padding_mask, None, True)
-    mask = _visible(seq_len, window, document_ids, key_padding_mask, q.device)
+    banded = _banded_local_attention(q, kr, vr, window, key_padding_mask, None, True)
+    mask = _visible(seq_len, window, key_padding_mask, q.device)
     dense = F.scaled_dot_product_attention(q, kr, vr, attn_mask=mask, enable_gqa=True)
     if key_padding_mask is not None:  # padded queries are ignored downstream
         banded, dense = banded * key_padding_mask[:, None, :, None], dense * key_padding_mask[:, None, :, None]

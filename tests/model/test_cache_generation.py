@@ -235,3 +235,61 @@ def test_assisted_and_prompt_lookup_decoding_equal_greedy_decoding(variant, sche
             model(token.view(1, 1), past_key_values=cache, use_cache=True)
     assert cache.local_length(1) <= model.config.local_cache_size
     assert all(history is None for history in cache.carry_history)
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("schedule", ["sequential", "parallel"])
+def test_generate_writes_loop0_in_place_after_prefill(variant, schedule, lc, monkeypatch):
+    """Decode steps write their position into loop 0's preallocated buffers: no step moves or grows them."""
+    storage = []  # per update: (layer, new positions, keys ptr, values ptr, keys storage bytes, filled length)
+    update = LoopCoderCache.update_loop0
+
+    def recording_update(self, key, value, layer_idx):
+        result = update(self, key, value, layer_idx)
+        keys, values = self.keys0[layer_idx], self.values0[layer_idx]
+        storage.append(
+            (
+                layer_idx,
+                key.shape[-2],
+                keys.data_ptr(),
+                values.data_ptr(),
+                keys.untyped_storage().nbytes(),
+                result[0].shape[-2],
+            )
+        )
+        return result
+
+    monkeypatch.setattr(LoopCoderCache, "update_loop0", recording_update)
+    model = lc.make_model(lc.config(variant, decode_schedule=schedule), noise=0.15)
+    prompt = lc.random_ids(2, 7, seed=13)
+    mask = torch.ones_like(prompt)
+    mask[1, :3] = 0  # left padding, as in batched rollouts
+    new_tokens = 12
+    cached = model.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False)
+    recomputed = model.generate(
+        prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, use_cache=False
+    )
+    assert cached.tolist() == recomputed.tolist()
+    for layer in range(model.config.num_hidden_layers):
+        writes = [entry for entry in storage if entry[0] == layer]
+        assert [entry[1] for entry in writes] == [prompt.shape[1]] + [1] * (new_tokens - 1)  # prefill, then steps
+        assert [entry[5] for entry in writes] == list(range(prompt.shape[1], prompt.shape[1] + new_tokens))
+        assert len({entry[2:5] for entry in writes}) == 1, "a decode step moved or grew loop 0's buffers"
+
+
+def test_cache_without_reservation_grows_by_doubling(lc):
+    """A cache filled outside generate starts at the prefill's size and doubles, keeping what it holds."""
+    config = lc.v2_config()
+    model = lc.make_model(config)
+    ids = lc.random_ids(1, 20)
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = LoopCoderCache(config)
+        steps = [model(ids[:, :6], past_key_values=cache).logits]
+        capacities = [cache.keys0[0].shape[-2]]
+        for t in range(6, 20):
+            steps.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+            capacities.append(cache.keys0[0].shape[-2])
+    assert sorted(set(capacities)) == [6, 12, 24]
+    assert cache.loop0(0)[0].shape[-2] == 20
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-5
