@@ -42,17 +42,17 @@ def build_model_for_zero(
     DeepSpeed's process group must already exist (the trainers' `init_distributed`); every rank of the group
     must call this function, since construction and loading broadcast from rank 0.
     """
-    import deepspeed
-    from transformers.integrations.deepspeed import HfDeepSpeedConfig
-
-    from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
-
     stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
     if stage != 3:
         raise ValueError(f"build_model_for_zero builds ZeRO-3 partitions; the DeepSpeed config has stage {stage}")
     unresolved = sorted(key for key, value in _flatten(ds_config) if value == "auto")
     if unresolved:
         raise ValueError(f"the DeepSpeed config still has 'auto' values (resolve them first): {unresolved}")
+    import deepspeed
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+    from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
+
     if not deepspeed.comm.is_initialized():
         raise RuntimeError(
             "build_model_for_zero needs DeepSpeed's process group: call init_distributed() (or "
