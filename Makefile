@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= jobs/constraints-cpu.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow lint style bench docs-check clean
+.PHONY: setup demo test test-slow test-gpu lint style bench docs-check clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ test: setup  ## the whole test suite (larger sweeps marked slow are skipped)
 
 test-slow: setup  ## also the larger sweeps
 	LOOPCODER_SLOW=1 $(BIN)/pytest $(PYTEST_ARGS)
+
+# On a GPU machine install the CUDA build of torch into $(VENV) first (docs/install.md); without CUDA every test is
+# skipped with its reason. The throughput report goes to runs/gpu_throughput.json (docs/launch.md).
+test-gpu: setup  ## the GPU tests: kernel and model in bf16, SFT and GRPO on one and two GPUs, throughput
+	$(BIN)/pytest tests/gpu -m gpu -rs $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
