@@ -31,6 +31,7 @@ from .ast_validation import AstConfig, AstValidator
 from .decontamination import DecontaminationConfig, Decontaminator
 from .filters import DecodeStep, QualityConfig, QualityFilter, Step, WebCleanConfig, WebTextCleaner
 from .minhash import MinhashConfig
+from .secrets import SecretsConfig, SecretsRedactor
 
 DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
     "decode": (DecodeStep, None),
@@ -38,6 +39,7 @@ DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
     "web_clean": (WebTextCleaner, WebCleanConfig),
     "ast": (AstValidator, AstConfig),
     "decontamination": (Decontaminator, DecontaminationConfig),
+    "secrets": (SecretsRedactor, SecretsConfig),
 }
 GLOBAL_STEPS = ("exact_dedup", "minhash_dedup")
 

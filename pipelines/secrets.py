@@ -1,0 +1,315 @@
+"""Secrets and personal data: detection with detect-secrets' rules, redaction with placeholder tokens.
+
+Detected spans are replaced in `doc["content"]` by the StarCoder pipeline's tokens:
+
+| kind | found by | placeholder |
+|---|---|---|
+| API keys and tokens (`aws_key`, `github_token`, `slack_token`, `stripe_key`, `openai_token`, ...) | the regex plugins of detect-secrets, plus `EXTRA_KEY_RULES` for formats it lacks | `<KEY>` |
+| `private_key` | PEM and PuTTY headers; the whole block up to its END line (or its base64 lines) is replaced | `<KEY>` |
+| `password` | detect-secrets' keyword plugin (`password = "..."`) and credentials in URLs (`://user:pw@`) | `<PASSWORD>` |
+| `email` | an address regex; `example.*` and `localhost` domains and `git@` are kept | `<EMAIL>` |
+| `ip_address` | detect-secrets' public-IPv4 rule, minus version strings and public DNS resolvers | `<IP_ADDRESS>` |
+
+Speed: detect-secrets scans line by line, calling every plugin on every line. Here each regex rule
+runs once over the whole document (in C); only the lines that hold one of the keyword plugin's
+words go through the keyword plugin, in Python. The high-entropy plugin (every long base64 or hex
+string: hashes, test vectors, embedded data) is off unless `high_entropy_limit` is set.
+
+Counts per kind are `stats.extra["redacted:<kind>"]`; nothing of a secret is logged or counted
+beyond its kind. A document with more than `max_redactions` is rejected (`too_many_secrets`: a
+credentials dump, not code) after it is redacted, so that its rejected copy holds no secret either.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from detect_secrets.filters.heuristic import (
+    is_indirect_reference,
+    is_likely_id_string,
+    is_potential_uuid,
+    is_prefixed_with_dollar_sign,
+    is_sequential_string,
+    is_templated_secret,
+)
+from detect_secrets.plugins.artifactory import ArtifactoryDetector
+from detect_secrets.plugins.aws import AWSKeyDetector
+from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
+from detect_secrets.plugins.basic_auth import BasicAuthDetector
+from detect_secrets.plugins.cloudant import CloudantDetector
+from detect_secrets.plugins.discord import DiscordBotTokenDetector
+from detect_secrets.plugins.github_token import GitHubTokenDetector
+from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
+from detect_secrets.plugins.ibm_cloud_iam import IbmCloudIamDetector
+from detect_secrets.plugins.ibm_cos_hmac import IbmCosHmacDetector
+from detect_secrets.plugins.ip_public import IPPublicDetector
+from detect_secrets.plugins.jwt import JwtTokenDetector
+from detect_secrets.plugins.keyword import DENYLIST as KEYWORD_DENYLIST
+from detect_secrets.plugins.keyword import KeywordDetector
+from detect_secrets.plugins.mailchimp import MailchimpDetector
+from detect_secrets.plugins.npm import NpmDetector
+from detect_secrets.plugins.openai import OpenAIDetector
+from detect_secrets.plugins.pypi_token import PypiTokenDetector
+from detect_secrets.plugins.sendgrid import SendGridDetector
+from detect_secrets.plugins.slack import SlackDetector
+from detect_secrets.plugins.softlayer import SoftlayerDetector
+from detect_secrets.plugins.square_oauth import SquareOAuthDetector
+from detect_secrets.plugins.stripe import StripeDetector
+from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
+from detect_secrets.plugins.twilio import TwilioKeyDetector
+
+from .filters import Doc, Step
+
+# detect-secrets regex plugins whose match is a key or token, by the kind counted in the stats.
+KEY_PLUGINS: dict[str, type] = {
+    "artifactory_token": ArtifactoryDetector,
+    "aws_key": AWSKeyDetector,
+    "azure_storage_key": AzureStorageKeyDetector,
+    "cloudant_key": CloudantDetector,
+    "discord_token": DiscordBotTokenDetector,
+    "github_token": GitHubTokenDetector,
+    "gitlab_token": GitLabTokenDetector,
+    "ibm_cloud_iam_key": IbmCloudIamDetector,
+    "ibm_cos_hmac_key": IbmCosHmacDetector,
+    "jwt": JwtTokenDetector,
+    "mailchimp_key": MailchimpDetector,
+    "npm_token": NpmDetector,
+    "openai_token": OpenAIDetector,
+    "pypi_token": PypiTokenDetector,
+    "sendgrid_key": SendGridDetector,
+    "slack_token": SlackDetector,
+    "softlayer_key": SoftlayerDetector,
+    "square_oauth_secret": SquareOAuthDetector,
+    "stripe_key": StripeDetector,
+    "telegram_token": TelegramBotTokenDetector,
+    "twilio_key": TwilioKeyDetector,
+}
+# Formats detect-secrets 1.5 has no plugin for (token prefixes as the issuers document them).
+EXTRA_KEY_RULES: dict[str, str] = {
+    "google_api_key": r"AIza[0-9A-Za-z_\-]{35}",
+    "google_oauth_secret": r"GOCSPX-[0-9A-Za-z_\-]{28}",
+    "github_token": r"github_pat_[0-9A-Za-z_]{22,255}",
+    "openai_token": r"sk-(?:proj|svcacct|admin)-[0-9A-Za-z_\-]{20,}|(?<![\w-])sk-[0-9A-Za-z]{48}(?![\w-])",
+    "anthropic_key": r"sk-ant-[a-z0-9]+-[0-9A-Za-z_\-]{80,}",
+    "npm_token": r"(?<![\w-])npm_[0-9A-Za-z]{36}(?!\w)",
+    "huggingface_token": r"(?<![\w-])hf_[A-Za-z]{34}(?!\w)",
+    "slack_token": r"xox[abposr]-[0-9A-Za-z\-]{10,}",
+    "stripe_key": r"(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{24,99}",
+    "twilio_key": r"(?<![0-9A-Za-z])(?:AC|SK)[0-9a-fA-F]{32}(?![0-9A-Za-z])",
+    "sendgrid_key": r"SG\.[0-9A-Za-z_\-]{22}\.[0-9A-Za-z_\-]{43}",
+}
+_PEM_HEADER = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|BEGIN SSH2 ENCRYPTED PRIVATE KEY|PuTTY-User-Key-File-\d"
+)
+_PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|---- END SSH2 ENCRYPTED PRIVATE KEY ----")
+# a block without its END line: everything up to the first line that is not key material
+_KEY_LINES = re.compile(
+    r"(?:[ \t]*(?:\\n|\r?\n)[ \t\"']*(?:[A-Za-z0-9+/=]{4,}|(?:Proc-Type|DEK-Info|Comment): [^\n\\]*)"
+    r"(?=\\n|\r?\n|[\"'\s]|$))*"
+)
+PEM_MAX_CHARS = 20_000
+_DELIMITERS = " \t\r\n=:\"'"
+_EMAIL = re.compile(
+    r"(?<![\w.+%-])[\w.+%-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+)
+_URL_USER_BEFORE = re.compile(r"://[^\s/@]*:$")  # `://user:password@host`: a credential, not an address
+_VERSION_BEFORE_IP = re.compile(r"\b(?:version|ver|release|build|v)[\s:=\"'(]*$", re.IGNORECASE)
+PUBLIC_RESOLVERS = ("8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112", "208.67.222.222")
+DEFAULT_PLACEHOLDERS = {"key": "<KEY>", "password": "<PASSWORD>", "email": "<EMAIL>", "ip_address": "<IP_ADDRESS>"}
+
+
+@dataclass
+class SecretsConfig:
+    """What `SecretsRedactor` looks for; `None` or `False` switches a part off."""
+
+    keys: bool = True  # API keys, tokens and private keys
+    passwords: bool = True  # keyword assignments (`password = "..."`) and `://user:password@` in URLs
+    emails: bool = True
+    ip_addresses: bool = True  # public IPv4 only
+    high_entropy_limit: float | None = None  # detect-secrets' base64 entropy limit (4.5 in bigcode's pipeline)
+    placeholders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PLACEHOLDERS))
+    kept_email_domains: tuple[str, ...] = ("example.com", "example.org", "example.net", "localhost")
+    kept_email_users: tuple[str, ...] = ("git",)  # git@github.com:org/repo is an address of a service
+    kept_ips: tuple[str, ...] = PUBLIC_RESOLVERS
+    max_redactions: int | None = 1000  # more in one document: `too_many_secrets`
+    max_keyword_line_chars: int = 2000  # longer lines are data, not assignments: keyword plugin skipped
+
+
+class SecretsRedactor(Step):
+    """Replaces secrets, emails and public IP addresses by placeholder tokens.
+
+    Reason: `too_many_secrets` (more than `max_redactions`; the content is redacted all the same).
+    Counts: `stats.extra["redacted:<kind>"]` and `stats.extra["docs_redacted"]`.
+    """
+
+    name = "secrets"
+
+    def __init__(self, config: SecretsConfig | None = None, **overrides: Any):
+        super().__init__()
+        self.config = config or SecretsConfig(**overrides)
+        c = self.config
+        unknown = set(c.placeholders) - set(DEFAULT_PLACEHOLDERS)
+        if unknown:
+            raise ValueError(f"placeholders: unknown kind(s) {sorted(unknown)}; known: {sorted(DEFAULT_PLACEHOLDERS)}")
+        self._placeholders = DEFAULT_PLACEHOLDERS | dict(c.placeholders)
+        # (kind, class of placeholder, pattern, validator): the plugins' own compiled patterns, run on whole documents
+        self._rules: list[tuple[str, str, re.Pattern, Any]] = []
+        if c.keys:
+            for kind, plugin_class in KEY_PLUGINS.items():
+                plugin = plugin_class()
+                validator = getattr(plugin, "is_formally_valid", None)
+                self._rules.extend((kind, "key", pattern, validator) for pattern in plugin.denylist)
+            self._rules.extend((kind, "key", re.compile(p), None) for kind, p in EXTRA_KEY_RULES.items())
+        if c.passwords:
+            self._rules.extend(("password", "password", p, None) for p in BasicAuthDetector().denylist)
+            self._keyword_plugin = KeywordDetector()
+            self._keyword_lines = re.compile("|".join(KEYWORD_DENYLIST), re.IGNORECASE)
+        self._entropy = Base64HighEntropyString(limit=c.high_entropy_limit) if c.high_entropy_limit else None
+        self._ips = IPPublicDetector().denylist[0] if c.ip_addresses else None
+        self._kept_email_domains = tuple(d.lower() for d in c.kept_email_domains)
+
+    def apply(self, doc: Doc) -> str | None:
+        content = doc["content"]
+        spans = self.find(content, doc.get("path") or "")
+        if not spans:
+            return None
+        pieces, position, counts = [], 0, {}
+        for start, end, kind, placeholder_class in spans:
+            pieces.append(content[position:start])
+            pieces.append(self._placeholders[placeholder_class])
+            position = end
+            counts[kind] = counts.get(kind, 0) + 1
+        pieces.append(content[position:])
+        doc["content"] = "".join(pieces)
+        for kind, n in counts.items():
+            self.stats.count(f"redacted:{kind}", n)
+        self.stats.count("docs_redacted")
+        if self.config.max_redactions is not None and len(spans) > self.config.max_redactions:
+            return "too_many_secrets"
+        return None
+
+    def find(self, content: str, path: str = "") -> list[tuple[int, int, str, str]]:
+        """Non-overlapping spans `(start, end, kind, placeholder class)` in order; the earliest, then longest, wins."""
+        found: list[tuple[int, int, str, str]] = []
+        if self.config.keys and ("PRIVATE KEY" in content or "PuTTY-User-Key-File" in content):
+            found.extend(_private_key_blocks(content))
+        for kind, placeholder_class, pattern, validator in self._rules:
+            for match in pattern.finditer(content):
+                start, end = _secret_span(match, placeholder_class)
+                if start == end or (validator is not None and not validator(content[start:end])):
+                    continue
+                found.append((start, end, kind, placeholder_class))
+        if self.config.passwords or self._entropy is not None:
+            found.extend(self._line_plugin_spans(content, path))
+        if self.config.emails:
+            found.extend(self._email_spans(content))
+        if self._ips is not None:
+            found.extend(self._ip_spans(content))
+        return _non_overlapping(found)
+
+    def _line_plugin_spans(self, content: str, path: str) -> list[tuple[int, int, str, str]]:
+        spans = []
+        offset = 0
+        for line in content.splitlines(keepends=True):
+            start = offset
+            offset += len(line)
+            if len(line) > self.config.max_keyword_line_chars:
+                continue
+            values: list[tuple[str, str]] = []
+            if self.config.passwords and self._keyword_lines.search(line):
+                values += [("password", s.secret_value) for s in self._keyword_plugin.analyze_line(path, line)]
+            if self._entropy is not None:
+                values += [("high_entropy_string", s.secret_value) for s in self._entropy.analyze_line(path, line)]
+            for kind, value in values:
+                if not value or _is_false_positive(value, line):
+                    continue
+                at = line.find(value)
+                while at >= 0:
+                    spans.append(
+                        (start + at, start + at + len(value), kind, "password" if kind == "password" else "key")
+                    )
+                    at = line.find(value, at + len(value))
+        return spans
+
+    def _email_spans(self, content: str) -> list[tuple[int, int, str, str]]:
+        spans = []
+        if "@" not in content:
+            return spans
+        for match in _EMAIL.finditer(content):
+            if _URL_USER_BEFORE.search(content[max(0, match.start() - 200) : match.start()]):
+                continue
+            user, domain = match.group(0).rsplit("@", 1)
+            domain = domain.lower()
+            if user in self.config.kept_email_users or any(
+                domain == d or domain.endswith("." + d) for d in self._kept_email_domains
+            ):
+                continue
+            spans.append((match.start(), match.end(), "email", "email"))
+        return spans
+
+    def _ip_spans(self, content: str) -> list[tuple[int, int, str, str]]:
+        spans = []
+        for match in self._ips.finditer(content):
+            address = match.group(1).split(":")[0]
+            if address in self.config.kept_ips or not ipaddress.ip_address(address).is_global:
+                continue
+            if _VERSION_BEFORE_IP.search(content[max(0, match.start() - 12) : match.start()]):
+                continue
+            spans.append((match.start(1), match.start(1) + len(address), "ip_address", "ip_address"))
+        return spans
+
+
+def _secret_span(match: re.Match, placeholder_class: str) -> tuple[int, int]:
+    """The secret inside a plugin's match. The plugins' groups mean different things: the secret itself
+    (`aws.{0,20}?key...(40 chars)`, `://user:(password)@`) or a prefix (`(ghp|gho|...)_...`); a group is
+    the secret when it is a password or long enough to be key material, otherwise the whole match is,
+    less the delimiters some patterns include (`(?:\\s|=|:|"|^)AKC...`)."""
+    if match.re.groups:
+        group = max(range(1, match.re.groups + 1), key=lambda g: len(match.group(g) or ""))
+        if match.group(group) and (placeholder_class == "password" or len(match.group(group)) >= 16):
+            return match.span(group)
+    start, end = match.span()
+    text = match.group(0)
+    return start + len(text) - len(text.lstrip(_DELIMITERS)), end - len(text) + len(text.rstrip(_DELIMITERS))
+
+
+def _is_false_positive(value: str, line: str) -> bool:
+    """detect-secrets' default heuristic filters for keyword and entropy findings (placeholders, ids, `$VAR`)."""
+    return (
+        value in DEFAULT_PLACEHOLDERS.values()
+        or is_templated_secret(value)
+        or is_sequential_string(value)
+        or is_potential_uuid(value)
+        or is_prefixed_with_dollar_sign(value)
+        or is_likely_id_string(value, line)
+        or is_indirect_reference(line)
+    )
+
+
+def _private_key_blocks(content: str) -> list[tuple[int, int, str, str]]:
+    spans = []
+    for header in _PEM_HEADER.finditer(content):
+        end_marker = _PEM_END.search(content, header.end(), header.end() + PEM_MAX_CHARS)
+        if end_marker is not None:
+            end = end_marker.end()
+        else:
+            end = _KEY_LINES.match(content, header.end()).end()
+        spans.append((header.start(), end, "private_key", "key"))
+    return spans
+
+
+def _non_overlapping(spans: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, str]]:
+    spans.sort(key=lambda s: (s[0], -s[1]))
+    kept: list[tuple[int, int, str, str]] = []
+    for span in spans:
+        if kept and span[0] < kept[-1][1]:
+            if span[1] > kept[-1][1]:  # overlapping rules: one span covering both
+                last = kept[-1]
+                kept[-1] = (last[0], span[1], last[2], last[3])
+            continue
+        kept.append(span)
+    return kept
