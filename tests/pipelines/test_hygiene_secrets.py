@@ -207,3 +207,21 @@ def test_clean_job_leaves_no_key_in_output_shards(ray_local, tmp_path):
     step = next(s for s in stats["steps"] if s["step"] == "secrets")
     assert step["kept"] == len(files)
     assert sum(v for k, v in step["extra"].items() if k.startswith("redacted:")) >= len(planted)
+
+
+def test_line_gated_rules_find_keys_on_keyword_lines_only():
+    mailchimp = "0123456789abcdef0123456789abcdef-us12"
+    telegram = "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawq"
+    content = (
+        f"x = 1\nMAILCHIMP_API_KEY = '{mailchimp}'\nsend(url)\n"
+        f"telegram_bot_token = '{telegram}'\nprint('{mailchimp}')\n"
+    )
+    d = doc(content)
+    step = SecretsRedactor()
+    step.run(d)
+    assert (
+        d["content"]
+        == f"x = 1\nMAILCHIMP_API_KEY = '<KEY>'\nsend(url)\ntelegram_bot_token = '<KEY>'\nprint('{mailchimp}')\n"
+    )
+    extra = step.stats.to_dict()["extra"]
+    assert extra["redacted:mailchimp_key"] == 1 and extra["redacted:telegram_token"] == 1
