@@ -30,6 +30,7 @@ import yaml
 from .ast_validation import AstConfig, AstValidator
 from .decontamination import DecontaminationConfig, Decontaminator
 from .filters import DecodeStep, QualityConfig, QualityFilter, Step, WebCleanConfig, WebTextCleaner
+from .language_id import LanguageIdConfig, LanguageIdentifier
 from .licences import LicenceConfig, LicenceFilter
 from .minhash import MinhashConfig
 from .secrets import SecretsConfig, SecretsRedactor
@@ -42,6 +43,7 @@ DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
     "decontamination": (Decontaminator, DecontaminationConfig),
     "secrets": (SecretsRedactor, SecretsConfig),
     "licence": (LicenceFilter, LicenceConfig),
+    "language_id": (LanguageIdentifier, LanguageIdConfig),
 }
 GLOBAL_STEPS = ("exact_dedup", "minhash_dedup")
 
