@@ -32,6 +32,8 @@ from .filters import Doc, Step
 from .languages import UNKNOWN_LANGUAGE, language_from_content
 
 UNDETERMINED = "und"
+# CLD2 keeps ISO 639-1 codes that were withdrawn; the current ones are reported
+CLD2_CODES = {"iw": "he", "jw": "jv", "in": "id", "ji": "yi"}
 HASH_COMMENTS = ("Python", "Cython", "Shell", "Ruby", "Perl", "R", "YAML", "TOML", "Makefile", "Dockerfile", "CMake",
                  "Julia")  # fmt: skip
 SLASH_COMMENTS = ("C", "C++", "CUDA", "C#", "Java", "JavaScript", "TypeScript", "Go", "Rust", "PHP", "Kotlin",
@@ -58,7 +60,7 @@ class LanguageIdConfig:
     allowed: tuple[str, ...] | None = None
     drop_undetermined: bool = False
     min_chars: int = 200  # letters of text (or of comments) below which a document is `und`
-    min_percent: int = 60  # share of the text CLD2 gives the top language
+    min_percent: int = 40  # share of the text CLD2 gives the top language (the rest may be unassigned)
     text_languages: tuple[str, ...] = ("Markdown", "Text", "reStructuredText", "HTML")
     comments: bool = True  # identify code files by their comments and docstrings
     content_fallback: bool = True  # programming language of unknown-extension files from their content
@@ -127,7 +129,7 @@ def comments_of(content: str, language: str) -> str:
     return "\n".join(_COMMENT_MARKERS.sub("", piece).strip() for piece in pieces)
 
 
-def identify(text: str, min_chars: int = 200, min_percent: int = 60, plain: bool = True) -> str:
+def identify(text: str, min_chars: int = 200, min_percent: int = 40, plain: bool = True) -> str:
     """ISO 639-1 code of `text`'s main language, or `und` (too little text, not reliable, or unknown)."""
     if len(_NON_LETTERS.sub("", text)) < min_chars:
         return UNDETERMINED
@@ -141,4 +143,4 @@ def identify(text: str, min_chars: int = 200, min_percent: int = 60, plain: bool
     code, percent = details[0][1], details[0][2]
     if code in ("un", "xxx") or percent < min_percent:
         return UNDETERMINED
-    return code
+    return CLD2_CODES.get(code, code)
