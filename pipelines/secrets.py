@@ -14,7 +14,8 @@ Speed: detect-secrets scans line by line, calling every plugin on every line. He
 pattern that starts with a literal (`AKIA`, `ghp_`, `xox`, ...) runs once over the whole document,
 in C; the patterns without one (keyword assignments such as `cloudant_key = ...`, `[0-9a-z]{32}-us1`)
 and the keyword plugin run only on the lines holding one of `LINE_GATE`'s words (`key`, `pass`,
-`token`, `secret`, ...), joined into one text. The high-entropy plugin (every long base64 or hex
+`token`, `secret`, ...), joined into one text; the slowest of them, keyword assignments of 24+
+character values (`LONG_VALUE_KINDS`), only on those lines that also hold such a run of characters. The high-entropy plugin (every long base64 or hex
 string: hashes, test vectors, embedded data) is off unless `high_entropy_limit` is set.
 
 Counts per kind are `stats.extra["redacted:<kind>"]`; nothing of a secret is logged or counted
@@ -123,6 +124,10 @@ LINE_GATED_KINDS = (
 LINE_GATE = re.compile(
     r"key|pw|pass|token|secret|contrase|cloudant|softlayer|slack|xox|artifactory|mailchimp|telegram|discord|bot"
 )
+# Keyword-assignment plugins whose value is 24+ characters (`cloudant_key = "<64 hex>"`): their patterns,
+# the slowest, run only on gated lines that hold such a run of characters.
+LONG_VALUE_KINDS = ("cloudant_key", "ibm_cloud_iam_key", "ibm_cos_hmac_key", "softlayer_key")
+_LONG_VALUE = re.compile(r"[A-Za-z0-9_\-]{24}")
 _PEM_HEADER = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|BEGIN SSH2 ENCRYPTED PRIVATE KEY|PuTTY-User-Key-File-\d"
 )
@@ -194,7 +199,9 @@ class SecretsRedactor(Step):
         gated = [r for r in rules if r[0] in LINE_GATED_KINDS or r[2].flags & re.IGNORECASE]
         self._document_rules = [r for r in rules if r not in gated]
         # run once over the selected lines joined by newlines, so `^` and `$` must mean a line's ends
-        self._line_rules = [(k, c, re.compile(p.pattern, p.flags | re.MULTILINE), v) for k, c, p, v in gated]
+        gated = [(k, c, re.compile(p.pattern, p.flags | re.MULTILINE), v) for k, c, p, v in gated]
+        self._line_rules = [r for r in gated if r[0] not in LONG_VALUE_KINDS]
+        self._long_value_rules = [r for r in gated if r[0] in LONG_VALUE_KINDS]
         self._entropy = Base64HighEntropyString(limit=c.high_entropy_limit) if c.high_entropy_limit else None
         self._ips = IPPublicDetector().denylist[0] if c.ip_addresses else None
         self._kept_email_domains = tuple(d.lower() for d in c.kept_email_domains)
@@ -238,18 +245,14 @@ class SecretsRedactor(Step):
         spans: list[tuple[int, int, str, str]] = []
         if self._entropy is not None:
             lines = _all_lines(content)
-        elif self._line_rules or self.config.passwords:
+        elif self._line_rules or self._long_value_rules or self.config.passwords:
             lines = _gated_lines(content)
         else:
             return spans
-        if lines and self._line_rules:
-            joined = "\n".join(content[start:end] for start, end in lines)
-            joined_starts = list(itertools.accumulate((end - start + 1 for start, end in lines), initial=0))
-            for rule in self._line_rules:
-                for start, end, kind, placeholder_class in _rule_spans(rule, joined, 0):
-                    line = bisect.bisect_right(joined_starts, start) - 1
-                    shift = lines[line][0] - joined_starts[line]
-                    spans.append((start + shift, min(end + shift, lines[line][1]), kind, placeholder_class))
+        spans.extend(_joined_spans(content, lines, self._line_rules))
+        if self._long_value_rules:
+            long_value_lines = [(start, end) for start, end in lines if _LONG_VALUE.search(content, start, end)]
+            spans.extend(_joined_spans(content, long_value_lines, self._long_value_rules))
         for start, end in lines:
             line = content[start:end]
             if len(line) > self.config.max_keyword_line_chars:
@@ -319,6 +322,21 @@ def _rule_spans(rule, text: str, offset: int) -> list[tuple[int, int, str, str]]
         if start == end or (validator is not None and not validator(text[start:end])):
             continue
         spans.append((offset + start, offset + end, kind, placeholder_class))
+    return spans
+
+
+def _joined_spans(content: str, lines: list[tuple[int, int]], rules: list) -> list[tuple[int, int, str, str]]:
+    """Spans of `rules` in the given lines of `content`, found in one pass over the lines joined by newlines."""
+    if not lines or not rules:
+        return []
+    joined = "\n".join(content[start:end] for start, end in lines)
+    joined_starts = list(itertools.accumulate((end - start + 1 for start, end in lines), initial=0))
+    spans = []
+    for rule in rules:
+        for start, end, kind, placeholder_class in _rule_spans(rule, joined, 0):
+            line = bisect.bisect_right(joined_starts, start) - 1
+            shift = lines[line][0] - joined_starts[line]
+            spans.append((start + shift, min(end + shift, lines[line][1]), kind, placeholder_class))
     return spans
 
 

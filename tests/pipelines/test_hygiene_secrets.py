@@ -225,3 +225,12 @@ def test_line_gated_rules_find_keys_on_keyword_lines_only():
     )
     extra = step.stats.to_dict()["extra"]
     assert extra["redacted:mailchimp_key"] == 1 and extra["redacted:telegram_token"] == 1
+
+
+def test_keyword_assignment_plugins_run_on_lines_with_long_values():
+    hmac_secret = "0123456789abcdef" * 3
+    d = doc(f'cos_hmac_secret_access_key = "{hmac_secret}"\napi_key = short\n')
+    step = SecretsRedactor()
+    step.run(d)
+    assert d["content"] == 'cos_hmac_secret_access_key = "<KEY>"\napi_key = short\n'
+    assert step.stats.to_dict()["extra"]["redacted:ibm_cos_hmac_key"] == 1
