@@ -15,12 +15,14 @@ pattern that starts with a literal (`AKIA`, `ghp_`, `xox`, ...) runs once over t
 in C; the patterns without one (keyword assignments such as `cloudant_key = ...`, `[0-9a-z]{32}-us1`)
 and the keyword plugin run only on the lines holding one of `LINE_GATE`'s words (`key`, `pass`,
 `token`, `secret`, ...), joined into one text; the slowest of them, keyword assignments of 24+
-character values (`LONG_VALUE_KINDS`), only on those lines that also hold such a run of characters. The high-entropy plugin (every long base64 or hex
-string: hashes, test vectors, embedded data) is off unless `high_entropy_limit` is set.
+character values (`LONG_VALUE_KINDS`), only on those lines that also hold such a run of characters.
+The high-entropy plugin (every long base64 or hex string: hashes, test vectors, embedded data) is
+off unless `high_entropy_limit` is set.
 
 Counts per kind are `stats.extra["redacted:<kind>"]`; nothing of a secret is logged or counted
-beyond its kind. A document with more than `max_redactions` is rejected (`too_many_secrets`: a
-credentials dump, not code) after it is redacted, so that its rejected copy holds no secret either.
+beyond its kind. A document with more than `max_secrets` keys and passwords is rejected
+(`too_many_secrets`: a credentials dump, not code) after it is redacted, so that its rejected copy
+holds no secret either.
 """
 
 from __future__ import annotations
@@ -162,14 +164,14 @@ class SecretsConfig:
     kept_email_domains: tuple[str, ...] = ("example.com", "example.org", "example.net", "localhost")
     kept_email_users: tuple[str, ...] = ("git",)  # git@github.com:org/repo is an address of a service
     kept_ips: tuple[str, ...] = PUBLIC_RESOLVERS
-    max_redactions: int | None = 1000  # more in one document: `too_many_secrets`
+    max_secrets: int | None = 1000  # more keys and passwords in one document: `too_many_secrets`
     max_keyword_line_chars: int = 2000  # longer lines are data, not assignments: keyword plugin skipped
 
 
 class SecretsRedactor(Step):
     """Replaces secrets, emails and public IP addresses by placeholder tokens.
 
-    Reason: `too_many_secrets` (more than `max_redactions`; the content is redacted all the same).
+    Reason: `too_many_secrets` (more than `max_secrets` keys and passwords; the content is redacted all the same).
     Counts: `stats.extra["redacted:<kind>"]` and `stats.extra["docs_redacted"]`.
     """
 
@@ -222,7 +224,8 @@ class SecretsRedactor(Step):
         for kind, n in counts.items():
             self.stats.count(f"redacted:{kind}", n)
         self.stats.count("docs_redacted")
-        if self.config.max_redactions is not None and len(spans) > self.config.max_redactions:
+        secrets = sum(1 for span in spans if span[3] in ("key", "password"))
+        if self.config.max_secrets is not None and secrets > self.config.max_secrets:
             return "too_many_secrets"
         return None
 

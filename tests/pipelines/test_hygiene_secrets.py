@@ -234,3 +234,11 @@ def test_keyword_assignment_plugins_run_on_lines_with_long_values():
     step.run(d)
     assert d["content"] == 'cos_hmac_secret_access_key = "<KEY>"\napi_key = short\n'
     assert step.stats.to_dict()["extra"]["redacted:ibm_cos_hmac_key"] == 1
+
+
+def test_only_keys_and_passwords_count_towards_max_secrets():
+    authors = doc("".join(f"Dev {i} <dev{i}@corp-mail.io>\n" for i in range(20)), path="AUTHORS", language="unknown")
+    step = SecretsRedactor(max_secrets=5)
+    assert step.run(authors) is None and authors["content"].count("<EMAIL>") == 20
+    keys = doc("".join(f"k{i} = 'AKIA{i:016d}'\n" for i in range(6)))
+    assert step.run(keys) == "too_many_secrets" and keys["content"].count("<KEY>") == 6
