@@ -9,7 +9,8 @@ Where a file's licence comes from, first match wins:
 3. for directory and git inputs, the licence files at the repository's top level (`LICENSE`,
    `LICENCE`, `COPYING`, `UNLICENSE`, with any suffix such as `.md` or `-MIT`), recognised by an
    `SPDX-License-Identifier:` line in them or by the phrases of each licence's text
-   (`LICENCE_TEXTS`); read once per repository and revision by each worker.
+   (`LICENCE_TEXTS`), and the `license` of top-level package manifests (`package.json`,
+   `Cargo.toml`, `pyproject.toml`); read once per repository and revision by each worker.
 
 Values are SPDX expressions (`MIT OR Apache-2.0`, `GPL-2.0-only WITH Classpath-exception-2.0`):
 `OR` is permissive when one side is, `AND` when both are, `X WITH exception` when `X` is. With
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ from .filters import Doc, Step
 
 LICENCE_FILE = re.compile(r"(?:un)?licen[cs]e|copying|copyright", re.IGNORECASE)
 LICENCE_FILE_MAX_BYTES = 200_000
+MANIFESTS = ("package.json", "Cargo.toml", "pyproject.toml")
+_TOML_LICENCE = re.compile(r'(?m)^\s*license\s*=\s*(?:"([^"\n]+)"|\{\s*text\s*=\s*"([^"\n]+)")')
 _SPDX_LINE = re.compile(r"SPDX-License-Identifier:\s*([^\n\r]*)")
 _SPDX_END = re.compile(r"\s*(?:\*/|-->|#\}|\*\)|-\}|\"\"\"|''').*$")
 _TOKEN = re.compile(r"\(|\)|[A-Za-z0-9.+:\-_]+")
@@ -253,40 +257,59 @@ def classify_licence_text(text: str) -> str | None:
 
 @functools.lru_cache(maxsize=256)
 def repository_licences(kind: str, root: str, revision: str | None = None) -> tuple[str, ...]:
-    """Licences of the top-level licence files of a directory or of a git commit (sorted, unique)."""
-    texts: list[bytes] = []
+    """Licences of the top-level licence files and package manifests of a directory or of a git commit."""
     try:
         if kind == "git":
-            texts = _git_licence_files(Path(root), revision or "HEAD")
+            files = _git_top_level_files(Path(root), revision or "HEAD")
         else:
-            for path in sorted(Path(root).iterdir()):
-                if LICENCE_FILE.match(path.name) and path.is_file() and not path.is_symlink():
-                    texts.append(path.read_bytes()[:LICENCE_FILE_MAX_BYTES])
+            files = [
+                (path.name, path.read_bytes()[:LICENCE_FILE_MAX_BYTES])
+                for path in sorted(Path(root).iterdir())
+                if _wanted(path.name) and path.is_file() and not path.is_symlink()
+            ]
     except (OSError, subprocess.SubprocessError):
         return ()
-    found = {classify_licence_text(t.decode("utf-8", "replace")) for t in texts}
-    if None in found:
-        found.discard(None)
-        found.add("LicenseRef-unrecognised")  # a licence file nobody could read: unknown, not absent
+    found: set[str] = set()
+    for name, data in files:
+        text = data.decode("utf-8", "replace")
+        if name in MANIFESTS:
+            declared = _manifest_licence(name, text)
+            if declared:
+                found.add(declared)
+            continue
+        # a licence file nobody recognises makes the licence unknown, not absent
+        found.add(classify_licence_text(text) or "LicenseRef-unrecognised")
     return tuple(sorted(found))
 
 
-def _git_licence_files(root: Path, revision: str) -> list[bytes]:
-    def git(*args: str, data: bytes | None = None) -> bytes:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], input=data, capture_output=True, check=True, timeout=60
-        ).stdout
+def _wanted(name: str) -> bool:
+    return bool(LICENCE_FILE.match(name)) or name in MANIFESTS
 
-    listing = git("ls-tree", "-z", revision).split(b"\x00")
-    blobs = []
-    for entry in listing:
+
+def _manifest_licence(name: str, text: str) -> str | None:
+    """The `license` a package manifest declares (an SPDX expression by each format's rules), if any."""
+    if name == "package.json":
+        try:
+            value = json.loads(text).get("license")
+        except (ValueError, AttributeError):
+            return None
+        value = value.get("type") if isinstance(value, dict) else value
+        return value if isinstance(value, str) and value.strip() else None
+    match = _TOML_LICENCE.search(text)  # Cargo.toml `[package]`, pyproject.toml `[project]`
+    return (match.group(1) or match.group(2)).strip() if match else None
+
+
+def _git_top_level_files(root: Path, revision: str) -> list[tuple[str, bytes]]:
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=True, timeout=60).stdout
+
+    files = []
+    for entry in git("ls-tree", "-z", revision).split(b"\x00"):
         if not entry:
             continue
-        meta, name = entry.split(b"\t", 1)
+        meta, raw_name = entry.split(b"\t", 1)
         mode, kind, blob = meta.split()
-        if kind == b"blob" and mode != b"120000" and LICENCE_FILE.match(name.decode("utf-8", "replace")):
-            blobs.append(blob)
-    texts = []
-    for blob in blobs:
-        texts.append(git("cat-file", "blob", blob.decode())[:LICENCE_FILE_MAX_BYTES])
-    return texts
+        name = raw_name.decode("utf-8", "replace")
+        if kind == b"blob" and mode != b"120000" and _wanted(name):
+            files.append((name, git("cat-file", "blob", blob.decode())[:LICENCE_FILE_MAX_BYTES]))
+    return files

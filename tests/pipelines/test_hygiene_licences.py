@@ -202,3 +202,23 @@ def test_clean_job_filters_by_licence_columns_and_files(ray_local, tmp_path):
     assert step["dropped"] == {"licence_not_permissive": 3, "licence_unknown": 2, "opted_out": 1}
     (decode,) = [s for s in stats["steps"] if s["step"] == "decode"]
     assert decode["dropped"] == {"bad_record": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [
+        ("package.json", '{"name": "x", "license": "MIT"}', None),
+        ("package.json", '{"license": {"type": "ISC", "url": "..."}}', None),
+        ("package.json", '{"license": "SEE LICENSE IN EULA.txt"}', "licence_unknown"),
+        ("package.json", '{"license": "MIT"', "licence_unknown"),  # truncated JSON: no licence found
+        ("Cargo.toml", '[package]\nname = "x"\nlicense = "MIT OR Apache-2.0"\n', None),
+        ("pyproject.toml", '[project]\nname = "x"\nlicense = {text = "GPL-3.0-or-later"}\n', "licence_not_permissive"),
+    ],
+    ids=["npm", "npm-object", "npm-custom", "npm-broken", "cargo", "pyproject"],
+)
+def test_package_manifests_declare_the_repository_licence(tmp_path, name, text, reason):
+    (tmp_path / name).write_text(text)
+    (tmp_path / "lib.rs").write_text("fn main() {}\n")
+    (d,) = [d for d in _directory_docs(tmp_path) if d["path"] == "lib.rs"]
+    d["decisions"], d["content"] = [], d.pop("raw").decode()
+    assert LicenceFilter().run(d) == reason
