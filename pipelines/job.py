@@ -30,7 +30,10 @@ import yaml
 from .ast_validation import AstConfig, AstValidator
 from .decontamination import DecontaminationConfig, Decontaminator
 from .filters import DecodeStep, QualityConfig, QualityFilter, Step, WebCleanConfig, WebTextCleaner
+from .language_id import LanguageIdConfig, LanguageIdentifier
+from .licences import LicenceConfig, LicenceFilter
 from .minhash import MinhashConfig
+from .secrets import SecretsConfig, SecretsRedactor
 
 DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
     "decode": (DecodeStep, None),
@@ -38,6 +41,9 @@ DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
     "web_clean": (WebTextCleaner, WebCleanConfig),
     "ast": (AstValidator, AstConfig),
     "decontamination": (Decontaminator, DecontaminationConfig),
+    "secrets": (SecretsRedactor, SecretsConfig),
+    "licence": (LicenceFilter, LicenceConfig),
+    "language_id": (LanguageIdentifier, LanguageIdConfig),
 }
 GLOBAL_STEPS = ("exact_dedup", "minhash_dedup")
 

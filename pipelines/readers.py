@@ -49,7 +49,7 @@ TABLE_COLUMNS = {
     "path": ("path", "max_stars_repo_path", "file_path", "filepath"),
     "repo": ("repo", "max_stars_repo_name", "repo_name", "repository"),
     "language": ("language", "lang"),
-    "license": ("license", "max_stars_repo_licenses", "licenses"),
+    "license": ("license", "max_stars_repo_licenses", "licenses", "detected_licenses"),
     "revision": ("revision", "max_stars_repo_head_hexsha", "hexsha", "commit"),
 }
 SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__"}
@@ -177,13 +177,21 @@ def _doc(spec, path, *, repo, revision=None, license=None, raw=None, content=Non
         "license": license if license is not None else spec.get("license"),
         "revision": revision if revision is not None else spec.get("revision"),
         "reader_reason": reason,
+        "licenses": extra.get("licenses"),  # every entry of a list column, for the licence step
     }
     return doc
 
 
 def read_task(task: dict[str, Any], spec: dict[str, Any], max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> Iterator[dict]:
     """The documents of one planned task, in a fixed order."""
-    yield from READERS[task["kind"]](task, spec, max_bytes)
+    if task["kind"] not in ("directory", "git"):
+        yield from READERS[task["kind"]](task, spec, max_bytes)
+        return
+    # where the licence step looks for the repository's licence files (pipelines/licences.py)
+    source = (task["kind"], str(spec["path"]), task.get("revision"))
+    for doc in READERS[task["kind"]](task, spec, max_bytes):
+        doc["licence_source"] = source
+        yield doc
 
 
 def _read_directory(task, spec, max_bytes):
@@ -270,6 +278,7 @@ def _table_docs(rows: list[dict[str, Any]], names: list[str], spec: dict[str, An
         value = {field: row.get(column) if column else None for field, column in columns.items()}
         path = str(value["path"] or f"{Path(source).name}#{number}")
         license = value["license"]
+        licenses = [str(x) for x in license] if isinstance(license, list | tuple) else None
         if isinstance(license, list | tuple):
             license = license[0] if license else None
         content = value["content"]
@@ -287,6 +296,7 @@ def _table_docs(rows: list[dict[str, Any]], names: list[str], spec: dict[str, An
             size=size,
             id=value["id"],
             language=value["language"],
+            licenses=licenses,
         )
 
 
