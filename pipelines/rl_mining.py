@@ -239,14 +239,16 @@ class ModuleIndex:
             isinstance(s, ast.ImportFrom) and any(a.name == "*" for a in s.names) for s in self.statements
         )
         self.future_annotations = any(
-            isinstance(s, ast.ImportFrom) and s.module == "__future__" for s in self.statements
+            isinstance(s, ast.ImportFrom)
+            and s.module == "__future__"
+            and any(a.name == "annotations" for a in s.names)
+            for s in self.statements
         )
         self.functions = {s.name: i for i, s in enumerate(self.statements) if isinstance(s, ast.FunctionDef)}
         self.classes = {s.name: i for i, s in enumerate(self.statements) if isinstance(s, ast.ClassDef)}
 
     def segment(self, statement: ast.stmt) -> str:
-        first = min([statement.lineno] + [d.lineno for d in getattr(statement, "decorator_list", [])])
-        return "".join(self.lines[first - 1 : statement.end_lineno]).rstrip() + "\n"
+        return "".join(self.lines[_first_line(statement) - 1 : statement.end_lineno]).rstrip() + "\n"
 
     def context(self, target: int, extra_names: set[str], node: ast.stmt | None = None) -> str:
         """The module-level statements `statements[target]` (or `node` in its place) and `extra_names` need,
@@ -296,21 +298,26 @@ class ModuleIndex:
 
 
 def strip_doctest_answers(docstring_source: str) -> str:
-    """The docstring's source lines without the expected output of its examples (the `>>>` lines stay)."""
-    out, in_answer, prompt_indent = [], False, 0
+    """The docstring's source lines without the expected output of its examples (the `>>>` lines stay).
+
+    As doctest reads them: an example's source is its `>>>` line and the `...` lines right after it; its
+    answer is every following line up to a blank line or the next `>>>` (a traceback's own `...` line
+    included).
+    """
+    out, state, prompt_indent = [], None, 0
     for line in docstring_source.splitlines(keepends=True):
         stripped = line.lstrip()
         indent = len(line) - len(stripped)
         if stripped.startswith(">>>"):
-            in_answer, prompt_indent = True, indent
-            out.append(line)
-        elif in_answer and stripped.startswith("...") and indent == prompt_indent and not out[-1:] == [""]:
-            out.append(line)  # continuation of the example's source
-        elif in_answer and stripped.strip() and not stripped.startswith(('"""', "'''")):
-            continue  # the answer
-        else:
-            in_answer = False
-            out.append(line)
+            state, prompt_indent = "source", indent
+        elif state == "source" and stripped.startswith("...") and indent == prompt_indent:
+            pass  # continuation of the example's source
+        elif not stripped.strip() or stripped.startswith(('"""', "'''")):
+            state = None
+        elif state is not None:
+            state = "answer"
+            continue
+        out.append(line)
     return "".join(out)
 
 
@@ -508,7 +515,7 @@ def build_candidate(
     if module.lines[doc_node.end_lineno - 1][doc_node.end_col_offset :].strip():
         raise Rejected("docstring_shares_line")
     lines = module.lines
-    function_source = "".join(lines[_first_line(node) - 1 : node.end_lineno]).rstrip() + "\n"
+    function_source = module.segment(node)
     header = "".join(lines[_first_line(node) - 1 : doc_node.lineno - 1])
     prefix = ""
     if method is not None:
@@ -868,7 +875,7 @@ def plot_counts(by_repo_kind: dict[str, dict[str, int]], path: Path) -> None:
         left += counts
     axis.set_xlabel("problems kept")
     axis.set_title("mined rl_problem records by repository and kind")
-    axis.legend(loc="lower right")
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

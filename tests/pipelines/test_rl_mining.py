@@ -3,11 +3,13 @@ and its stub fails every one; broken, non-runnable, duplicate and benchmark-over
 with their reason."""
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from loopcoder.pipelines.job import JobConfig
 from loopcoder.pipelines.rl_mining import (
     MiningConfig,
     ModuleIndex,
@@ -16,12 +18,15 @@ from loopcoder.pipelines.rl_mining import (
     run_mining,
     strip_doctest_answers,
 )
+from loopcoder.pipelines.runner import run_job
+from loopcoder.pipelines.sample_corpus import SampleCorpusConfig, build_sample_corpus, default_config_path
 from loopcoder.postrain.grpo.data import load_problems
 from loopcoder.postrain.sandbox import Limits, SandboxPool, TestCase
 from loopcoder.postrain.sandbox.problems import _humaneval_rows
 from loopcoder.schemas import SOURCE_FILE
 
-CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "rl_mining"
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "tests" / "fixtures" / "rl_mining"
 REPO = "fixture/toolbox"
 
 
@@ -86,8 +91,8 @@ def test_mined_set_is_what_the_corpus_supports(mined):
     assert (out / "problems_by_repo.png").stat().st_size > 0
 
 
-def test_every_kept_reference_passes_and_every_stub_fails(mined):
-    config, out, _ = mined
+def assert_references_pass_and_stubs_fail(config: MiningConfig, out: Path) -> None:
+    """Over the whole mined set: each reference passes every test of its shard record, each stub fails every one."""
     problems = {p["id"]: p for p in load_problems(str(out / "problems"))}
     references = read_references(out)
     assert set(problems) == {r["id"] for r in references}
@@ -102,6 +107,31 @@ def test_every_kept_reference_passes_and_every_stub_fails(mined):
     for reference, passing, stub in zip(references, verdicts[::2], verdicts[1::2], strict=True):
         assert all(v.passed for v in passing), (reference["id"], [v.detail for v in passing if not v.passed])
         assert not any(v.passed for v in stub), reference["id"]
+
+
+def test_every_kept_reference_passes_and_every_stub_fails(mined):
+    config, out, _ = mined
+    assert_references_pass_and_stubs_fail(config, out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LOOPCODER_SLOW") != "1", reason="slow: set LOOPCODER_SLOW=1")
+def test_sample_corpus_mined_set(ray_local, tmp_path):
+    """The packaged configs end to end: sample corpus, clean job, mining; then the check over every kept problem."""
+    corpus = SampleCorpusConfig.from_yaml(default_config_path())
+    build_sample_corpus(corpus, tmp_path / "sample")
+    clean = JobConfig.from_yaml(
+        ROOT / "jobs" / "data" / "clean_dedup.yaml",
+        {"inputs": [{"kind": "parquet", "path": str(tmp_path / "sample" / "source_files")}]},
+    )
+    run_job(clean, tmp_path / "clean")
+    config = MiningConfig.from_yaml(
+        ROOT / "jobs" / "data" / "rl_mining.yaml",
+        {"input": str(tmp_path / "clean" / "files"), "output": str(tmp_path / "mined")},
+    )
+    stats = run_mining(config)
+    assert stats["kept"] > 0 and stats["kept_by_repo"]
+    assert_references_pass_and_stubs_fail(config, tmp_path / "mined")
 
 
 def test_prompts_hide_the_answers_and_keep_the_examples(mined):
@@ -146,6 +176,10 @@ def test_answer_stripping_and_example_tests():
     ...     print(f(i))
     0
     2
+    >>> f(None)
+    Traceback (most recent call last):
+    ...
+    TypeError: unsupported operand
 
     Done.
     """
@@ -156,6 +190,7 @@ def test_answer_stripping_and_example_tests():
     stripped = strip_doctest_answers("".join(module.lines[node.body[0].lineno - 1 : node.body[0].end_lineno]))
     assert ">>> f(2)" in stripped and "...     print(f(i))" in stripped and "Done." in stripped
     assert "    4\n" not in stripped and "    0\n" not in stripped
+    assert ">>> f(None)" in stripped and "Traceback" not in stripped and "    ...\n" not in stripped
     tests, names, skipped = doctest_tests("f", ">>> f(2)\n4\n>>> y = f(1)\n>>> y + 1\n3\n", max_tests=10)
     assert len(tests) == 2 and not skipped
     assert "y = f(1)" in tests[1] and names == {"f"}
