@@ -2,7 +2,7 @@
 
 loopcoder rl mine jobs/data/rl_mining.yaml                   # mined from the cleaned corpus
 loopcoder rl prepare deepmind/code_contests --split train --out data/rl/code_contests
-loopcoder rl prepare taco --from TACO/train --out data/rl/taco   # local files in the dataset's format
+loopcoder rl prepare taco --from TACO/ALL --out data/rl/taco     # local files in the dataset's format
 """
 
 from __future__ import annotations
