@@ -42,8 +42,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "dataset",
         help=f"dataset name or Hub id: {', '.join(f'{name} ({spec.hub_id})' for name, spec in DATASETS.items())}",
     )
-    prepare.add_argument("--from", dest="local", type=Path, help="local file or folder of the dataset's files")
-    prepare.add_argument("--split", help="split to read from the Hub (default: the dataset's training split)")
+    prepare.add_argument(
+        "--from", dest="local", type=Path, metavar="PATH", help="local file or folder of the dataset's files"
+    )
+    prepare.add_argument(
+        "--split", help="split to read from the Hub, also named in problem ids (default: the training split)"
+    )
     prepare.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     prepare.add_argument("--out", type=Path, required=True, help="output folder for rl_problem shards")
     prepare.add_argument("--max-rows", type=int, help="read at most this many rows")
