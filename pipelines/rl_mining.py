@@ -395,20 +395,15 @@ def doctest_tests(function: str, docstring: str, max_tests: int) -> tuple[list[s
             if expression is not None and not is_print and _literal(want) is not _NOT_LITERAL:
                 check = value_check(ast.unparse(expression), want.rstrip("\n"))
             elif expression is not None and not is_print:
-                # what doctest shows: the output printed while evaluating, then the repr of a non-None value
+                # what doctest shows of a value: its repr. The assert harness keeps the program's printed
+                # output away from the checks, so an answer that was printed fails the reference and is dropped.
                 check = (
-                    "import contextlib as _contextlib, io as _io\n_stdout = _io.StringIO()\n"
-                    f"with _contextlib.redirect_stdout(_stdout):\n    _result = ({ast.unparse(expression)})\n"
-                    "_shown = _stdout.getvalue() + ('' if _result is None else repr(_result) + '\\n')\n"
+                    f"_result = ({ast.unparse(expression)})\n"
+                    "_shown = '' if _result is None else repr(_result) + '\\n'\n"
                     f"assert _shown == {want.replace('<BLANKLINE>', '')!r}, _shown\n"
                 )
             else:
-                expected_stdout = want.replace("<BLANKLINE>", "")
-                check = (
-                    "import contextlib as _contextlib, io as _io\n_stdout = _io.StringIO()\n"
-                    f"with _contextlib.redirect_stdout(_stdout):\n{_indent(source)}"
-                    f"assert _stdout.getvalue() == {expected_stdout!r}, _stdout.getvalue()\n"
-                )
+                skipped["example_prints_output"] += 1
             setup.append(source)
         else:
             setup.append(source)

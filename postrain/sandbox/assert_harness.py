@@ -316,6 +316,11 @@ class RemoteObject:
             raise AttributeError(name)
         return LINK.request("getattr", self, name)
 
+    @property
+    def __module__(self):
+        # every class has its own `__module__`, which would hide the program's: ask the program
+        return LINK.request("getattr", self, "__module__")
+
     def __iter__(self):
         return iter(LINK.request("iter", self))
 
