@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from loopcoder.jobs.commands.train_grpo import build_parser
-from loopcoder.postrain.sft.distributed import free_port
+from loopcoder.postrain.runtime.distributed import free_port
 
 TINY = dict(
     vocab_size=8192,
