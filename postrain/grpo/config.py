@@ -173,9 +173,6 @@ class GRPOConfig(TrainerConfig):
     overlong_penalty_factor: float = field(default=1.0, metadata={"help": "scale of the overlong penalty"})
     log_completions: int = field(default=2, metadata={"help": "completions logged per step"})
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         """Raises a ValueError naming the field for any inconsistent setting."""
         super().validate()

@@ -132,6 +132,9 @@ class TrainerConfig(ConfigFile):
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
     progress_bar: bool = field(default=True, metadata={"help": "tqdm bar on rank 0"})
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         """Raises a ValueError naming the field for an inconsistent shared setting; subclasses extend it."""
         if self.precision not in PRECISIONS:

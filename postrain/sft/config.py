@@ -103,7 +103,7 @@ class SFTConfig(TrainerConfig):
             None = 0 (bitwise) on CPU or with `deterministic`, else 1e-3 (GPU kernels need not be deterministic).
         deterministic (bool, defaults to False): deterministic kernels (`torch.use_deterministic_algorithms`, cuBLAS
             workspace config set before CUDA starts), so that a GPU recomputation is bitwise equal and the
-            default tolerance is 0. Slower on GPU; no effect on CPU, which is deterministic already.
+            default tolerance is 0. Slower on GPU; CPU runs are bitwise reproducible without it.
         silent_error_action (str, defaults to "stop"): "stop" raises with a report, "warn" logs it and goes on.
     """
 
@@ -133,9 +133,6 @@ class SFTConfig(TrainerConfig):
         default=None, metadata={"help": "relative tolerance of the recomputation"}
     )
     silent_error_action: str = field(default="stop", metadata={"help": "stop or warn"})
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         """Raises a ValueError naming the field for any inconsistent setting."""
