@@ -98,8 +98,8 @@ class GRPOConfig(TrainerConfig):
     Parameters that control the optimisation:
         learning_rate (float, defaults to 1e-6), warmup_steps (int, defaults to 0, optimizer steps of linear warm-up),
         weight_decay (float, defaults to 0.0), adam_beta1 / adam_beta2 / adam_epsilon: the AdamW settings.
-        max_grad_norm (float, defaults to 1.0): gradient clipping by DeepSpeed at every ZeRO stage (0 = off); the
-            logged `grad_norm` is the norm before clipping.
+        max_grad_norm (float, defaults to 1.0): gradient clipping at every ZeRO stage and precision (0 = off);
+            the logged `grad_norm` is the global norm before clipping.
         micro_batch_size (int, defaults to 8): completions per forward/backward; a mini-batch is accumulated from
             micro-batches.
         zero_stage (int | None, defaults to 0): DeepSpeed ZeRO stage (the SFT trainer's `jobs/deepspeed/zero<N>.json`).

@@ -91,7 +91,7 @@ class TrainerConfig(ConfigFile):
     "auto" (the model directory's tokenizer if it has one, else the bundled one), "bundled", a directory, or None
     (no tokenizer; GRPO needs one).
     Optimisation: `max_steps`, `micro_batch_size`, `learning_rate`, `warmup_steps`, AdamW's `weight_decay`,
-    `adam_beta1`, `adam_beta2`, `adam_epsilon`; `max_grad_norm` (clipping by DeepSpeed at every ZeRO stage, 0 =
+    `adam_beta1`, `adam_beta2`, `adam_epsilon`; `max_grad_norm` (clipping at every ZeRO stage and precision, 0 =
     off); `precision` ("auto" = bf16 on GPU, fp32 on CPU); `deepspeed_config` and `zero_stage`; `cpu_threads`;
     `deterministic` (deterministic kernels: bitwise-reproducible GPU forwards, slower).
     Run: `output_dir`, `save_interval` (0 = only at the end), `keep_checkpoints`, `resume` ("auto", "never" or a

@@ -8,10 +8,10 @@
 `Trainer.train()` resumes from the newest complete checkpoint, then for each step runs the callbacks,
 `train_step`, logs the record every `log_interval` steps (and the last step), calls `after_step`, saves
 every `save_interval` steps, and at the end saves (when it advanced since the resume) and writes
-`output_dir/final`. `engine_step` steps DeepSpeed and returns the gradient norm at the accumulation
-boundary: DeepSpeed clips at every stage and precision; the norm is its own (`get_global_grad_norm`,
-before clipping) where its optimizer keeps one, else (the plain torch optimizer of fp32 ZeRO-0, where
-`p.grad` is the whole gradient) computed from `p.grad` before DeepSpeed clips.
+`output_dir/final`. `engine_step` steps DeepSpeed and returns the gradient norm (before clipping) at the
+accumulation boundary: where DeepSpeed's bf16 or ZeRO optimizer holds the gradients, DeepSpeed clips and
+the norm is its own (`get_global_grad_norm`); with the plain torch optimizer of fp32 ZeRO-0, where `p.grad`
+is the whole gradient, the trainer clips it (`deepspeed_config` sets DeepSpeed's clipping to 0 there).
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ import torch
 
 from . import collectives
 from .checkpoint import full_state_dict, load_checkpoint, prepare_run, save_checkpoint, save_hf_model
-from .distributed import device, init_distributed, initialize_engine, set_cpu_threads, set_deterministic
+from .distributed import (
+    device,
+    init_distributed,
+    initialize_engine,
+    plain_torch_optimizer,
+    set_cpu_threads,
+    set_deterministic,
+)
 from .metrics import MetricsLogger
 from .model import build_tokenizer
 
@@ -71,6 +78,11 @@ class Trainer:
         )
         # the optimizers of bf16 and ZeRO keep the norm they clipped with; the plain torch one does not
         self.engine_reports_norm = hasattr(self.engine.optimizer, "_global_grad_norm")
+        if self.engine_reports_norm == plain_torch_optimizer(self.ds_config):
+            raise RuntimeError(
+                f"DeepSpeed chose {type(self.engine.optimizer).__name__} for this config: the gradient clipping "
+                "would be done twice or not at all"
+            )
 
     # the parts a trainer fills in
     def train_step(self, step: int) -> dict[str, Any]:
@@ -115,8 +127,9 @@ class Trainer:
         """`engine.step()`; at the accumulation boundary (`boundary`), the global gradient norm before clipping."""
         norm = None
         if boundary and not self.engine_reports_norm:
-            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-            norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+            params = [p for p in self.engine.module.parameters() if p.grad is not None]
+            max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
+            norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
         self.engine.step()
         if boundary and self.engine_reports_norm:
             reported = self.engine.get_global_grad_norm()

@@ -69,8 +69,8 @@ class SFTConfig(TrainerConfig):
             peak; the tail goes linearly from the floor to it. None = stay at the floor.
         weight_decay (float, defaults to 0.0), adam_beta1 (0.9), adam_beta2 (0.95), adam_epsilon (1e-8): AdamW
             (the torch implementation, so nothing is compiled at start-up).
-        max_grad_norm (float, defaults to 1.0): gradient clipping by DeepSpeed at every ZeRO stage (0 = off); the
-            logged `grad_norm` is the norm before clipping.
+        max_grad_norm (float, defaults to 1.0): gradient clipping at every ZeRO stage and precision (0 = off);
+            the logged `grad_norm` is the global norm before clipping.
         precision (str, defaults to "auto"): "auto" = bf16 on GPU, fp32 on CPU.
         deepspeed_config (str | None, defaults to None): DeepSpeed JSON (`jobs/deepspeed/zero{0,1,2,3}.json`);
             None = the packaged `zero{zero_stage}.json`. `"auto"` values are filled from this config.
