@@ -56,6 +56,15 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels, so that recomputing a forward gives the same bits on GPU too (slower there). cuBLAS
+    reads its workspace setting when it starts, so this runs before the model is built."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
 def set_cpu_threads(threads: int | None) -> None:
     """On CPU: `threads` torch threads, or the cores divided among this node's processes."""
     if torch.cuda.is_available():
@@ -80,10 +89,20 @@ def _fill(value: Any, filled: Any) -> Any:
     return filled if value == "auto" else value
 
 
+def plain_torch_optimizer(ds_config: dict[str, Any]) -> bool:
+    """True when DeepSpeed steps the torch optimizer itself (fp32, ZeRO-0): no wrapper keeps or clips the gradients."""
+    stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    low_precision = ds_config.get("bf16", {}).get("enabled") or ds_config.get("fp16", {}).get("enabled")
+    return stage == 0 and not low_precision
+
+
 def deepspeed_config(config, gradient_accumulation_steps: int) -> dict[str, Any]:
     """The DeepSpeed JSON of `config` with its `"auto"` values filled and the optimizer set to the torch AdamW.
 
-    Gradient clipping of ZeRO stage 0 is done by the trainer (DeepSpeed does not return the norm there).
+    DeepSpeed clips the gradients (`gradient_clipping`) wherever its own optimizer wrapper holds them (bf16, ZeRO
+    1-3): a clip of `p.grad` would not reach its buffers, and the wrapper reports the norm. Only fp32 ZeRO-0 runs the
+    plain torch optimizer on `p.grad`; there DeepSpeed would clip without reporting the norm, so the trainer clips
+    (`Trainer.engine_step`) and DeepSpeed's clipping is 0.
     """
     path = Path(config.deepspeed_config) if config.deepspeed_config else None
     if path is None:
@@ -101,9 +120,10 @@ def deepspeed_config(config, gradient_accumulation_steps: int) -> dict[str, Any]
     ds["gradient_accumulation_steps"] = _fill(
         ds.get("gradient_accumulation_steps", "auto"), gradient_accumulation_steps
     )
-    ds["gradient_clipping"] = 0.0 if stage == 0 else _fill(ds.get("gradient_clipping", "auto"), config.max_grad_norm)
     bf16 = ds.setdefault("bf16", {})
     bf16["enabled"] = _fill(bf16.get("enabled", "auto"), use_bf16(config.precision))
+    clipping = _fill(ds.get("gradient_clipping", "auto"), config.max_grad_norm)
+    ds["gradient_clipping"] = 0.0 if plain_torch_optimizer(ds) else clipping
     ds.pop("train_batch_size", None)
     ds.pop("scheduler", None)  # the trainer owns the learning rate (plan.learning_rate)
     ds["optimizer"] = {
@@ -133,4 +153,5 @@ def initialize_engine(model, config, gradient_accumulation_steps: int) -> tuple[
 
 __all__ = [
     "prepare_environment", "init_distributed", "deepspeed_config", "initialize_engine", "device", "use_bf16", "free_port",
+    "set_cpu_threads", "set_deterministic", "plain_torch_optimizer",
 ]  # fmt: skip
