@@ -150,7 +150,7 @@ class GRPOTrainer(Trainer):
             reward_fns = build_reward_functions(config, workers)
         self.reward_fns = reward_fns
 
-        model = build_model(config)
+        model = build_model(config, self.accumulation)
         # beta = 0: no reference model exists at all (nothing loaded, nothing kept in memory)
         self.ref_model = None
         if config.beta > 0:

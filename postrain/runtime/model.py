@@ -7,13 +7,26 @@ from pathlib import Path
 import torch
 
 
-def build_model(config):
+def build_model(config, gradient_accumulation_steps: int = 1):
     """A `LoopCoderForCausalLM` in fp32 from `model_name_or_path` or a fresh one from `model_config` (seeded by
-    `seed`), with the run's attention backend, BPTT knobs and activation checkpointing; no decode cache."""
+    `seed`), with the run's attention backend, BPTT knobs and activation checkpointing; no decode cache.
+
+    Under ZeRO-3 a checkpoint is loaded partitioned (`sharded_model.build_model_for_zero`): no rank ever holds the
+    whole model on the host (the process group must exist already). A fresh model from `model_config` is built
+    whole and seeded, then partitioned by the engine, so that its initial weights equal a one-process run's."""
     from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
 
+    from .distributed import deepspeed_config
+
     torch.manual_seed(config.seed)
-    if config.model_name_or_path:
+    ds_config = deepspeed_config(config, gradient_accumulation_steps)
+    if config.model_name_or_path and int(ds_config["zero_optimization"].get("stage", 0)) == 3:
+        from loopcoder.postrain.sharded_model import build_model_for_zero
+
+        model = build_model_for_zero(
+            config.model_name_or_path, ds_config, dtype=torch.float32, attn_implementation=config.attn_implementation
+        )
+    elif config.model_name_or_path:
         kwargs = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
         model = LoopCoderForCausalLM.from_pretrained(config.model_name_or_path, dtype=torch.float32, **kwargs)
     else:

@@ -68,7 +68,7 @@ class SFTTrainer(Trainer):
         if not any(w > 0 for p in config.phases for w in p["mixture"].values()):
             raise ValueError("no training data: set `mixture` or a `curriculum`")
 
-        self.setup_engine(build_model(config), self.accumulation)
+        self.setup_engine(build_model(config, self.accumulation), self.accumulation)
         self.detector = SilentErrorDetector(config, self.rank, self.world, self.device)
 
     def resolved_fields(self) -> dict[str, Any]:
