@@ -10,7 +10,7 @@
 | `synthetic.py` | the print-a-number task a tiny model learns on CPU |
 
 docs/grpo.md states the objective and explains each knob. Nothing here imports deepspeed at import time
-except `trainer.py` (through `loopcoder.postrain.sft.distributed`), so `DS_ACCELERATOR` can be set first.
+except `trainer.py` (through `loopcoder.postrain.runtime`), so `DS_ACCELERATOR` can be set first.
 """
 
 from .config import GRPOConfig

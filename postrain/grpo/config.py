@@ -9,18 +9,16 @@ the valid ones. The resolved config is saved as `config.yaml` in the output dire
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from loopcoder.postrain.config_file import ConfigFile
+from loopcoder.postrain.runtime.config import TrainerConfig
 
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
 SCALE_REWARDS = ("group", "none")
 INFRA_ERROR_REWARDS = ("zero", "exclude")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
-class GRPOConfig(ConfigFile):
+class GRPOConfig(TrainerConfig):
     r"""Configuration of `loopcoder train grpo`: GRPO with DAPO's clip-higher and token-level loss, no KL.
 
     A *step* is one generation batch: `prompts_per_step` problems x `num_generations` rollouts are sampled and
@@ -30,8 +28,10 @@ class GRPOConfig(ConfigFile):
         model_name_or_path (str | None, defaults to None): Hugging Face directory to start from (usually the SFT
             trainer's `output_dir/final`). None initialises a fresh model from `model_config` with `seed`.
         model_config (dict, defaults to {}): `LoopCoderConfig` keyword arguments for a fresh model.
-        tokenizer (str | None, defaults to None): tokenizer directory; None uses the model directory's tokenizer if
-            it has one, else the bundled tokenizer (`loopcoder.model.tokenizer.load_tokenizer`).
+        tokenizer (str, defaults to "auto"): "auto" (the model directory's tokenizer if it has one, else the bundled
+            one), "bundled", or a tokenizer directory; saved beside the final model.
+        attn_implementation (str | None, defaults to None), loop_grad_scale (float | None, defaults to None),
+            loop_detach (bool | None, defaults to None): attention backend and BPTT knobs, as in `SFTConfig`.
         gradient_checkpointing (bool, defaults to False): recompute layer activations in the backward pass.
 
     Parameters that control the problems:
@@ -98,20 +98,23 @@ class GRPOConfig(ConfigFile):
     Parameters that control the optimisation:
         learning_rate (float, defaults to 1e-6), warmup_steps (int, defaults to 0, optimizer steps of linear warm-up),
         weight_decay (float, defaults to 0.0), adam_beta1 / adam_beta2 / adam_epsilon: the AdamW settings.
-        max_grad_norm (float, defaults to 1.0): gradient clipping (0 = off).
+        max_grad_norm (float, defaults to 1.0): gradient clipping by DeepSpeed at every ZeRO stage (0 = off); the
+            logged `grad_norm` is the norm before clipping.
         micro_batch_size (int, defaults to 8): completions per forward/backward; a mini-batch is accumulated from
             micro-batches.
         zero_stage (int | None, defaults to 0): DeepSpeed ZeRO stage (the SFT trainer's `jobs/deepspeed/zero<N>.json`).
         deepspeed_config (str | None, defaults to None): another DeepSpeed JSON ("auto" values are filled).
         precision (str, defaults to "auto"): "fp32", "bf16", or "auto" (bf16 on GPU, fp32 on CPU).
         cpu_threads (int | None, defaults to None): torch threads per process on CPU (None = cores / processes).
+        deterministic (bool, defaults to False): deterministic kernels (`torch.use_deterministic_algorithms`).
 
     Parameters that control the run:
         max_steps (int, defaults to 500): generation batches (RL steps); the recipe's ~500.
         seed (int, defaults to 0): seeds the model initialisation, problem order and sampling.
         output_dir (str, defaults to "runs/grpo"), save_interval (int, defaults to 50; 0 = only at the end),
         keep_checkpoints (int, defaults to 2), resume (str, defaults to "auto": newest complete checkpoint;
-        "never"; or a checkpoint directory), save_final_model (bool, defaults to True, `output_dir/final`).
+        "never"; or a checkpoint directory), save_final_model (bool, defaults to True, `output_dir/final`),
+        released_format (bool, defaults to False: the final model as `iquestpltcoder`).
         log_interval (int, defaults to 1), log_completions (int, defaults to 2: completions printed to
             `completions.jsonl` per step), tensorboard (bool, defaults to True), progress_bar (bool, defaults to True).
 
@@ -119,11 +122,14 @@ class GRPOConfig(ConfigFile):
     optimizer step and no clipping), `epsilon_high=0.28` (TRL: `epsilon`), `num_generations=16` (TRL: 8).
     """
 
-    # model
-    model_name_or_path: str | None = field(default=None, metadata={"help": "HF model directory to start from"})
-    model_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "LoopCoderConfig kwargs"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer directory"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations"})
+    # defaults that differ from the shared ones (TrainerConfig)
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    micro_batch_size: int = field(default=8, metadata={"help": "completions per forward/backward"})
+    zero_stage: int | None = field(default=0, metadata={"help": "DeepSpeed ZeRO stage"})
+    max_steps: int = field(default=500, metadata={"help": "generation batches (RL steps)"})
+    output_dir: str = field(default="runs/grpo", metadata={"help": "output directory"})
+    save_interval: int = field(default=50, metadata={"help": "steps between checkpoints (0 = end only)"})
     # problems
     problems: str = field(default="synthetic:print_number", metadata={"help": "problem source"})
     max_problems: int | None = field(default=None, metadata={"help": "keep the first N problems"})
@@ -165,41 +171,21 @@ class GRPOConfig(ConfigFile):
     mask_truncated_completions: bool = field(default=False, metadata={"help": "overlong filtering"})
     overlong_buffer: int = field(default=0, metadata={"help": "L_cache of the soft overlong penalty (0 = off)"})
     overlong_penalty_factor: float = field(default=1.0, metadata={"help": "scale of the overlong penalty"})
-    # optimisation
-    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
-    warmup_steps: int = field(default=0, metadata={"help": "optimizer steps of linear warm-up"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    micro_batch_size: int = field(default=8, metadata={"help": "completions per forward/backward"})
-    zero_stage: int | None = field(default=0, metadata={"help": "DeepSpeed ZeRO stage"})
-    deepspeed_config: str | None = field(default=None, metadata={"help": "DeepSpeed JSON path"})
-    precision: str = field(default="auto", metadata={"help": "auto, fp32 or bf16"})
-    cpu_threads: int | None = field(default=None, metadata={"help": "torch threads per process on CPU"})
-    # run
-    max_steps: int = field(default=500, metadata={"help": "generation batches (RL steps)"})
-    seed: int = field(default=0, metadata={"help": "seed"})
-    output_dir: str = field(default="runs/grpo", metadata={"help": "output directory"})
-    save_interval: int = field(default=50, metadata={"help": "steps between checkpoints (0 = end only)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept"})
-    resume: str = field(default="auto", metadata={"help": "auto, never or a checkpoint directory"})
-    save_final_model: bool = field(default=True, metadata={"help": "write output_dir/final"})
-    log_interval: int = field(default=1, metadata={"help": "steps between metric records"})
     log_completions: int = field(default=2, metadata={"help": "completions logged per step"})
-    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
-    progress_bar: bool = field(default=True, metadata={"help": "tqdm bar on rank 0"})
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Raises a ValueError naming the field for any inconsistent setting."""
+        super().validate()
+        if self.tokenizer is None:
+            raise ValueError("tokenizer must not be null: GRPO renders prompts and decodes completions with it")
+        if self.max_steps is None:
+            raise ValueError("set max_steps (RL steps)")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
         if self.infra_error_reward not in INFRA_ERROR_REWARDS:
             raise ValueError(f"infra_error_reward must be one of {INFRA_ERROR_REWARDS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.decode_schedule not in ("parallel", "sequential"):
             raise ValueError(f"decode_schedule must be parallel or sequential, got {self.decode_schedule!r}")
         if self.num_generations < 2:

@@ -15,34 +15,28 @@ One step (docs/grpo.md):
    micro-batches, with the clipped surrogate aggregated over all completion tokens of the mini-batch on all
    ranks (the denominator is all-reduced before the first backward).
 
-The process group, the DeepSpeed config, the checkpoints and the metric files are the SFT trainer's
-(`loopcoder.postrain.sft`), so the two launch, resume and log the same way.
+The process group, the DeepSpeed engine, the model builder, the run loop, the checkpoints and the metric files
+are the shared runtime's (`loopcoder.postrain.runtime`), so SFT and GRPO launch, resume and log the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import logging
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from loopcoder.postrain.sft.checkpoint import (
-    full_state_dict,
-    load_checkpoint,
-    prepare_run,
-    save_checkpoint,
-    save_hf_model,
-)
-from loopcoder.postrain.sft.distributed import device, init_distributed, initialize_engine, set_cpu_threads
-from loopcoder.postrain.sft.metrics import MetricsLogger
+from loopcoder.postrain.runtime import collectives
+from loopcoder.postrain.runtime.model import build_model, build_tokenizer
+from loopcoder.postrain.runtime.trainer import Callback, Trainer, TrainResult
 
 from .config import GRPOConfig
 from .data import ProblemStream, load_problems, render_prompt
@@ -61,7 +55,6 @@ from .rollout import generate_rollouts, score_completions
 
 logger = logging.getLogger(__name__)
 
-Callback = Callable[["GRPOTrainer", int], None]
 PASS_RATE_BINS = (("0", 0.0, 0.0), ("0-0.5", 0.0, 0.5), ("0.5-1", 0.5, 1.0), ("1", 1.0, 1.0))
 
 
@@ -79,42 +72,6 @@ class Sample:
     advantage: float = 0.0
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    output_dir: Path | None = None
-    final_model: Path | None = None
-
-    def metric(self, key: str) -> list[float]:
-        return [r[key] for r in self.history if key in r]
-
-
-def build_model(config: GRPOConfig):
-    from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
-
-    torch.manual_seed(config.seed)
-    if config.model_name_or_path:
-        model = LoopCoderForCausalLM.from_pretrained(config.model_name_or_path, dtype=torch.float32)
-    else:
-        if not config.model_config:
-            raise ValueError("set model_name_or_path or model_config")
-        model = LoopCoderForCausalLM(LoopCoderConfig(**config.model_config))
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
-
-
-def build_tokenizer(config: GRPOConfig):
-    from loopcoder.model.tokenizer import load_tokenizer
-
-    if config.tokenizer:
-        return load_tokenizer(config.tokenizer)
-    if config.model_name_or_path and (Path(config.model_name_or_path) / "tokenizer.json").exists():
-        return load_tokenizer(config.model_name_or_path)
-    return load_tokenizer()
 
 
 def build_reward_functions(config: GRPOConfig, workers: int | None) -> list[Callable]:
@@ -160,16 +117,11 @@ def collate(samples: list[Sample], pad: int) -> dict[str, torch.Tensor]:
     }
 
 
-class GRPOTrainer:
-    def __init__(self, config: GRPOConfig, reward_fns: list[Callable] | None = None, callbacks=None):
-        self.config = config
-        self.callbacks: list[Callback] = list(callbacks or [])
-        self.rank, self.world = init_distributed()
-        set_cpu_threads(config.cpu_threads)
-        self.device = device()
-        self.output_dir = Path(config.output_dir)
-        self.checkpoint_root = self.output_dir / "checkpoints"
-
+class GRPOTrainer(Trainer):
+    def __init__(
+        self, config: GRPOConfig, reward_fns: list[Callable] | None = None, callbacks: list[Callback] | None = None
+    ):
+        super().__init__(config, callbacks)
         if config.prompts_per_step % self.world:
             raise ValueError(f"prompts_per_step {config.prompts_per_step} is not a multiple of {self.world} processes")
         self.prompts_per_rank = config.prompts_per_step // self.world
@@ -199,55 +151,38 @@ class GRPOTrainer:
         self.reward_fns = reward_fns
 
         model = build_model(config)
-        self.model_config = model.config
         # beta = 0: no reference model exists at all (nothing loaded, nothing kept in memory)
         self.ref_model = None
         if config.beta > 0:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.device)
-        self.engine, self.ds_config, self.zero_stage = initialize_engine(model, config, self.accumulation)
-        self.step = 0
+        self.setup_engine(model, self.accumulation)
         self.optimizer_steps = 0
-        self.resumed_from: Path | None = None
+        self.completions_log = None
 
-    # -- helpers ------------------------------------------------------------------------------------------------
-    def resolved_config(self) -> str:
-        import yaml
-
-        resolved = self.config.to_dict() | {
-            "resolved": {
-                "world_size": self.world,
-                "completions_per_step": self.config.prompts_per_step * self.config.num_generations,
-                "mini_batch_per_process": self.mini_batch,
-                "gradient_accumulation_steps": self.accumulation,
-                "optimizer_steps_per_generation": self.config.optimizer_steps_per_generation,
-                "zero_stage": self.zero_stage,
-                "bf16": bool(self.ds_config["bf16"]["enabled"]),
-            }
+    def resolved_fields(self) -> dict[str, Any]:
+        return {
+            "completions_per_step": self.config.prompts_per_step * self.config.num_generations,
+            "mini_batch_per_process": self.mini_batch,
+            "gradient_accumulation_steps": self.accumulation,
+            "optimizer_steps_per_generation": self.config.optimizer_steps_per_generation,
         }
-        return yaml.safe_dump(resolved, sort_keys=False)
 
-    def _all_reduce(self, values: list[float], op=None) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64)
-        if self.world > 1:
-            dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
-        return tensor.tolist()
+    def trainer_state(self) -> dict[str, Any]:
+        return {"optimizer_steps": self.optimizer_steps, "problems": self.stream.state_dict()}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        self.optimizer_steps = int(state["optimizer_steps"])
+        self.stream.load_state_dict(state["problems"])
 
     def _gather(self, values: list[Any]) -> list[Any]:
-        if self.world == 1:
-            return list(values)
-        parts: list[Any] = [None] * self.world
-        dist.all_gather_object(parts, values)
-        return [v for part in parts for v in part]
+        """Every rank's `values`, concatenated in rank order."""
+        return [v for part in collectives.all_gather_objects(list(values)) for v in part]
 
     def _lr(self) -> float:
         config = self.config
         if config.warmup_steps > 0 and self.optimizer_steps < config.warmup_steps:
             return config.learning_rate * (self.optimizer_steps + 1) / config.warmup_steps
         return config.learning_rate
-
-    def _set_lr(self, lr: float) -> None:
-        for group in self.engine.optimizer.param_groups:
-            group["lr"] = lr
 
     def _forward_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, C, V] logits predicting each completion token."""
@@ -261,14 +196,11 @@ class GRPOTrainer:
         )
         return out.logits[:, :-1]
 
-    # -- rollouts -----------------------------------------------------------------------------------------------
     def _generation_context(self):
         if self.zero_stage == 3:
             import deepspeed
 
             return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None)
-        import contextlib
-
         return contextlib.nullcontext()
 
     def _rollout_round(self, problems: list[dict]) -> tuple[list[Sample], float, float]:
@@ -351,7 +283,7 @@ class GRPOTrainer:
                     else:
                         kept.append(groups)
             rounds += 1
-            short = self._all_reduce([float(len(kept) < self.prompts_per_rank)])[0]
+            short = collectives.all_reduce([float(len(kept) < self.prompts_per_rank)])[0]
             if short == 0 or rounds >= max(1, config.max_generation_rounds) or not config.dynamic_sampling:
                 break
         filled = max(0, self.prompts_per_rank - len(kept))
@@ -367,7 +299,6 @@ class GRPOTrainer:
         }
         return samples, info
 
-    # -- update -------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _old_log_probs(self, samples: list[Sample]) -> None:
         config = self.config
@@ -410,14 +341,14 @@ class GRPOTrainer:
             generator.shuffle(order)
             for mini in range(config.steps_per_generation):
                 lr = self._lr()
-                self._set_lr(lr)
+                self.set_lr(lr)
                 rows = [samples[i] for i in order[mini * self.mini_batch : (mini + 1) * self.mini_batch]]
                 micro_batches = [
                     rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)
                 ]
                 masks = [self._mask(chunk) for chunk in micro_batches]
                 local_den = sum(loss_denominator(m, config.loss_type) for m in masks)
-                denominator = max(self._all_reduce([local_den])[0], 1.0)
+                denominator = max(collectives.all_reduce([local_den])[0], 1.0)
                 grad_norm = float("nan")
                 for micro, (chunk, mask) in enumerate(zip(micro_batches, masks, strict=True)):
                     batch = collate(chunk, self.pad)
@@ -439,9 +370,8 @@ class GRPOTrainer:
                     )
                     # exact token mean over the mini-batch of all ranks; DeepSpeed averages over ranks, hence * world
                     self.engine.backward(numerator * (world / denominator), scale_wrt_gas=False)
-                    if micro == self.accumulation - 1 and self.zero_stage == 0:
-                        grad_norm = self._clip_stage0()
-                    self.engine.step()
+                    norm = self.engine_step(boundary=micro == self.accumulation - 1)
+                    grad_norm = grad_norm if norm is None else norm
                     with torch.no_grad():
                         m = mask
                         sums["tokens"] += float(m.sum())
@@ -452,12 +382,9 @@ class GRPOTrainer:
                         sums["ratio_dev"] += float(
                             ((logp.detach() - old.to(logp.device)).exp().cpu() - 1).abs().mul(m).sum()
                         )
-                if self.zero_stage > 0:
-                    norm = self.engine.get_global_grad_norm()
-                    grad_norm = float(norm) if norm is not None else float("nan")
                 grad_norms.append(grad_norm)
                 self.optimizer_steps += 1
-        totals = self._all_reduce([sums[k] for k in sums])
+        totals = collectives.all_reduce([sums[k] for k in sums])
         reduced = dict(zip(sums, totals, strict=True))
         tokens = max(reduced["tokens"], 1.0)
         updates = config.optimizer_steps_per_generation
@@ -484,13 +411,6 @@ class GRPOTrainer:
                 mask[row, : len(s.completion)] = 1.0
         return mask
 
-    def _clip_stage0(self) -> float:
-        # stage 0: DeepSpeed does not clip or report the norm (its config has clipping 0), so the trainer does
-        params = [p for p in self.engine.module.parameters() if p.grad is not None]
-        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-
-    # -- the loop -----------------------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:
         config = self.config
         started = time.perf_counter()
@@ -513,8 +433,10 @@ class GRPOTrainer:
         truncated = self._gather([s.truncated for s in samples])
         first_shaped = self._gather(info.pop("_first_round_shaped"))
         flat = zero_variance_groups(torch.tensor(first_shaped), config.num_generations)
-        times = self._all_reduce([info["time/generation_s"], info["time/reward_s"], update_time], dist.ReduceOp.MAX)
-        counts = self._all_reduce([float(self._infra_errors), info["dynamic_sampling/filled_with_dropped"]])
+        times = collectives.all_reduce(
+            [info["time/generation_s"], info["time/reward_s"], update_time], collectives.ReduceOp.MAX
+        )
+        counts = collectives.all_reduce([float(self._infra_errors), info["dynamic_sampling/filled_with_dropped"]])
         sampled = torch.tensor(first_round)
         scored = sampled[~torch.isnan(sampled)]
         elapsed = time.perf_counter() - started
@@ -554,84 +476,25 @@ class GRPOTrainer:
         self._last_samples = samples
         return record
 
-    def train(self) -> TrainResult:
+    def after_step(self, step: int, record: dict[str, Any], metrics) -> None:
         config = self.config
-        resume = prepare_run(config, self.rank, self.output_dir, self.checkpoint_root, self.resolved_config())
-        if resume is not None:
-            state = load_checkpoint(self.engine, resume)
-            self.step = int(state["step"])
-            self.optimizer_steps = int(state["optimizer_steps"])
-            self.stream.load_state_dict(state["problems"])
-            self.resumed_from = resume
-            if self.rank == 0:
-                logger.info("resumed from %s at step %d", resume, self.step)
-        metrics = MetricsLogger(self.output_dir, self.rank == 0, config.max_steps, self.step, config)
-        completions_log = None
-        if self.rank == 0 and config.log_completions > 0:
-            completions_log = open(self.output_dir / "completions.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self.engine.module.train()
-        try:
-            while self.step < config.max_steps:
-                step = self.step
-                for callback in self.callbacks:
-                    callback(self, step)
-                record = self.train_step(step)
-                self.step = step + 1
-                if step % config.log_interval == 0 or self.step == config.max_steps:
-                    metrics.log(record)
-                    if completions_log is not None:
-                        import json
+        if self.rank != 0 or config.log_completions <= 0 or not self.log_due(step):
+            return
+        if self.completions_log is None:
+            self.completions_log = open(self.output_dir / "completions.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        for s in self._last_samples[: config.log_completions]:
+            line = {"step": step, "problem": s.problem["id"], "reward": s.reward, "advantage": s.advantage}
+            self.completions_log.write(json.dumps(line | {"completion": s.text}) + "\n")
+        self.completions_log.flush()
 
-                        for s in self._last_samples[: config.log_completions]:
-                            completions_log.write(
-                                json.dumps(
-                                    {
-                                        "step": step,
-                                        "problem": s.problem["id"],
-                                        "reward": s.reward,
-                                        "advantage": s.advantage,
-                                        "completion": s.text,
-                                    }
-                                )
-                                + "\n"
-                            )
-                        completions_log.flush()
-                metrics.advance()
-                if config.save_interval and self.step % config.save_interval == 0 and self.step < config.max_steps:
-                    self.save(metrics.history)
-            if self.resumed_from is None or self.step > int(self.resumed_from.name.split("_")[-1]):
-                self.save(metrics.history)
-            final_model = self.export() if config.save_final_model else None
-        finally:
-            metrics.close()
-            if completions_log is not None:
-                completions_log.close()
-        return TrainResult(self.step, metrics.history, self.output_dir, final_model)
-
-    def save(self, history: list[dict[str, Any]]) -> Path:
-        state = {
-            "step": self.step,
-            "optimizer_steps": self.optimizer_steps,
-            "problems": self.stream.state_dict(),
-            "world_size": self.world,
-            "last_metrics": history[-1] if history else None,
-        }
-        return save_checkpoint(
-            self.engine, self.checkpoint_root, self.step, state, self.resolved_config(), self.config.keep_checkpoints
-        )
-
-    def export(self) -> Path | None:
-        state = full_state_dict(self.engine, self.zero_stage)
-        out = self.output_dir / "final"
-        if self.rank == 0:
-            save_hf_model(state, self.model_config, out, False, self.tokenizer)
-            (out / "training_config.yaml").write_text(self.resolved_config(), encoding="utf-8")
-        dist.barrier()
-        return out
+    def close(self) -> None:
+        if self.completions_log is not None:
+            self.completions_log.close()
+            self.completions_log = None
 
 
 def train(config: GRPOConfig, reward_fns: list[Callable] | None = None, callbacks=None) -> TrainResult:
     return GRPOTrainer(config, reward_fns=reward_fns, callbacks=callbacks).train()
 
 
-__all__ = ["GRPOTrainer", "Sample", "TrainResult", "build_model", "collate", "train"]
+__all__ = ["GRPOTrainer", "Sample", "TrainResult", "collate", "train"]

@@ -6,15 +6,13 @@
 | `data.py` | shard discovery and validation, seeded streaming row order, collation to position ids |
 | `plan.py` | learning-rate schedule, curriculum phases, replay, the global batch of each step |
 | `loss.py` | packed-batch token loss, per-category sums |
-| `trainer.py` | the DeepSpeed engine loop |
-| `checkpoint.py` | atomic checkpoints, exact resume, the final Hugging Face model |
+| `trainer.py` | `SFTTrainer`: the step (data plan, micro-batches, loss, checks) on the shared runtime |
 | `silent_errors.py` | replica fingerprints and deterministic recomputation |
-| `metrics.py` | JSONL, TensorBoard, progress bar |
-| `distributed.py` | process group, CPU environment, DeepSpeed config |
 | `sample_data.py` | packed shards from the sample corpus |
 
-Nothing here imports deepspeed at module import time except `trainer.py` (through `distributed`),
-so that `DS_ACCELERATOR` can be set first.
+Process group, engine, checkpoints and metrics are `loopcoder.postrain.runtime`'s. Nothing here imports
+deepspeed at module import time except `trainer.py` (through the runtime), so that `DS_ACCELERATOR` can be
+set first.
 """
 
 from .config import SFTConfig

@@ -14,15 +14,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopcoder.postrain.config_file import ConfigFile, parse_override
+from loopcoder.postrain.runtime.config import TrainerConfig, parse_override
 
 MODES = ("sft", "pretrain")
-PRECISIONS = ("auto", "fp32", "bf16")
 ACTIONS = ("stop", "warn")
 
 
 @dataclass
-class SFTConfig(ConfigFile):
+class SFTConfig(TrainerConfig):
     r"""Configuration of `loopcoder train sft` (`mode: sft`) and of looped continued pre-training (`mode: pretrain`).
 
     Parameters that control the model:
@@ -70,7 +69,8 @@ class SFTConfig(ConfigFile):
             peak; the tail goes linearly from the floor to it. None = stay at the floor.
         weight_decay (float, defaults to 0.0), adam_beta1 (0.9), adam_beta2 (0.95), adam_epsilon (1e-8): AdamW
             (the torch implementation, so nothing is compiled at start-up).
-        max_grad_norm (float, defaults to 1.0): gradient clipping (0 = off).
+        max_grad_norm (float, defaults to 1.0): gradient clipping by DeepSpeed at every ZeRO stage (0 = off); the
+            logged `grad_norm` is the norm before clipping.
         precision (str, defaults to "auto"): "auto" = bf16 on GPU, fp32 on CPU.
         deepspeed_config (str | None, defaults to None): DeepSpeed JSON (`jobs/deepspeed/zero{0,1,2,3}.json`);
             None = the packaged `zero{zero_stage}.json`. `"auto"` values are filled from this config.
@@ -85,8 +85,8 @@ class SFTConfig(ConfigFile):
         resume (str, defaults to "auto"): "auto" resumes from the newest complete checkpoint in `output_dir` if there
             is one, "never" starts fresh, or a checkpoint directory.
         save_final_model (bool, defaults to True): write `output_dir/final` as a Hugging Face directory.
-        tokenizer (str | None, defaults to "bundled"): tokenizer saved beside the final model: "bundled", a
-            directory, or None.
+        tokenizer (str | None, defaults to "auto"): tokenizer saved beside the final model: "auto" (the model
+            directory's, else the bundled one), "bundled", a directory, or None.
         released_format (bool, defaults to False): write the final model in the released LoopCoder-V2 format
             (`model_type: iquestpltcoder`).
         log_interval (int, defaults to 1): steps between metric records (JSONL, TensorBoard, progress bar).
@@ -99,17 +99,15 @@ class SFTConfig(ConfigFile):
             data-parallel ranks before the forward (0 = off; needs more than one process).
         recompute_interval (int, defaults to 100): steps between deterministic recomputations of a micro-batch
             (0 = off).
-        recompute_tolerance (float, defaults to 0.0): allowed relative difference of the recomputed loss (0 = bitwise,
-            right on CPU; raise it for non-deterministic GPU kernels).
+        recompute_tolerance (float | None, defaults to None): allowed relative difference of the recomputed loss.
+            None = 0 (bitwise) on CPU or with `deterministic`, else 1e-3 (GPU kernels need not be deterministic).
+        deterministic (bool, defaults to False): deterministic kernels (`torch.use_deterministic_algorithms`, cuBLAS
+            workspace config set before CUDA starts), so that a GPU recomputation is bitwise equal and the
+            default tolerance is 0. Slower on GPU; CPU runs are bitwise reproducible without it.
         silent_error_action (str, defaults to "stop"): "stop" raises with a report, "warn" logs it and goes on.
     """
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "starting checkpoint (HF directory)"})
-    model_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "LoopCoderConfig kwargs"})
-    loop_grad_scale: float | None = field(default=None, metadata={"help": "BPTT gradient scale between loops"})
-    loop_detach: bool | None = field(default=None, metadata={"help": "truncate BPTT between loops"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa or fused_gated"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    output_dir: str = field(default="runs/sft", metadata={"help": "checkpoints, metrics, final model"})
 
     mode: str = field(default="sft", metadata={"help": "sft (loss mask) or pretrain (every token)"})
     datasets: dict[str, str] = field(default_factory=dict, metadata={"help": "name -> shard directory"})
@@ -120,69 +118,43 @@ class SFTConfig(ConfigFile):
     eval_datasets: list[str] = field(default_factory=list, metadata={"help": "held-out shard sets"})
     eval_interval: int = field(default=0, metadata={"help": "steps between eval losses"})
     eval_max_rows: int = field(default=64, metadata={"help": "rows per eval set"})
-    seed: int = field(default=0, metadata={"help": "model init and data order seed"})
 
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps"})
-    micro_batch_size: int = field(default=1, metadata={"help": "rows per process per forward"})
     global_batch_size: int | None = field(default=None, metadata={"help": "rows per optimizer step, all processes"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "used without global_batch_size"})
-    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor / peak"})
     anneal_steps: int = field(default=0, metadata={"help": "low-rate annealing tail"})
     anneal_lr_ratio: float | None = field(default=None, metadata={"help": "lr at the end of the tail / peak"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping, 0 = off"})
-    precision: str = field(default="auto", metadata={"help": "auto, fp32 or bf16"})
-    deepspeed_config: str | None = field(default=None, metadata={"help": "DeepSpeed JSON"})
-    zero_stage: int | None = field(default=None, metadata={"help": "ZeRO stage override"})
-    cpu_threads: int | None = field(default=None, metadata={"help": "torch threads per process on CPU"})
 
-    output_dir: str = field(default="runs/sft", metadata={"help": "checkpoints, metrics, final model"})
-    save_interval: int = field(default=0, metadata={"help": "steps between checkpoints"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept"})
-    resume: str = field(default="auto", metadata={"help": "auto, never or a checkpoint directory"})
-    save_final_model: bool = field(default=True, metadata={"help": "write output_dir/final"})
-    tokenizer: str | None = field(default="bundled", metadata={"help": "bundled, a directory or null"})
-    released_format: bool = field(default=False, metadata={"help": "final model as iquestpltcoder"})
-    log_interval: int = field(default=1, metadata={"help": "steps between metric records"})
-    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
-    progress_bar: bool = field(default=True, metadata={"help": "tqdm bar on rank 0"})
     log_gate_means: bool = field(default=True, metadata={"help": "per-loop gate means at log steps"})
 
     fingerprint_interval: int = field(default=50, metadata={"help": "steps between replica fingerprints"})
     recompute_interval: int = field(default=100, metadata={"help": "steps between recomputations"})
-    recompute_tolerance: float = field(default=0.0, metadata={"help": "relative tolerance of the recomputation"})
+    recompute_tolerance: float | None = field(
+        default=None, metadata={"help": "relative tolerance of the recomputation"}
+    )
     silent_error_action: str = field(default="stop", metadata={"help": "stop or warn"})
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         """Raises a ValueError naming the field for any inconsistent setting."""
+        super().validate()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.silent_error_action not in ACTIONS:
             raise ValueError(f"silent_error_action must be one of {ACTIONS}, got {self.silent_error_action!r}")
-        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if not 0.0 <= self.replay_fraction < 1.0:
             raise ValueError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         if self.replay_fraction > 0 and not self.replay:
             raise ValueError("replay_fraction > 0 needs `replay` shard sets")
-        for name in ("micro_batch_size", "gradient_accumulation_steps", "log_interval"):
+        for name in ("gradient_accumulation_steps",):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "anneal_steps", "save_interval", "eval_interval"):
+        for name in ("anneal_steps", "eval_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.fingerprint_interval < 0 or self.recompute_interval < 0:
             raise ValueError("fingerprint_interval and recompute_interval must be >= 0")
+        if self.recompute_tolerance is not None and self.recompute_tolerance < 0:
+            raise ValueError(f"recompute_tolerance must be >= 0, got {self.recompute_tolerance}")
         if self.curriculum and self.mixture:
             raise ValueError("set either `mixture` or `curriculum` (each phase has its own mixture), not both")
         for phase in self.curriculum:

@@ -11,8 +11,11 @@ Two checks, each at its own interval (`fingerprint_interval`, `recompute_interva
   catches a rank whose gather or copy went wrong, not a slice corrupted in its owner's memory (the
   recomputation check below covers faulty compute there).
 * **Deterministic recomputation**: one micro-batch's loss is computed a second time with the same
-  weights and inputs and compared with the first result (bitwise on CPU; `recompute_tolerance` for
-  GPU kernels that are not deterministic). A worker whose arithmetic is flaky fails it.
+  weights and inputs and compared with the first result: bitwise on CPU and in `deterministic` runs, within a
+  relative `recompute_tolerance` (default 1e-3) on GPU, whose kernels need not be deterministic. A worker whose
+  arithmetic is flaky fails it.
+
+Both gather their results through `loopcoder.postrain.runtime.collectives`, so they run on NCCL as on gloo.
 
 A mismatch raises `SilentDataError` (action "stop") or is logged (action "warn").
 """
@@ -24,7 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+
+from loopcoder.postrain.runtime import collectives
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +76,24 @@ def find_mismatches(names: list[str], fingerprints: torch.Tensor) -> list[Mismat
     return mismatches
 
 
+GPU_RECOMPUTE_TOLERANCE = 1e-3
+
+
+def recompute_tolerance(config, device: torch.device) -> float:
+    """The configured tolerance, else 0 (bitwise) on CPU or with deterministic kernels, else the GPU default."""
+    if config.recompute_tolerance is not None:
+        return float(config.recompute_tolerance)
+    if device.type == "cpu" or getattr(config, "deterministic", False):
+        return 0.0
+    return GPU_RECOMPUTE_TOLERANCE
+
+
 class SilentErrorDetector:
-    def __init__(self, config, rank: int, world: int):
+    def __init__(self, config, rank: int, world: int, device: torch.device | None = None):
         self.config = config
         self.rank = rank
         self.world = world
+        self.tolerance = recompute_tolerance(config, device or torch.device("cpu"))
         self.checks = 0
 
     def fingerprint_due(self, step: int) -> bool:
@@ -97,10 +114,9 @@ class SilentErrorDetector:
                 local = fingerprint([p for _, p in named])
         else:
             local = fingerprint([p for _, p in named])
-        gathered = [torch.empty_like(local) for _ in range(self.world)]
-        dist.all_gather(gathered, local)
+        gathered = collectives.all_gather(local)
         self.checks += 1
-        mismatches = find_mismatches(names, torch.stack(gathered))
+        mismatches = find_mismatches(names, gathered)
         if mismatches:
             self._report(
                 f"step {step}: parameter replicas differ before the forward pass: "
@@ -112,13 +128,9 @@ class SilentErrorDetector:
     def check_recompute(self, first: torch.Tensor, second: torch.Tensor, step: int, source: str) -> bool:
         """first/second: the loss sums of the same micro-batch; all ranks learn whether any rank failed."""
         a, b = float(first), float(second)
-        tolerance = self.config.recompute_tolerance
+        tolerance = self.tolerance
         ok = a == b or (tolerance > 0 and abs(a - b) <= tolerance * max(abs(a), abs(b)))
-        flags = torch.tensor([0.0 if ok else 1.0])
-        if self.world > 1:
-            gathered = [torch.zeros(1) for _ in range(self.world)]
-            dist.all_gather(gathered, flags)
-            flags = torch.cat(gathered)
+        flags = collectives.all_gather(torch.tensor([0.0 if ok else 1.0])).flatten()
         self.checks += 1
         bad = flags.nonzero().flatten().tolist()
         if bad:
@@ -136,4 +148,11 @@ class SilentErrorDetector:
             logger.warning("silent error: %s", message)
 
 
-__all__ = ["SilentDataError", "SilentErrorDetector", "Mismatch", "fingerprint", "find_mismatches"]
+__all__ = [
+    "SilentDataError",
+    "SilentErrorDetector",
+    "Mismatch",
+    "fingerprint",
+    "find_mismatches",
+    "recompute_tolerance",
+]

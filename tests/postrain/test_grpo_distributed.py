@@ -1,4 +1,4 @@
-"""Two CPU processes with ZeRO-2 (torchrun, gloo) run the GRPO task; the command-line entry point."""
+"""Two CPU processes with ZeRO-2 (torchrun, gloo) run the GRPO task; the `loopcoder train` entry points."""
 
 import json
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from loopcoder.jobs.commands.train_grpo import build_parser
-from loopcoder.postrain.sft.distributed import free_port
+from loopcoder.jobs.cli import build_parser
+from loopcoder.postrain.runtime.distributed import free_port
 
 TINY = dict(
     vocab_size=8192,
@@ -49,12 +49,29 @@ def write_config(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-def test_print_config_through_register_grpo(tmp_path, capsys):
+def test_print_config_of_train_grpo(tmp_path, capsys):
     path = write_config(tmp_path)
-    args = build_parser().parse_args(["grpo", "--config", str(path), "epsilon_high=0.3", "--print-config"])
+    args = build_parser().parse_args(["train", "grpo", "--config", str(path), "epsilon_high=0.3", "--print-config"])
     assert args.handler(args) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["epsilon_high"] == 0.3 and printed["beta"] == 0.0 and printed["loss_type"] == "dapo"
+    assert printed["max_steps"] == 2 and printed["learning_rate"] == 1e-3
+
+
+def test_print_config_of_train_sft_and_the_launcher_rank_flag(capsys):
+    # the deepspeed launcher puts --local_rank=N before the group: the top-level parser takes it
+    config = Path(__file__).resolve().parents[2] / "jobs" / "sft" / "sample_tiny.yaml"
+    argv = ["--local_rank=1", "train", "sft", "--config", str(config), "max_steps=7", "--print-config"]
+    args = build_parser().parse_args(argv)
+    assert args.local_rank == 1 and args.handler(args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["max_steps"] == 7 and printed["mode"] in ("sft", "pretrain")
+    for group_command in (["train", "sft"], ["train", "grpo"]):
+        try:
+            build_parser().parse_args([*group_command, "--local_rank=0"])
+        except SystemExit:
+            continue
+        raise AssertionError(f"{group_command} still takes its own --local_rank")
 
 
 def test_two_processes_zero2(tmp_path):
@@ -68,7 +85,8 @@ def test_two_processes_zero2(tmp_path):
         "--master_port",
         str(free_port()),
         "-m",
-        "loopcoder.jobs.commands.train_grpo",
+        "loopcoder.jobs.cli",
+        "train",
         "grpo",
         "--config",
         str(path),

@@ -61,6 +61,25 @@ def test_config_rejects(overrides, message):
         SFTConfig.from_yaml(REPO / "jobs/sft/sample_tiny.yaml", overrides)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["zero_stage=4"], "zero_stage must be"),
+        (["precision=fp16"], "precision must be"),
+        (["log_interval=0"], ">= 1"),
+    ],
+)
+def test_shared_fields_are_validated_once_for_both_trainers(overrides, message):
+    from loopcoder.postrain.grpo import GRPOConfig
+
+    with pytest.raises(ValueError, match=message):
+        SFTConfig.from_yaml(REPO / "jobs/sft/sample_tiny.yaml", overrides)
+    with pytest.raises(ValueError, match=message):
+        GRPOConfig.from_yaml(REPO / "jobs/rl/print_number_tiny.yaml", overrides)
+    with pytest.raises(ValueError, match="tokenizer must not be null"):
+        GRPOConfig.from_yaml(REPO / "jobs/rl/print_number_tiny.yaml", ["tokenizer=null"])
+
+
 # -- shards ---------------------------------------------------------------------------------------
 def test_missing_and_corrupt_shards_fail_clearly(tmp_path):
     with pytest.raises(ShardError, match="does not exist"):

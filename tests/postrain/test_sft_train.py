@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from loopcoder.model import LoopCoderForCausalLM
-from loopcoder.postrain.sft.checkpoint import complete_checkpoints
+from loopcoder.postrain.runtime.checkpoint import complete_checkpoints
 from loopcoder.postrain.sft.data import ShardError
 from loopcoder.postrain.sft.sample_data import build_stdlib_shards, tiny_run_config
 from loopcoder.postrain.sft.silent_errors import SilentDataError

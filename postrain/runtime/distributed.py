@@ -56,6 +56,15 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels, so that recomputing a forward gives the same bits on GPU too (slower there). cuBLAS
+    reads its workspace setting when it starts, so this runs before the model is built."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
 def set_cpu_threads(threads: int | None) -> None:
     """On CPU: `threads` torch threads, or the cores divided among this node's processes."""
     if torch.cuda.is_available():
@@ -83,7 +92,8 @@ def _fill(value: Any, filled: Any) -> Any:
 def deepspeed_config(config, gradient_accumulation_steps: int) -> dict[str, Any]:
     """The DeepSpeed JSON of `config` with its `"auto"` values filled and the optimizer set to the torch AdamW.
 
-    Gradient clipping of ZeRO stage 0 is done by the trainer (DeepSpeed does not return the norm there).
+    DeepSpeed clips the gradients at every ZeRO stage and precision (`gradient_clipping`): its bf16 and ZeRO
+    optimizers hold the gradients in their own buffers, where a clip of `p.grad` would not reach them.
     """
     path = Path(config.deepspeed_config) if config.deepspeed_config else None
     if path is None:
@@ -101,7 +111,7 @@ def deepspeed_config(config, gradient_accumulation_steps: int) -> dict[str, Any]
     ds["gradient_accumulation_steps"] = _fill(
         ds.get("gradient_accumulation_steps", "auto"), gradient_accumulation_steps
     )
-    ds["gradient_clipping"] = 0.0 if stage == 0 else _fill(ds.get("gradient_clipping", "auto"), config.max_grad_norm)
+    ds["gradient_clipping"] = _fill(ds.get("gradient_clipping", "auto"), config.max_grad_norm)
     bf16 = ds.setdefault("bf16", {})
     bf16["enabled"] = _fill(bf16.get("enabled", "auto"), use_bf16(config.precision))
     ds.pop("train_batch_size", None)
@@ -133,4 +143,5 @@ def initialize_engine(model, config, gradient_accumulation_steps: int) -> tuple[
 
 __all__ = [
     "prepare_environment", "init_distributed", "deepspeed_config", "initialize_engine", "device", "use_bf16", "free_port",
+    "set_cpu_threads", "set_deterministic",
 ]  # fmt: skip

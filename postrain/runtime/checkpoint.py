@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import collectives
+
 logger = logging.getLogger(__name__)
 
 PARTIAL_PREFIX = ".partial-"
@@ -107,7 +109,7 @@ def prepare_run(config, rank: int, output_dir: Path, checkpoint_root: Path, conf
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(checkpoint_root)
         (output_dir / "config.yaml").write_text(config_yaml, encoding="utf-8")
-    dist.barrier()
+    collectives.barrier()
     return find_resume_checkpoint(config, checkpoint_root)
 
 
@@ -119,10 +121,10 @@ def save_checkpoint(engine, root: Path, step: int, trainer_state: dict[str, Any]
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-    dist.barrier()
+    collectives.barrier()
     engine.save_checkpoint(str(root), tag=partial.name, save_latest=False)
     torch.save(rng_state(), partial / f"rng_rank{rank}.pt")
-    dist.barrier()
+    collectives.barrier()
     final = root / name
     if rank == 0:
         (partial / "config.yaml").write_text(config_yaml, encoding="utf-8")
@@ -135,7 +137,7 @@ def save_checkpoint(engine, root: Path, step: int, trainer_state: dict[str, Any]
         atomic_write_text(root / "latest", name)
         for old in complete_checkpoints(root)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+    collectives.barrier()
     return final
 
 

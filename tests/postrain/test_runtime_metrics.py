@@ -3,7 +3,7 @@
 import json
 from types import SimpleNamespace
 
-from loopcoder.postrain.sft.metrics import MetricsLogger
+from loopcoder.postrain.runtime.metrics import MetricsLogger
 
 
 def test_metrics_reach_jsonl_and_tensorboard(tmp_path):

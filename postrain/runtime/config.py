@@ -1,0 +1,160 @@
+"""The trainers' config base: the fields SFT and GRPO share, and one YAML loader (defaults < YAML < overrides).
+
+    @dataclass
+    class SFTConfig(TrainerConfig): ...       # adds its own fields, may change a shared field's default
+    config = SFTConfig.from_yaml("jobs/sft/sample_tiny.yaml", overrides=["max_steps=20", "learning_rate=3e-4"])
+
+Unknown keys are errors that list the valid ones; float fields accept YAML 1.1's `3e-4`, which
+PyYAML reads as a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations only
+
+
+class ConfigFile:
+    """Mixin for a dataclass config: `from_dict`, `from_yaml`, `to_dict`, `to_yaml`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(fields))}")
+        raw = dict(raw)
+        for name, value in raw.items():
+            if isinstance(value, str) and str(fields[name].type).startswith("float"):
+                try:
+                    raw[name] = float(value)
+                except ValueError:
+                    raise ValueError(f"{name} must be a number, got {value!r}") from None
+        return cls(**raw)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> Self:
+        raw: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.exists():
+                raise FileNotFoundError(f"config {path} does not exist")
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"{path}: expected a mapping of config keys")
+        for override in overrides or []:
+            key, value = parse_override(override)
+            raw[key] = value
+        return cls.from_dict(raw)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`name=value` -> (name, value read as YAML; `1e-3` style numbers become floats)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like name=value")
+    key, raw_value = text.split("=", 1)
+    key = key.strip().lstrip("-").replace("-", "_")
+    value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    if isinstance(value, str):
+        # YAML 1.1 reads `3e-4` as a string; a trainer config never means that
+        try:
+            value = float(value) if any(c in value.lower() for c in "e.") else value
+        except ValueError:
+            pass
+    return key, value
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+TOKENIZER_HELP = "auto, bundled, a directory or null"
+
+
+@dataclass
+class TrainerConfig(ConfigFile):
+    r"""The fields every trainer has; `SFTConfig` and `GRPOConfig` add their own and document these too.
+
+    Model: `model_name_or_path` (a Hugging Face directory) or `model_config` (`LoopCoderConfig` keyword arguments
+    for a fresh model seeded with `seed`); `attn_implementation`, `loop_grad_scale`, `loop_detach` (None keeps the
+    model's value) and `gradient_checkpointing`. `tokenizer` is the run's tokenizer, saved beside the final model:
+    "auto" (the model directory's tokenizer if it has one, else the bundled one), "bundled", a directory, or None
+    (no tokenizer; GRPO needs one).
+    Optimisation: `max_steps`, `micro_batch_size`, `learning_rate`, `warmup_steps`, AdamW's `weight_decay`,
+    `adam_beta1`, `adam_beta2`, `adam_epsilon`; `max_grad_norm` (clipping by DeepSpeed at every ZeRO stage, 0 =
+    off); `precision` ("auto" = bf16 on GPU, fp32 on CPU); `deepspeed_config` and `zero_stage`; `cpu_threads`;
+    `deterministic` (deterministic kernels: bitwise-reproducible GPU forwards, slower).
+    Run: `output_dir`, `save_interval` (0 = only at the end), `keep_checkpoints`, `resume` ("auto", "never" or a
+    checkpoint directory), `save_final_model`, `released_format`, `log_interval`, `tensorboard`, `progress_bar`.
+    """
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "starting checkpoint (HF directory)"})
+    model_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "LoopCoderConfig kwargs"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa or fused_gated"})
+    loop_grad_scale: float | None = field(default=None, metadata={"help": "BPTT gradient scale between loops"})
+    loop_detach: bool | None = field(default=None, metadata={"help": "truncate BPTT between loops"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    tokenizer: str | None = field(default="auto", metadata={"help": TOKENIZER_HELP})
+    seed: int = field(default=0, metadata={"help": "model init and data order seed"})
+
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps"})
+    micro_batch_size: int = field(default=1, metadata={"help": "rows per process per forward"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping, 0 = off"})
+    precision: str = field(default="auto", metadata={"help": "auto, fp32 or bf16"})
+    deepspeed_config: str | None = field(default=None, metadata={"help": "DeepSpeed JSON"})
+    zero_stage: int | None = field(default=None, metadata={"help": "ZeRO stage override"})
+    cpu_threads: int | None = field(default=None, metadata={"help": "torch threads per process on CPU"})
+    deterministic: bool = field(default=False, metadata={"help": "deterministic kernels (bitwise recomputation)"})
+
+    output_dir: str = field(default="runs/train", metadata={"help": "checkpoints, metrics, final model"})
+    save_interval: int = field(default=0, metadata={"help": "steps between checkpoints (0 = end only)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept"})
+    resume: str = field(default="auto", metadata={"help": "auto, never or a checkpoint directory"})
+    save_final_model: bool = field(default=True, metadata={"help": "write output_dir/final"})
+    released_format: bool = field(default=False, metadata={"help": "final model as iquestpltcoder"})
+    log_interval: int = field(default=1, metadata={"help": "steps between metric records"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
+    progress_bar: bool = field(default=True, metadata={"help": "tqdm bar on rank 0"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises a ValueError naming the field for an inconsistent shared setting; subclasses extend it."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        for name in ("micro_batch_size", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "save_interval", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+
+    @property
+    def total_steps(self) -> int:
+        if self.max_steps is None:
+            raise ValueError("set max_steps")
+        return self.max_steps
+
+
+__all__ = ["ConfigFile", "PRECISIONS", "TrainerConfig", "parse_override"]
