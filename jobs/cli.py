@@ -27,6 +27,7 @@ COMMAND_GROUPS = {
     "sandbox": "run untrusted code under limits",
     "tokenizer": "train and inspect the bundled code tokenizer",
     "eval": "pass@k, FIM exact match / edit similarity, held-out loss, loop-count study",
+    "rl": "mine and prepare problem sets for reinforcement learning",
 }
 
 
