@@ -881,7 +881,8 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
     import ray.data
 
     from .inspection.discovery import discover_shards
-    from .samples_job import _ray_session
+    from .job import RayConfig
+    from .runner import ray_session
 
     output = Path(output or config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -895,8 +896,7 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
     if not shards:
         raise FileNotFoundError(f"no .parquet shards under {config.input} (run the clean job first)")
     timings: dict[str, float] = {}
-    started = _ray_session(config.num_cpus)
-    try:
+    with ray_session(RayConfig(num_cpus=config.num_cpus)):
         start = time.perf_counter()
         files = ray.data.from_items([{"path": s} for s in shards], override_num_blocks=len(shards))
         files = files.flat_map(_python_rows_of_shard)
@@ -937,9 +937,6 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
             )  # fmt: skip
             verified = [json.loads(row["payload"]) for row in checked.take_all()]
         timings["verify"] = time.perf_counter() - start
-    finally:
-        if started:
-            ray.shutdown()
 
     start = time.perf_counter()
     verdicts = Counter(f"{c['kind']}:{c['verdict']}" for c in verified if c["verdict"] != "kept")
