@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml setup.py $(CONSTRAINTS)
 # The main job on the embedded defaults (local Ray, CPU, the sample corpus): corpus -> clean and
 # dedup -> FIM, repo-level FIM, commits, SFT conversations, per-category packed sets -> continued
 # looped pre-training on the packed mixture -> SFT with curriculum and replay on the pipeline's
-# conversations -> a few GRPO steps with sandboxed rewards -> held-out loss and the loop-count study.
+# conversations -> RL problems mined from the cleaned corpus -> a few GRPO steps on them with sandboxed
+# rewards and held-out pass@1 before and after -> held-out loss and the loop-count study.
 demo: setup
 	$(BIN)/loopcoder data sample-corpus --out data/sample
 	$(BIN)/loopcoder data run jobs/data/clean_dedup.yaml
@@ -28,7 +29,8 @@ demo: setup
 	$(BIN)/loopcoder shards stats data/samples/packed
 	$(BIN)/loopcoder train sft --config jobs/sft/pretrain_tiny.yaml
 	$(BIN)/loopcoder train sft --config jobs/sft/sample_tiny.yaml
-	$(BIN)/loopcoder train grpo --config jobs/rl/print_number_tiny.yaml
+	$(BIN)/loopcoder rl mine jobs/data/rl_mining.yaml
+	$(BIN)/loopcoder train grpo --config jobs/rl/mined_tiny.yaml
 	$(BIN)/loopcoder eval loss --model runs/sample_tiny/final --data data/samples/heldout --threads 1 --out runs/eval/loss
 	$(BIN)/loopcoder eval loops --model runs/sample_tiny/final --data data/samples/heldout --threads 1 --out runs/eval/loops
 

@@ -114,6 +114,9 @@ def _run_grpo(config) -> int:
             f"GRPO steps {result.steps - len(rewards)}..{result.steps - 1}: reward_mean {rewards[0]:.3f} -> "
             f"{rewards[-1]:.3f}; output in {result.output_dir}"
         )
+    held_out = result.metric("eval/pass@1")
+    if trainer.rank == 0 and held_out:
+        print(f"held-out pass@1 {held_out[0]:.3f} (before) -> {held_out[-1]:.3f} (after)")
     return 0
 
 

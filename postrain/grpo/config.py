@@ -15,6 +15,7 @@ from loopcoder.postrain.runtime.config import TrainerConfig
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
 SCALE_REWARDS = ("group", "none")
 INFRA_ERROR_REWARDS = ("zero", "exclude")
+SANDBOX_ISOLATIONS = ("auto", "bwrap", "rlimit")
 
 
 @dataclass
@@ -39,6 +40,9 @@ class GRPOConfig(TrainerConfig):
             file, a directory or file of Parquet/Arrow shards, `humaneval`, `contest:<path.jsonl>` (CodeContests or
             TACO rows), or `synthetic:print_number` (the sandbox-scored toy task of `synthetic.py`).
         max_problems (int | None, defaults to None): keep the first N problems only.
+        heldout_fraction (float, defaults to 0.0): share of `problems` held out of training, chosen by problem id
+            (a problem is held out when the SHA-256 of its id, read as a fraction of 2^64, is below it), so the
+            split is the same on every rank, run and machine.
         system_prompt (str | None, defaults to None): an optional system message before each problem.
         prompt_suffix (str, defaults to a request for one fenced Python block): appended to each problem statement.
 
@@ -48,7 +52,8 @@ class GRPOConfig(TrainerConfig):
             64 x 16 = 1,024 completions per step. Must be a multiple of the number of processes.
         max_prompt_length (int, defaults to 512): longer prompts are cut from the left.
         max_completion_length (int, defaults to 1024): L_max, new tokens per rollout.
-        temperature (float, defaults to 1.0): DAPO samples at 1.0.
+        temperature (float, defaults to 1.0): DAPO samples at 1.0; must be > 0. The log-probabilities of the
+            importance ratio (old and new) are those of the same temperature-scaled distribution.
         top_p (float, defaults to 1.0), top_k (int, defaults to 0): nucleus / top-k sampling (1.0 and 0 are off).
         generation_batch_size (int | None, defaults to None): completions per `generate` call (None = a whole
             rank's share at once); smaller bounds the KV-cache memory.
@@ -62,12 +67,26 @@ class GRPOConfig(TrainerConfig):
         max_tests (int | None, defaults to 20): tests per problem for the pass rate (the recipe's 20).
         max_timeouts (int | None, defaults to 2): a program's remaining tests are skipped (failed) after this many
             time-outs.
-        sandbox_workers (int | None, defaults to None): reward worker threads (None = the usable cores).
+        sandbox_workers (int | None, defaults to None): concurrent sandboxed executions per process (None = the
+            usable cores divided among the processes of the node, `LOCAL_WORLD_SIZE`).
+        sandbox_isolation (str, defaults to "auto"): "bwrap", "rlimit", or "auto" (bwrap when it works, else the
+            rlimit layer with a warning); see docs/sandbox.md.
         reward_timeout_seconds (float, defaults to 600.0): a reward call that has not returned by then is abandoned
             and its completions score `infra_error` (the run goes on).
-        infra_error_reward (str, defaults to "zero"): what a completion whose reward is None (sandbox failure,
-            killed worker, crashed or hung reward call) gets: "zero" (reward 0) or "exclude" (left out of its group
-            baseline and given advantage 0, TRL's NaN semantics).
+        infra_error_reward (str, defaults to "exclude"): what a completion whose reward is None (sandbox failure,
+            killed worker, crashed or hung reward call) gets: "exclude" (left out of its group's mean and std and
+            out of the loss) or "zero" (scored 0, as a failed program).
+
+    Parameters that control evaluation during RL (pass@1 through the same sandboxed pass-rate reward):
+        eval_problems (str | None, defaults to None): the problems evaluated, any `problems` form; None = the
+            held-out split of `problems` (no evaluation when `heldout_fraction` is 0).
+        eval_max_problems (int | None, defaults to 64): evaluate the first N of them (ordered by id).
+        eval_interval (int, defaults to 0): steps between evaluations; 0 = only before the first and after the last
+            step. An evaluation logged at step s measures the policy that samples step s (s = max_steps: the final
+            policy).
+        eval_temperature (float, defaults to 0.0): 0 = greedy decoding (one completion per problem); > 0 samples
+            `eval_samples` completions per problem at that temperature.
+        eval_samples (int, defaults to 1): completions per problem when sampling; pass@1 is their mean.
 
     Parameters that control the objective (docs/grpo.md has the formulas):
         beta (float, defaults to 0.0): KL coefficient against a frozen reference model. 0.0 (the recipe, DAPO) loads
@@ -133,6 +152,7 @@ class GRPOConfig(TrainerConfig):
     # problems
     problems: str = field(default="synthetic:print_number", metadata={"help": "problem source"})
     max_problems: int | None = field(default=None, metadata={"help": "keep the first N problems"})
+    heldout_fraction: float = field(default=0.0, metadata={"help": "share of problems held out (by id)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message"})
     prompt_suffix: str = field(
         default="\n\nAnswer with one Python program in a ```python fenced block.",
@@ -153,9 +173,16 @@ class GRPOConfig(TrainerConfig):
     reward_weights: list[float] | None = field(default=None, metadata={"help": "one weight per reward"})
     max_tests: int | None = field(default=20, metadata={"help": "tests per problem"})
     max_timeouts: int | None = field(default=2, metadata={"help": "skip a program's tests after N time-outs"})
-    sandbox_workers: int | None = field(default=None, metadata={"help": "reward worker threads"})
+    sandbox_workers: int | None = field(default=None, metadata={"help": "executions per process"})
+    sandbox_isolation: str = field(default="auto", metadata={"help": "auto, bwrap or rlimit"})
     reward_timeout_seconds: float = field(default=600.0, metadata={"help": "abandon a reward call after this"})
-    infra_error_reward: str = field(default="zero", metadata={"help": "zero or exclude"})
+    infra_error_reward: str = field(default="exclude", metadata={"help": "exclude or zero"})
+    # evaluation
+    eval_problems: str | None = field(default=None, metadata={"help": "eval problems (None: the held-out split)"})
+    eval_max_problems: int | None = field(default=64, metadata={"help": "eval problems used"})
+    eval_interval: int = field(default=0, metadata={"help": "steps between evaluations (0: before and after)"})
+    eval_temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    eval_samples: int = field(default=1, metadata={"help": "completions per eval problem when sampling"})
     # objective
     beta: float = field(default=0.0, metadata={"help": "KL coefficient (0 = no reference model)"})
     epsilon: float = field(default=0.2, metadata={"help": "ε_low"})
@@ -186,6 +213,18 @@ class GRPOConfig(TrainerConfig):
             raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
         if self.infra_error_reward not in INFRA_ERROR_REWARDS:
             raise ValueError(f"infra_error_reward must be one of {INFRA_ERROR_REWARDS}")
+        if self.sandbox_isolation not in SANDBOX_ISOLATIONS:
+            raise ValueError(f"sandbox_isolation must be one of {SANDBOX_ISOLATIONS}, got {self.sandbox_isolation!r}")
+        if self.sandbox_workers is not None and self.sandbox_workers < 1:
+            raise ValueError(f"sandbox_workers must be >= 1 or null, got {self.sandbox_workers}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        if self.eval_interval < 0 or self.eval_samples < 1 or self.eval_temperature < 0:
+            raise ValueError("eval_interval and eval_temperature must be >= 0 and eval_samples >= 1")
+        if self.eval_temperature == 0 and self.eval_samples != 1:
+            raise ValueError("greedy evaluation (eval_temperature 0) gives one completion per problem: eval_samples 1")
         if self.decode_schedule not in ("parallel", "sequential"):
             raise ValueError(f"decode_schedule must be parallel or sequential, got {self.decode_schedule!r}")
         if self.num_generations < 2:
@@ -208,5 +247,9 @@ class GRPOConfig(TrainerConfig):
     def optimizer_steps_per_generation(self) -> int:
         return self.steps_per_generation * self.num_iterations
 
+    @property
+    def has_eval(self) -> bool:
+        return self.eval_problems is not None or self.heldout_fraction > 0
 
-__all__ = ["GRPOConfig", "LOSS_TYPES"]
+
+__all__ = ["GRPOConfig", "LOSS_TYPES", "SANDBOX_ISOLATIONS"]

@@ -3,12 +3,14 @@ a seeded problem stream that resumes exactly, and chat-template prompts.
 
     problems = load_problems("humaneval")               # or "x.jsonl", "shards/", "contest:taco.jsonl",
                                                         # "synthetic:print_number"
-    stream = ProblemStream(problems, seed=0)
+    train, heldout = split_heldout(problems, 0.1)       # by problem id: the same split everywhere
+    stream = ProblemStream(train, seed=0)
     batch = stream.take(64)                              # the same 64 on every rank
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,23 @@ def load_problems(source: str, max_problems: int | None = None) -> list[dict]:
     return problems
 
 
+def heldout_score(problem_id: str) -> float:
+    """A number in [0, 1) fixed by the id alone: the SHA-256 of the id read as a fraction of 2^64."""
+    return int.from_bytes(hashlib.sha256(problem_id.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def split_heldout(problems: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    """(training problems, held-out problems): a problem is held out when `heldout_score(id) < fraction`.
+
+    The decision depends on the id only, so it does not change with the order, the other problems, the rank or
+    the machine, and a problem set that grows keeps its earlier problems on the same side.
+    """
+    train, heldout = [], []
+    for problem in problems:
+        (heldout if heldout_score(str(problem["id"])) < fraction else train).append(problem)
+    return train, heldout
+
+
 class ProblemStream:
     """Problems in a seeded order, reshuffled every epoch; `state_dict` / `load_state_dict` resume exactly."""
 
@@ -114,4 +133,4 @@ def render_prompt(tokenizer, problem: dict, system_prompt: str | None, suffix: s
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-__all__ = ["ProblemStream", "load_problems", "render_prompt"]
+__all__ = ["ProblemStream", "heldout_score", "load_problems", "render_prompt", "split_heldout"]

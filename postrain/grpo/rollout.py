@@ -4,7 +4,9 @@
     rewards, info = score_completions(rollout.texts, problems_per_completion, reward_fns, timeout=600)
 
 Generation is batched and left-padded, runs with the model's cache and its cross-loop-parallel decode
-schedule (`decode_schedule="parallel"`), and samples at the given temperature / top-p / top-k. A reward call
+schedule (`decode_schedule="parallel"`), and samples at the given temperature / top-p / top-k (temperature 0:
+greedy). The trainer scores the sampled tokens with the same temperature-scaled distribution
+(`loss.token_log_probs(logits, tokens, temperature)`), for both the old and the new policy. A reward call
 runs on a daemon thread with a deadline, so a call that hangs or crashes costs at most its timeout and its
 completions come back as `None` (the trainer then applies `infra_error_reward`).
 """
@@ -111,11 +113,10 @@ def generate_rollouts(
     ids, mask = encode_prompts(tokenizer, prompts, max_prompt_length)
     ids = ids.repeat_interleave(num_generations, 0)
     mask = mask.repeat_interleave(num_generations, 0)
+    # temperature 0 is greedy decoding (evaluation); training always samples
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
     generation_config = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
+        **(sampling if temperature > 0 else dict(do_sample=False)),
         max_new_tokens=max_new_tokens,
         eos_token_id=eos,
         pad_token_id=pad,

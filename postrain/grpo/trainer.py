@@ -1,6 +1,6 @@
 """The GRPO loop on a plain DeepSpeed engine: generate, score in the sandbox, then several clipped updates.
 
-    loopcoder train grpo --config jobs/rl/print_number_tiny.yaml                        # one process
+    loopcoder train grpo --config jobs/rl/mined_tiny.yaml                               # one process
     torchrun --nproc_per_node 2 -m loopcoder.jobs.cli train grpo --config ... zero_stage=2
 
 One step (docs/grpo.md):
@@ -9,11 +9,12 @@ One step (docs/grpo.md):
    left-padded, cross-loop-parallel decode);
 3. the sandbox scores them (pass rate); overlong shaping is added; with dynamic sampling, groups whose
    rewards are all equal are dropped and more problems are drawn until the slice is full;
-4. group-normalised advantages; the rollout log-probabilities π_old are computed once (when more than one
-   optimizer step follows);
+4. group-normalised advantages; the rollout log-probabilities π_old (of the temperature-scaled distribution the
+   tokens were sampled from) are computed once (when more than one optimizer step follows);
 5. `steps_per_generation x num_iterations` optimizer steps, each over one mini-batch accumulated from
    micro-batches, with the clipped surrogate aggregated over all completion tokens of the mini-batch on all
-   ranks (the denominator is all-reduced before the first backward).
+   ranks (the denominator is all-reduced before the first backward);
+6. with an evaluation set, pass@1 on it before the first step, every `eval_interval` steps and after the last.
 
 The process group, the DeepSpeed engine, the model builder, the run loop, the checkpoints and the metric files
 are the shared runtime's (`loopcoder.postrain.runtime`), so SFT and GRPO launch, resume and log the same way.
@@ -26,6 +27,7 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -37,9 +39,11 @@ import torch
 from loopcoder.postrain.runtime import collectives
 from loopcoder.postrain.runtime.model import build_model, build_tokenizer
 from loopcoder.postrain.runtime.trainer import Callback, Trainer, TrainResult
+from loopcoder.postrain.sandbox.runners import VERDICTS
 
 from .config import GRPOConfig
-from .data import ProblemStream, load_problems, render_prompt
+from .data import ProblemStream, load_problems, render_prompt, split_heldout
+from .evaluation import PassAtOneEvaluator
 from .loss import (
     clipped_surrogate,
     group_advantages,
@@ -51,11 +55,10 @@ from .loss import (
     token_log_probs,
     zero_variance_groups,
 )
+from .metrics import Collected, step_metrics
 from .rollout import generate_rollouts, score_completions
 
 logger = logging.getLogger(__name__)
-
-PASS_RATE_BINS = (("0", 0.0, 0.0), ("0-0.5", 0.0, 0.5), ("0.5-1", 0.5, 1.0), ("1", 1.0, 1.0))
 
 
 @dataclass
@@ -72,22 +75,50 @@ class Sample:
     advantage: float = 0.0
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
+    infra_error: bool = False  # a reward was None (sandbox infrastructure error, failed or hung reward call)
 
 
-def build_reward_functions(config: GRPOConfig, workers: int | None) -> list[Callable]:
-    from loopcoder.postrain.rewards import get_reward_function, make_pass_rate_reward
-    from loopcoder.postrain.sandbox import SandboxPool
+def local_world_size() -> int:
+    """Processes on this node: LOCAL_WORLD_SIZE (torchrun), LOCAL_SIZE (the deepspeed launcher), else WORLD_SIZE."""
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "WORLD_SIZE"):
+        if os.environ.get(name):
+            return max(1, int(os.environ[name]))
+    return 1
 
-    functions = []
-    for name in config.reward_funcs:
-        if name == "pass_rate":
-            pool = SandboxPool(workers=workers)
-            fn = make_pass_rate_reward(max_tests=config.max_tests, max_timeouts=config.max_timeouts, pool=pool)
-            fn.__name__ = "pass_rate"
-            functions.append(fn)
-        else:
-            functions.append(get_reward_function(name))
-    return functions
+
+def default_sandbox_workers(cores: int | None = None, processes: int | None = None) -> int:
+    """The node's usable cores divided among its processes, at least 1: CPU-time limits assume a core per
+    execution, so the ranks of a node must not each size their pool to every core."""
+    from loopcoder.postrain.sandbox.pool import usable_cores
+
+    cores = usable_cores() if cores is None else cores
+    processes = local_world_size() if processes is None else processes
+    return max(1, cores // max(1, processes))
+
+
+def build_sandbox_pool(config: GRPOConfig):
+    """The trainer's sandbox pool: `sandbox_isolation`, `sandbox_workers` (default `default_sandbox_workers()`)."""
+    from loopcoder.postrain.sandbox import SandboxConfig, SandboxPool
+
+    workers = config.sandbox_workers or default_sandbox_workers()
+    return SandboxPool(workers=workers, config=SandboxConfig(isolation=config.sandbox_isolation))
+
+
+def pass_rate_function(config: GRPOConfig, pool) -> Callable:
+    from loopcoder.postrain.rewards import make_pass_rate_reward
+
+    fn = make_pass_rate_reward(max_tests=config.max_tests, max_timeouts=config.max_timeouts, pool=pool)
+    fn.__name__ = "pass_rate"
+    return fn
+
+
+def build_reward_functions(config: GRPOConfig, pool) -> list[Callable]:
+    """`reward_funcs` by name; `pass_rate` runs on `pool`."""
+    from loopcoder.postrain.rewards import get_reward_function
+
+    return [
+        pass_rate_function(config, pool) if n == "pass_rate" else get_reward_function(n) for n in config.reward_funcs
+    ]
 
 
 def collate(samples: list[Sample], pad: int) -> dict[str, torch.Tensor]:
@@ -140,15 +171,21 @@ class GRPOTrainer(Trainer):
 
         self.tokenizer = build_tokenizer(config)
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.stream = ProblemStream(load_problems(config.problems, config.max_problems), config.seed)
-        if reward_fns is None:
-            workers = config.sandbox_workers
-            if workers is None and not torch.cuda.is_available():
-                from loopcoder.postrain.sandbox.pool import usable_cores
-
-                workers = max(1, usable_cores() // self.world)
-            reward_fns = build_reward_functions(config, workers)
-        self.reward_fns = reward_fns
+        train_problems, heldout = split_heldout(
+            load_problems(config.problems, config.max_problems), config.heldout_fraction
+        )
+        if not train_problems:
+            raise ValueError(f"heldout_fraction {config.heldout_fraction} leaves no training problem")
+        self.stream = ProblemStream(train_problems, config.seed)
+        # the pool exists when a reward or the evaluation runs programs; its verdict counts reach the metrics
+        needs_pool = config.has_eval or (reward_fns is None and "pass_rate" in config.reward_funcs)
+        self.sandbox_pool = build_sandbox_pool(config) if needs_pool else None
+        self.reward_fns = reward_fns if reward_fns is not None else build_reward_functions(config, self.sandbox_pool)
+        self.counts_verdicts = reward_fns is None and "pass_rate" in config.reward_funcs
+        self.evaluator = None
+        if config.has_eval:
+            eval_set = heldout if config.eval_problems is None else load_problems(config.eval_problems)
+            self.evaluator = PassAtOneEvaluator(eval_set, pass_rate_function(config, self.sandbox_pool), config)
 
         model = build_model(config, self.accumulation)
         # beta = 0: no reference model exists at all (nothing loaded, nothing kept in memory)
@@ -196,18 +233,20 @@ class GRPOTrainer(Trainer):
         )
         return out.logits[:, :-1]
 
-    def _generation_context(self):
+    def generation_context(self):
+        """Around `generate`: under ZeRO-3 the weights are gathered (a collective: every rank enters it)."""
         if self.zero_stage == 3:
             import deepspeed
 
             return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None)
         return contextlib.nullcontext()
 
-    def _rollout_round(self, problems: list[dict]) -> tuple[list[Sample], float, float]:
+    def _rollout_round(self, problems: list[dict]) -> tuple[list[Sample], dict[str, float], float, float]:
+        """(samples, the reward calls' info, generation seconds, reward seconds) of one round on this rank."""
         config = self.config
         prompts = [render_prompt(self.tokenizer, p, config.system_prompt, config.prompt_suffix) for p in problems]
         started = time.perf_counter()
-        with self._generation_context():
+        with self.generation_context():
             rollout = generate_rollouts(
                 self.engine.module,
                 self.tokenizer,
@@ -228,7 +267,6 @@ class GRPOTrainer(Trainer):
             rollout.texts, per_completion, self.reward_fns, config.reward_weights, config.reward_timeout_seconds
         )
         reward_time = time.perf_counter() - started
-        self._reward_info.append(info)
         lengths = rollout.lengths
         penalty = overlong_penalty(
             lengths, config.max_completion_length, config.overlong_buffer, config.overlong_penalty_factor
@@ -237,7 +275,6 @@ class GRPOTrainer(Trainer):
         for i, problem in enumerate(per_completion):
             value = rewards[i]
             if value is None:
-                self._infra_errors += 1
                 value = 0.0 if config.infra_error_reward == "zero" else float("nan")
             length = int(lengths[i])
             samples.append(
@@ -249,32 +286,36 @@ class GRPOTrainer(Trainer):
                     problem=problem,
                     reward=value + float(penalty[i]) if not math.isnan(value) else value,
                     score=value,
+                    infra_error=rewards[i] is None,
                 )
             )
-        return samples, generation_time, reward_time
+        return samples, info, generation_time, reward_time
 
-    def collect(self) -> tuple[list[Sample], dict[str, float]]:
-        """This rank's `prompts_per_rank` groups for the step (refilled under dynamic sampling)."""
+    def collect(self) -> Collected:
+        """This rank's `prompts_per_rank` groups for the step (refilled under dynamic sampling), with what the
+        step's metrics need."""
         config = self.config
         group = config.num_generations
         kept: list[list[Sample]] = []
         dropped: list[list[Sample]] = []
-        generation_time = reward_time = 0.0
-        all_rewards: list[float] = []
-        first_shaped: list[float] = []
-        rounds = 0
+        collected = Collected(samples=[], first_round_scores=[], first_round_shaped=[], rounds=0)
+        verdicts_before = dict(self.sandbox_pool.stats.verdicts) if self.sandbox_pool is not None else {}
         while True:
             problems = self.stream.take(config.prompts_per_step)
             mine = problems[self.rank * self.prompts_per_rank : (self.rank + 1) * self.prompts_per_rank]
             # under ZeRO-3 generation gathers the weights (a collective): every rank generates every round
             if len(kept) < self.prompts_per_rank or self.zero_stage == 3:
-                samples, gen_t, rew_t = self._rollout_round(mine)
-                generation_time += gen_t
-                reward_time += rew_t
+                samples, info, generation_time, reward_time = self._rollout_round(mine)
+                collected.generation_seconds += generation_time
+                collected.reward_seconds += reward_time
+                collected.infra_errors += sum(s.infra_error for s in samples)
+                errors = collected.reward_info.get("reward/errors", 0.0) + info.pop("reward/errors", 0.0)
                 rewards = torch.tensor([s.reward for s in samples])
-                if rounds == 0:
-                    all_rewards = [s.score for s in samples]
-                    first_shaped = rewards.tolist()
+                if collected.rounds == 0:
+                    collected.first_round_scores = [s.score for s in samples]
+                    collected.first_round_shaped = rewards.tolist()
+                    collected.reward_info.update(info)
+                collected.reward_info["reward/errors"] = errors
                 flat = zero_variance_groups(rewards, group) if config.dynamic_sampling else None
                 for g in range(len(mine)):
                     groups = samples[g * group : (g + 1) * group]
@@ -282,25 +323,22 @@ class GRPOTrainer(Trainer):
                         dropped.append(groups)
                     else:
                         kept.append(groups)
-            rounds += 1
+            collected.rounds += 1
             short = collectives.all_reduce([float(len(kept) < self.prompts_per_rank)])[0]
-            if short == 0 or rounds >= max(1, config.max_generation_rounds) or not config.dynamic_sampling:
+            if short == 0 or collected.rounds >= max(1, config.max_generation_rounds) or not config.dynamic_sampling:
                 break
-        filled = max(0, self.prompts_per_rank - len(kept))
-        groups = kept[: self.prompts_per_rank] + dropped[:filled]
-        samples = [s for g in groups for s in g]
-        info = {
-            "time/generation_s": generation_time,
-            "time/reward_s": reward_time,
-            "dynamic_sampling/rounds": float(rounds),
-            "dynamic_sampling/filled_with_dropped": float(filled),
-            "_first_round_rewards": all_rewards,
-            "_first_round_shaped": first_shaped,
-        }
-        return samples, info
+        collected.filled_with_dropped = max(0, self.prompts_per_rank - len(kept))
+        groups = kept[: self.prompts_per_rank] + dropped[: collected.filled_with_dropped]
+        collected.samples = [s for g in groups for s in g]
+        if self.sandbox_pool is not None:
+            after = self.sandbox_pool.stats.verdicts
+            collected.verdicts = {k: after[k] - verdicts_before.get(k, 0) for k in after}
+        return collected
 
     @torch.no_grad()
-    def _old_log_probs(self, samples: list[Sample]) -> None:
+    def rollout_log_probs(self, samples: list[Sample]) -> None:
+        """Sets `old_logp` (when more than one optimizer step follows) and `ref_logp` (β > 0) of every sample:
+        log-probabilities of its completion tokens under the temperature-scaled distribution it was sampled from."""
         config = self.config
         need_old = config.optimizer_steps_per_generation > 1
         if not need_old and self.ref_model is None:
@@ -309,15 +347,13 @@ class GRPOTrainer(Trainer):
         for start in range(0, len(samples), config.micro_batch_size):
             chunk = samples[start : start + config.micro_batch_size]
             batch = collate(chunk, self.pad)
+            targets = batch["targets"].to(self.device)
             if need_old:
-                logp = token_log_probs(
-                    self._forward_logits(self.engine.module, batch), batch["targets"].to(self.device)
-                )
+                logp = token_log_probs(self._forward_logits(self.engine.module, batch), targets, config.temperature)
                 for row, s in enumerate(chunk):
                     s.old_logp = logp[row, : len(s.completion)].cpu()
             if self.ref_model is not None:
-                logits = self._forward_logits(self.ref_model, batch)
-                logp = token_log_probs(logits, batch["targets"].to(self.device))
+                logp = token_log_probs(self._forward_logits(self.ref_model, batch), targets, config.temperature)
                 for row, s in enumerate(chunk):
                     s.ref_logp = logp[row, : len(s.completion)].cpu()
         self.engine.module.train()
@@ -346,7 +382,7 @@ class GRPOTrainer(Trainer):
                 micro_batches = [
                     rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)
                 ]
-                masks = [self._mask(chunk) for chunk in micro_batches]
+                masks = [self.loss_mask(chunk) for chunk in micro_batches]
                 local_den = sum(loss_denominator(m, config.loss_type) for m in masks)
                 denominator = max(collectives.all_reduce([local_den])[0], 1.0)
                 grad_norm = float("nan")
@@ -354,7 +390,7 @@ class GRPOTrainer(Trainer):
                     batch = collate(chunk, self.pad)
                     logits = self._forward_logits(self.engine, batch)
                     targets = batch["targets"].to(self.device)
-                    logp = token_log_probs(logits, targets)
+                    logp = token_log_probs(logits, targets, config.temperature)
                     width = targets.shape[1]
                     old = logp.detach() if chunk[0].old_logp is None else self._padded(chunk, "old_logp", width)
                     advantages = torch.tensor([s.advantage for s in chunk], dtype=torch.float32)
@@ -377,7 +413,7 @@ class GRPOTrainer(Trainer):
                         sums["tokens"] += float(m.sum())
                         sums["clip_low"] += float((low.cpu().float() * m).sum())
                         sums["clip_high"] += float((high.cpu().float() * m).sum())
-                        sums["entropy"] += float((token_entropy(logits.detach()).cpu() * m).sum())
+                        sums["entropy"] += float((token_entropy(logits.detach(), config.temperature).cpu() * m).sum())
                         sums["loss"] += float(numerator.detach()) / denominator
                         sums["ratio_dev"] += float(
                             ((logp.detach() - old.to(logp.device)).exp().cpu() - 1).abs().mul(m).sum()
@@ -403,98 +439,110 @@ class GRPOTrainer(Trainer):
             record["kl"] = reduced["kl"] / tokens
         return record
 
-    def _mask(self, chunk: list[Sample]) -> torch.Tensor:
+    def loss_mask(self, chunk: list[Sample]) -> torch.Tensor:
+        """[B, C] 1 on the completion tokens the loss uses: none of a completion that is unscored and excluded
+        (`infra_error_reward: exclude`) or truncated under `mask_truncated_completions`."""
         width = max(max(len(s.completion) for s in chunk), 1)
         mask = torch.zeros((len(chunk), width), dtype=torch.float32)
         for row, s in enumerate(chunk):
-            if not (self.config.mask_truncated_completions and s.truncated):
-                mask[row, : len(s.completion)] = 1.0
+            if math.isnan(s.reward) or (self.config.mask_truncated_completions and s.truncated):
+                continue
+            mask[row, : len(s.completion)] = 1.0
         return mask
 
-    def train_step(self, step: int) -> dict[str, Any]:
+    def assign_advantages(self, samples: list[Sample]) -> None:
         config = self.config
-        started = time.perf_counter()
-        self._reward_info: list[dict[str, float]] = []
-        self._infra_errors = 0
-        samples, info = self.collect()
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
         advantages = group_advantages(rewards, config.num_generations, config.scale_rewards, config.advantage_epsilon)
         for s, a in zip(samples, advantages.tolist(), strict=True):
             s.advantage = a
+
+    def eval_due(self, step: int) -> bool:
+        """Before step `step`'s rollouts: at the first step and every `eval_interval` steps."""
+        interval = self.config.eval_interval
+        return self.evaluator is not None and (step == 0 or (interval > 0 and step % interval == 0))
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        config = self.config
+        started = time.perf_counter()
+        # the policy that samples this step is the one evaluated, so eval/* and reward_mean describe the same one
+        evaluation = self.evaluator.evaluate(self) if self.eval_due(step) else {}
+        started_step = time.perf_counter()
+        collected = self.collect()
+        samples = collected.samples
+        self.assign_advantages(samples)
         update_started = time.perf_counter()
-        self._old_log_probs(samples)
-        record = self._update(samples, step)
+        self.rollout_log_probs(samples)
+        update_record = self._update(samples, step)
         update_time = time.perf_counter() - update_started
 
-        first_round = self._gather(info.pop("_first_round_rewards"))
-        trained = self._gather([s.score for s in samples])
-        shaped = self._gather([s.reward for s in samples])
-        lengths = self._gather([len(s.completion) for s in samples])
-        truncated = self._gather([s.truncated for s in samples])
-        first_shaped = self._gather(info.pop("_first_round_shaped"))
-        flat = zero_variance_groups(torch.tensor(first_shaped), config.num_generations)
         times = collectives.all_reduce(
-            [info["time/generation_s"], info["time/reward_s"], update_time], collectives.ReduceOp.MAX
+            [collected.generation_seconds, collected.reward_seconds, update_time], collectives.ReduceOp.MAX
         )
-        counts = collectives.all_reduce([float(self._infra_errors), info["dynamic_sampling/filled_with_dropped"]])
-        sampled = torch.tensor(first_round)
-        scored = sampled[~torch.isnan(sampled)]
-        elapsed = time.perf_counter() - started
-        record.update(
-            {
-                "step": step,
-                "reward_mean": float(scored.mean()) if scored.numel() else float("nan"),
-                "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0,
-                "reward_mean_trained": float(torch.tensor(trained).nanmean()),
-                "reward_shaped_mean": float(torch.tensor(shaped).nanmean()),
-                "frac_reward_zero_std": float(flat.float().mean()),
-                "reward_infra_errors": counts[0],
-                "completion_length/mean": sum(lengths) / len(lengths),
-                "completion_length/max": float(max(lengths)),
-                "completion_length/min": float(min(lengths)),
-                "frac_truncated": sum(truncated) / len(truncated),
-                "time/generation_s": times[0],
-                "time/reward_s": times[1],
-                "time/update_s": times[2],
-                "step_time_s": elapsed,
-                "rollouts_per_s": len(first_round) / max(times[0], 1e-9),
-                "dynamic_sampling/rounds": info["dynamic_sampling/rounds"],
-                "dynamic_sampling/filled_with_dropped": counts[1],
-            }
+        counts = collectives.all_reduce(
+            [
+                float(collected.infra_errors),
+                float(collected.filled_with_dropped),
+                collected.reward_info.get("reward/errors", 0.0),
+                *[float(collected.verdicts.get(name, 0)) for name in VERDICTS],
+            ]
         )
-        for name, low, high in PASS_RATE_BINS:
-            # "0" and "1" are exact; the middle bins are (0, 0.5) and [0.5, 1)
-            if low == high:
-                hit = scored == low
-            else:
-                hit = (scored > low if low == 0.0 else scored >= low) & (scored < high)
-            hit = hit.float()
-            record[f"pass_rate_hist/{name}"] = float(hit.mean()) if scored.numel() else 0.0
-        for part in self._reward_info[:1]:
-            record.update({k: v for k, v in part.items() if k != "reward/errors"})
-        record["reward/errors"] = float(sum(p.get("reward/errors", 0.0) for p in self._reward_info))
-        self._last_samples = samples
+        reward_info = dict(collected.reward_info, **{"reward/errors": counts[2]})
+        trained = self._gather([(s.score, s.reward, len(s.completion), s.truncated) for s in samples])
+        record = step_metrics(
+            step=step,
+            group_size=config.num_generations,
+            first_round_scores=self._gather(collected.first_round_scores),
+            first_round_shaped=self._gather(collected.first_round_shaped),
+            trained=trained,
+            infra_errors=counts[0],
+            filled_with_dropped=counts[1],
+            rounds=collected.rounds,
+            reward_info=reward_info,
+            verdicts=dict(zip(VERDICTS, counts[3:], strict=True)) if self.counts_verdicts else None,
+            times=(times[0], times[1], times[2]),
+            elapsed=time.perf_counter() - started_step,
+            update_record=update_record,
+        )
+        record.update(evaluation)
+        if evaluation:
+            record["time/eval_s"] = started_step - started
+        self.log_completions(step, samples)
         return record
 
-    def after_step(self, step: int, record: dict[str, Any], metrics) -> None:
+    def log_completions(self, step: int, samples: list[Sample]) -> None:
+        """The first `log_completions` completions of rank 0 go to `completions.jsonl` on log steps."""
         config = self.config
         if self.rank != 0 or config.log_completions <= 0 or not self.log_due(step):
             return
         if self.completions_log is None:
             self.completions_log = open(self.output_dir / "completions.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        for s in self._last_samples[: config.log_completions]:
+        for s in samples[: config.log_completions]:
             line = {"step": step, "problem": s.problem["id"], "reward": s.reward, "advantage": s.advantage}
             self.completions_log.write(json.dumps(line | {"completion": s.text}) + "\n")
         self.completions_log.flush()
+
+    def after_step(self, step: int, record: dict[str, Any], metrics) -> None:
+        # an evaluation is always logged, also on steps that `log_interval` skips
+        if not self.log_due(step) and "eval/pass@1" in record:
+            metrics.log({"step": step, **{k: v for k, v in record.items() if k.startswith("eval/")}})
+
+    def before_final_save(self, metrics) -> None:
+        """The final policy's evaluation, logged at step `max_steps` (unless this call trained no step)."""
+        if self.evaluator is not None and self.step > self.resumed_step and self.step > 0:
+            metrics.log({"step": self.step, **self.evaluator.evaluate(self)})
 
     def close(self) -> None:
         if self.completions_log is not None:
             self.completions_log.close()
             self.completions_log = None
+        if self.sandbox_pool is not None:
+            self.sandbox_pool.close()
+            self.sandbox_pool = None
 
 
 def train(config: GRPOConfig, reward_fns: list[Callable] | None = None, callbacks=None) -> TrainResult:
     return GRPOTrainer(config, reward_fns=reward_fns, callbacks=callbacks).train()
 
 
-__all__ = ["GRPOTrainer", "Sample", "TrainResult", "collate", "train"]
+__all__ = ["Collected", "GRPOTrainer", "Sample", "TrainResult", "collate", "default_sandbox_workers", "train"]

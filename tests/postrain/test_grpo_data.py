@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from loopcoder.model.tokenizer import load_tokenizer
-from loopcoder.postrain.grpo.data import ProblemStream, load_problems, render_prompt
+from loopcoder.postrain.grpo.data import ProblemStream, heldout_score, load_problems, render_prompt, split_heldout
 from loopcoder.postrain.grpo.rollout import completion_mask_from_eos, encode_prompts, score_completions
 from loopcoder.postrain.grpo.synthetic import print_number_answer, print_number_problems
 from loopcoder.postrain.rewards import make_pass_rate_reward
@@ -128,3 +128,39 @@ def test_padded_batch_log_probs_equal_each_row_alone():
             alone = model(input_ids=torch.tensor([s.prompt + s.completion]), use_cache=False).logits
             expected = token_log_probs(alone[:, len(s.prompt) - 1 : -1], torch.tensor([s.completion]))[0]
             assert torch.allclose(batched[row, : len(s.completion)], expected, atol=1e-5)
+
+
+def test_heldout_split_depends_on_the_id_only():
+    problems = [{"id": f"mined/repo/m.py::f{i}", "tests": [{}]} for i in range(400)]
+    train, heldout = split_heldout(problems, 0.1)
+    assert 20 <= len(heldout) <= 60 and len(train) + len(heldout) == 400
+    # the same split whatever the order or the company of the other problems
+    again_train, again_heldout = split_heldout(list(reversed(problems[:200])), 0.1)
+    assert {p["id"] for p in again_heldout} == {p["id"] for p in heldout if int(p["id"].rsplit("f", 1)[1]) < 200}
+    assert all(heldout_score(p["id"]) < 0.1 for p in heldout) and all(heldout_score(p["id"]) >= 0.1 for p in train)
+    # a larger fraction only adds problems to the held-out side
+    assert {p["id"] for p in heldout} < {p["id"] for p in split_heldout(problems, 0.2)[1]}
+    assert split_heldout(problems, 0.0) == (problems, [])
+
+
+def test_default_sandbox_workers_divide_the_node_cores_among_its_ranks(monkeypatch):
+    from loopcoder.postrain.grpo import GRPOConfig
+    from loopcoder.postrain.grpo.trainer import build_sandbox_pool, default_sandbox_workers
+    from loopcoder.postrain.sandbox.pool import usable_cores
+
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert default_sandbox_workers(cores=8) == 8
+    monkeypatch.setenv("LOCAL_SIZE", "2")  # the deepspeed launcher's name
+    assert default_sandbox_workers(cores=8) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's, preferred
+    assert default_sandbox_workers(cores=8) == 2 and default_sandbox_workers(cores=3) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with build_sandbox_pool(GRPOConfig(sandbox_workers=None)) as pool:
+        assert pool.workers == max(1, usable_cores() // 2)
+    with build_sandbox_pool(GRPOConfig(sandbox_workers=3, sandbox_isolation="bwrap")) as pool:
+        assert pool.workers == 3 and pool.sandbox.isolation == "bwrap"
+    with pytest.raises(ValueError, match="sandbox_isolation"):
+        GRPOConfig(sandbox_isolation="docker")
+    with pytest.raises(ValueError, match="temperature"):
+        GRPOConfig(temperature=0.0)

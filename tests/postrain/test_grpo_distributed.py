@@ -75,7 +75,8 @@ def test_print_config_of_train_sft_and_the_launcher_rank_flag(capsys):
 
 
 def test_two_processes_zero2(tmp_path):
-    path = write_config(tmp_path, zero_stage=2)
+    # evaluated on 4 problems split across the 2 ranks, before the first and after the last step
+    path = write_config(tmp_path, zero_stage=2, eval_problems="synthetic:print_number4")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
     command = [
@@ -94,12 +95,18 @@ def test_two_processes_zero2(tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [0, 1]
-    for record in records:
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [0, 1]
+    for record in steps:
         assert record["optimizer_steps"] in (2.0, 4.0)
         assert record["loss"] == record["loss"]  # finite, not NaN
+        # the verdicts of both ranks: every completion with a code block ran its one test
+        assert sum(record[f"sandbox/{v}"] for v in ("passed", "failed", "runtime_error", "timeout")) <= 16
+        assert record["sandbox/passed"] == record["reward_mean"] * 16
+    assert [r["step"] for r in records if "eval/pass@1" in r] == [0, 2]
+    assert all(r["eval/problems"] == 4 and r["eval/unscored"] == 0 for r in records if "eval/pass@1" in r)
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["resolved"]["world_size"] == 2 and config["resolved"]["zero_stage"] == 2
     assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "trainer_state.json").exists()
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
-    assert "reward_mean" in done.stdout
+    assert "reward_mean" in done.stdout and "held-out pass@1" in done.stdout

@@ -5,6 +5,7 @@ the format, not the task: its pass rate starts near 1/4); GRPO must then raise t
 """
 
 import json
+import math
 import time
 
 import pytest
@@ -14,6 +15,9 @@ from safetensors.torch import load_file
 from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
 from loopcoder.model.tokenizer import load_tokenizer
 from loopcoder.postrain.grpo import GRPOConfig
+from loopcoder.postrain.grpo.data import render_prompt
+from loopcoder.postrain.grpo.loss import group_advantages
+from loopcoder.postrain.grpo.rollout import encode_prompts
 from loopcoder.postrain.grpo.synthetic import supervised_warm_start
 from loopcoder.postrain.grpo.trainer import GRPOTrainer
 
@@ -126,7 +130,7 @@ def test_hanging_and_crashing_rewards_cost_their_timeout_and_score_zero(warm_mod
             raise RuntimeError("sandbox worker killed")
         return [1.0 if "print(" in c else 0.0 for c in completions]
 
-    config = tiny_config(warm_model, tmp_path, max_steps=3, reward_timeout_seconds=2.0)
+    config = tiny_config(warm_model, tmp_path, max_steps=3, reward_timeout_seconds=2.0, infra_error_reward="zero")
     trainer = GRPOTrainer(config, reward_fns=[flaky])
     started = time.monotonic()
     result = trainer.train()
@@ -165,11 +169,11 @@ def test_dynamic_sampling_and_overlong_handling(warm_model, tmp_path):
         mask_truncated_completions=True,
     )
     trainer = GRPOTrainer(config)
-    record = trainer.train().history[-1]
-    samples = trainer._last_samples
-    assert len(samples) == 32 and 1 <= record["dynamic_sampling/rounds"] <= 3
+    collected = trainer.collect()
+    samples = collected.samples
+    assert len(samples) == 32 and 1 <= collected.rounds <= 3
     groups = [samples[i : i + 8] for i in range(0, 32, 8)]
-    kept = len(groups) - int(record["dynamic_sampling/filled_with_dropped"])
+    kept = len(groups) - collected.filled_with_dropped
     # groups kept by dynamic sampling have different rewards; fillers (if any) come last
     for group in groups[:kept]:
         assert len({s.reward for s in group}) > 1
@@ -178,6 +182,107 @@ def test_dynamic_sampling_and_overlong_handling(warm_model, tmp_path):
         base = 1.0 if "print(2)" in s.text and s.problem["id"].endswith("/2") else None
         if base is not None and len(s.completion) == 11:
             assert s.reward == pytest.approx(0.75)
-    mask = trainer._mask(samples)
+    mask = trainer.loss_mask(samples)
     for row, s in enumerate(samples):
         assert mask[row].sum().item() == (0 if s.truncated else len(s.completion))
+
+
+def prints_anything(completions, **kwargs):
+    return [1.0 if "print(" in c else 0.0 for c in completions]
+
+
+def test_old_log_probs_are_those_of_the_temperature_scaled_sampler(warm_model, tmp_path):
+    config = tiny_config(warm_model, tmp_path, temperature=0.7, max_steps=1, prompts_per_step=2, micro_batch_size=8)
+    trainer = GRPOTrainer(config, reward_fns=[prints_anything])
+    torch.manual_seed(7)
+    collected = trainer.collect()
+    samples = collected.samples
+    trainer.rollout_log_probs(samples)
+    # the sampler itself, from the same seed: its processed scores are the distribution it drew each token from
+    from transformers import GenerationConfig
+
+    problems = [samples[g].problem for g in range(0, len(samples), config.num_generations)]
+    prompts = [render_prompt(trainer.tokenizer, p, config.system_prompt, config.prompt_suffix) for p in problems]
+    ids, mask = encode_prompts(trainer.tokenizer, prompts, config.max_prompt_length)
+    ids, mask = ids.repeat_interleave(config.num_generations, 0), mask.repeat_interleave(config.num_generations, 0)
+    model = trainer.engine.module.eval()
+    generation = GenerationConfig(
+        do_sample=True, temperature=0.7, top_p=1.0, top_k=0, max_new_tokens=config.max_completion_length,
+        eos_token_id=trainer.tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=trainer.pad, use_cache=True,
+    )  # fmt: skip
+    torch.manual_seed(7)
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=mask, generation_config=generation, output_scores=True, return_dict_in_generate=True
+        )
+    compared, farthest = 0, 0.0
+    for row, s in enumerate(samples):
+        assert out.sequences[row, ids.shape[1] : ids.shape[1] + len(s.completion)].tolist() == s.completion
+        steps = torch.stack([out.scores[t][row] for t in range(len(s.completion))])
+        token = torch.tensor(s.completion)[:, None]
+        sampler = torch.log_softmax(steps.float(), -1).gather(-1, token).squeeze(-1)
+        at_temperature_one = torch.log_softmax(steps.float() * 0.7, -1).gather(-1, token).squeeze(-1)
+        assert torch.allclose(s.old_logp, sampler, atol=2e-4), (s.old_logp - sampler).abs().max()
+        farthest = max(farthest, float((s.old_logp - at_temperature_one).abs().max()))
+        compared += len(s.completion)
+    # the temperature-1 log-probabilities are far outside the tolerance: the comparison tells the two apart
+    assert compared > 50 and farthest > 20 * 2e-4
+
+
+def test_ratio_is_one_without_an_update_at_temperature_07(warm_model, tmp_path):
+    # new and old log-probabilities come from the same temperature-scaled distribution: with learning rate 0 the
+    # ratio is 1 on every token of every mini-batch, so nothing is clipped
+    config = tiny_config(warm_model, tmp_path, temperature=0.7, max_steps=1, learning_rate=0.0)
+    record = GRPOTrainer(config, reward_fns=[prints_anything]).train().history[-1]
+    assert record["ratio_abs_dev"] < 1e-4 and record["clip_ratio/total"] == 0.0
+
+
+def test_infra_errors_are_left_out_of_their_group_by_default(warm_model, tmp_path):
+    def first_of_each_group_unscored(completions, id, **kwargs):
+        values = prints_anything(completions)
+        return [None if i % 8 == 0 else v for i, v in enumerate(values)]
+
+    trainer = GRPOTrainer(tiny_config(warm_model, tmp_path / "a"), reward_fns=[first_of_each_group_unscored])
+    assert trainer.config.infra_error_reward == "exclude"
+    collected = trainer.collect()
+    samples = collected.samples
+    trainer.assign_advantages(samples)
+    mask = trainer.loss_mask(samples)
+    assert collected.infra_errors == 4
+    for g in range(4):
+        group = samples[g * 8 : (g + 1) * 8]
+        assert group[0].infra_error and math.isnan(group[0].reward) and group[0].advantage == 0.0
+        assert mask[g * 8].sum() == 0 and all(mask[g * 8 + i].sum() == len(group[i].completion) for i in range(1, 8))
+        rest = torch.tensor([s.reward for s in group[1:]])
+        expected = group_advantages(rest, 7).tolist()
+        assert [s.advantage for s in group[1:]] == pytest.approx(expected, abs=1e-6)
+
+    zero = GRPOTrainer(
+        tiny_config(warm_model, tmp_path / "b", infra_error_reward="zero"), reward_fns=[first_of_each_group_unscored]
+    )
+    samples = zero.collect().samples
+    assert all(samples[g * 8].reward == 0.0 and samples[g * 8].infra_error for g in range(4))
+    assert all(row.sum() > 0 for row in zero.loss_mask(samples))
+
+
+def test_held_out_pass_at_1_and_sandbox_verdicts_are_logged(warm_model, tmp_path):
+    config = tiny_config(
+        warm_model, tmp_path, problems="synthetic:print_number", heldout_fraction=0.3, max_steps=3, eval_interval=2
+    )
+    trainer = GRPOTrainer(config)
+    held_out = {p["id"] for p in trainer.evaluator.problems}
+    assert held_out and not held_out & {p["id"] for p in trainer.stream.problems}
+    result = trainer.train()
+    evaluations = [r for r in result.history if "eval/pass@1" in r]
+    # before step 0, before step 2 (eval_interval) and the final policy (logged at step max_steps)
+    assert [r["step"] for r in evaluations] == [0, 2, 3]
+    for r in evaluations:
+        assert 0.0 <= r["eval/pass@1"] <= 1.0 and r["eval/problems"] == len(held_out) and r["eval/unscored"] == 0
+    steps = [r for r in result.history if "reward_mean" in r]
+    for r in steps:
+        # every completion that has a code block runs its test
+        runs = sum(r[f"sandbox/{v}"] for v in ("passed", "failed", "runtime_error", "timeout", "sandbox_error"))
+        assert runs > 0 and r["sandbox/sandbox_error"] == 0
+        assert r["sandbox/passed"] == pytest.approx(r["reward_mean"] * 32)  # one test per problem (max_tests 1)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "eval/pass@1" in line] == [0, 2, 3]
