@@ -31,6 +31,7 @@ from .ast_validation import AstConfig, AstValidator
 from .decontamination import DecontaminationConfig, Decontaminator
 from .filters import DecodeStep, QualityConfig, QualityFilter, Step, WebCleanConfig, WebTextCleaner
 from .minhash import MinhashConfig
+from .quality_classifier import ClassifyConfig, QualityClassify
 from .web_quality import (
     C4QualityConfig,
     C4QualityFilter,
@@ -52,6 +53,7 @@ DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
     "gopher_quality": (GopherQualityFilter, GopherQualityConfig),
     "c4_quality": (C4QualityFilter, C4QualityConfig),
     "fineweb_quality": (FineWebQualityFilter, FineWebQualityConfig),
+    "classify": (QualityClassify, ClassifyConfig),
 }
 GLOBAL_STEPS = ("exact_dedup", "minhash_dedup")
 
