@@ -6,6 +6,7 @@ import gzip
 import io
 
 from loopcoder.pipelines.filters import DecodeStep
+from loopcoder.pipelines.job import JobConfig
 from loopcoder.pipelines.readers import _doc, plan_tasks, read_task
 from loopcoder.pipelines.warc import guess_code_language, warc_documents
 
@@ -126,3 +127,28 @@ def test_code_language_from_classes_then_content():
     assert guess_code_language(["highlight"], "#include <stdio.h>\nint main() {}") == "C"
     assert guess_code_language([], "import os\nprint(os.getcwd())") == "Python"
     assert guess_code_language([], "total 12\ndrwxr-xr-x 2 root root") == "unknown"
+
+
+def test_code_blocks_meet_ast_validation_and_pages_the_web_steps(tmp_path):
+    broken = b"<pre><code class='language-python'>def broken(:\n    return\n</code></pre>"
+    page = PAGE.replace(b"</article>", broken + b"</article>")
+    spam = b"<html><body><p>" + b"buy cheap pills now " * 30 + b"</p></body></html>"
+    data = warc_record("response", "https://example.org/sorting", http(page), 1)
+    data += warc_record("response", "https://spam.example/", http(spam), 2)
+    (tmp_path / "crawl.warc").write_bytes(data)
+    inputs = [{"kind": "warc", "path": str(tmp_path)}]
+    steps = ["decode", "web_clean", "gopher_repetition", "gopher_quality", "quality", "ast"]
+    job = JobConfig.from_dict({"name": "web", "output": str(tmp_path / "out"), "inputs": inputs, "steps": steps})
+    built = job.build_steps()
+    tasks, _ = plan_tasks(job.inputs)
+    outcome = {}
+    for document in read_task(tasks[0], job.inputs[0]):
+        document["decisions"], document["ast_status"] = [], None
+        reason = next((r for step in built if (r := step.run(document)) is not None), None)
+        outcome[document["path"]] = (document["language"], reason, document["ast_status"])
+    built[-1].close()
+    assert outcome["https://example.org/sorting"][1] is None
+    assert outcome["https://spam.example/"][1] == "top_ngram_chars"
+    assert outcome["https://example.org/sorting#code-0"] == ("Python", None, "ok")
+    assert outcome["https://example.org/sorting#code-3"] == ("Python", "ast_error", "error")
+    assert outcome["https://example.org/sorting#code-2"][1] == "code_language_unknown"
