@@ -13,7 +13,7 @@ Each JSONL row has `text` and `label` (any JSON scalar), and optionally `group`:
 land on the same side of the held-out split (files of one directory, pages of one site), so the
 held-out figures are not inflated by near-copies. `--from-job` makes the rows from a finished
 clean job instead: kept files are `kept`, files a per-document step rejected are `rejected`
-(duplicates and rows whose content was not kept are left out).
+(duplicates, rows whose content was not kept and path-only rejections are left out).
 
 The `classify` step scores each document with every configured classifier, writes the scores in
 the `quality_scores` column, and per classifier with a `threshold` either drops documents below it
@@ -43,9 +43,10 @@ TOKEN_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*|\d+|[^\w\s]"
 DEFAULT_FEATURES = 2**18
 DEFAULT_MAX_CHARS = 20_000
 BUILTIN_CLASSIFIERS = {"code_rules": "classifiers/code_rules.npz"}  # relative to jobs/data/
-# Rejections that say nothing about a file's text: duplicates, and rows written without content.
+# Rejections that say nothing a text classifier can see: duplicates, rows written without content,
+# and the rules that read only the path (a vendored copy of good code is good code).
 NOT_QUALITY_REASONS = {"exact_duplicate", "near_duplicate", "too_large", "binary", "not_utf8", "unreadable"}
-NOT_QUALITY_REASONS |= {"symlink", "bad_record", "empty"}
+NOT_QUALITY_REASONS |= {"symlink", "bad_record", "empty", "vendored", "dropped_extension"}
 
 
 def shape_tokens(text: str) -> str:
@@ -64,7 +65,7 @@ def shape_tokens(text: str) -> str:
 class QualityClassifier:
     """A trained classifier: weights over hashed features and the settings that produced them."""
 
-    weights: np.ndarray  # float32 [n_features]
+    weights: np.ndarray  # float32 [n_features] (stored as float16)
     intercept: float
     meta: dict[str, Any]
     _vectorizer_instance: Any = field(default=None, repr=False, compare=False)
@@ -107,9 +108,9 @@ class QualityClassifier:
         path.parent.mkdir(parents=True, exist_ok=True)
         header = np.frombuffer(json.dumps(self.meta, sort_keys=True).encode(), dtype=np.uint8)
         with open(path, "wb") as handle:
-            np.savez_compressed(
-                handle, weights=self.weights.astype(np.float32), intercept=np.float32(self.intercept), meta=header
-            )
+            # float16 halves the file (the shipped model stays under 1 MB)
+            weights = self.weights.astype(np.float16)
+            np.savez_compressed(handle, weights=weights, intercept=np.float32(self.intercept), meta=header)
 
     @classmethod
     def load(cls, path: str | Path) -> QualityClassifier:
@@ -118,7 +119,7 @@ class QualityClassifier:
             meta = json.loads(arrays["meta"].tobytes().decode())
             if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
                 raise ValueError(f"{path} is not a {FORMAT} file of version {FORMAT_VERSION}")
-            return cls(arrays["weights"], float(arrays["intercept"]), meta)
+            return cls(arrays["weights"].astype(np.float32), float(arrays["intercept"]), meta)
 
 
 def resolve_classifier_path(path: str | Path) -> Path:
