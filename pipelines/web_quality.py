@@ -36,13 +36,14 @@ from .filters import Doc, Step
 DEFAULT_LANGUAGES = ("Text",)
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 BULLETS = ("•", "●", "◦", "▪", "‣", "-", "*")
-_PUNCTUATION = set(string.punctuation + "…«»“”‘’–—")
+_PUNCTUATION = string.punctuation + "…«»“”‘’–—"
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_WORD_WITH_LETTER = re.compile(r"\S*[^\W\d_]\S*")
 
 
 def _words(text: str) -> list[str]:
     """Whitespace tokens that are not punctuation alone."""
-    return [w for w in text.split() if not all(c in _PUNCTUATION for c in w)]
+    return [w for w in text.split() if w.strip(_PUNCTUATION)]
 
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
@@ -210,10 +211,16 @@ class GopherQualityFilter(_WebStep):
             if sum(line.endswith(("...", "…")) for line in lines) > c.max_ellipsis_line_fraction * len(lines):
                 return "ellipsis_lines"
         if c.min_alphabetic_word_fraction is not None:
-            if sum(any(ch.isalpha() for ch in w) for w in words) < c.min_alphabetic_word_fraction * n:
+            # whitespace tokens holding a letter are never punctuation alone, so they are all words
+            if len(_WORD_WITH_LETTER.findall(text)) < c.min_alphabetic_word_fraction * n:
                 return "alphabetic_words"
         if c.min_stop_words is not None:
-            found = sum(w.strip(string.punctuation).lower() in self._stop_words for w in words)
+            found = 0
+            for word in words:
+                if word.strip(_PUNCTUATION).lower() in self._stop_words:
+                    found += 1
+                    if found >= c.min_stop_words:
+                        break
             if found < c.min_stop_words:
                 return "stop_words"
         return None
