@@ -152,3 +152,35 @@ def test_code_blocks_meet_ast_validation_and_pages_the_web_steps(tmp_path):
     assert outcome["https://example.org/sorting#code-0"] == ("Python", None, "ok")
     assert outcome["https://example.org/sorting#code-3"] == ("Python", "ast_error", "error")
     assert outcome["https://example.org/sorting#code-2"][1] == "code_language_unknown"
+
+
+def test_a_web_job_writes_page_text_code_blocks_and_quality_scores(tmp_path, ray_local):
+    import pyarrow.parquet as pq
+
+    from loopcoder.pipelines.runner import run_job
+    from loopcoder.schemas import FILTERED_FILE
+
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    data = warc_record("response", "https://example.org/sorting", http(PAGE), 1)
+    data += warc_record("response", "https://example.org/logo.png", http(b"\x89PNG\x00\x00", "image/png"), 2)
+    (crawl / "part-0.warc.gz").write_bytes(gzip.compress(data))
+    steps = ["decode", "web_clean", "quality", "ast", {"classify": {"classifiers": [{"path": "builtin:code_rules"}]}}]
+    job = JobConfig.from_dict(
+        {
+            "name": "web",
+            "output": str(tmp_path / "out"),
+            "inputs": [{"kind": "warc", "path": str(crawl)}],
+            "steps": steps,
+        }
+    )
+    stats = run_job(job, tmp_path / "out")
+    assert stats["steps"][0]["dropped"] == {"binary": 1, "code_language_unknown": 1}
+    table = pq.read_table(next((tmp_path / "out" / "files").glob("*.parquet")))
+    FILTERED_FILE.validate(table)
+    rows = {r["path"]: r for r in table.to_pylist()}
+    assert set(rows) == {f"https://example.org/sorting{s}" for s in ("", "#code-0", "#code-1")}
+    assert rows["https://example.org/sorting#code-0"]["ast_status"] == "ok"
+    for row in rows.values():
+        ((name, score),) = row["quality_scores"]
+        assert name == "code_rules" and 0.0 < score < 1.0
