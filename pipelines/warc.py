@@ -192,7 +192,7 @@ def iter_records(
                     yield pending[:3]
                     pending = None
                 info = WarcRecordInfo.of(record)
-                reading = (info, base + record.stream_pos)
+                reading = (info, record.stream_pos)  # absolute: FastWARC counts from the stream's own position
                 if max_bytes is not None and info.content_length > max_bytes:
                     pending = (Rejection.TOO_LARGE, info, None, reading[1])
                 else:

@@ -93,6 +93,16 @@ def test_a_truncated_record_inside_the_file_does_not_lose_the_records_after_it()
     records = [warc_record("conversion", f"https://example.org/{i}", text.encode(), i) for i, text in enumerate(texts)]
     plain = records[0] + records[1][:-60] + records[2] + records[3]
     assert ("https://example.org/1", "warc_truncated") in [(d["path"], d["reader_reason"]) for d in read(plain)]
+    # junk after an intact record, then a record cut short: the intact one is kept, both regions counted
+    twice = records[0] + b"junk\r\n" + records[1][:-60] + records[2] + records[3]
+    assert [(d["path"].rsplit("/", 1)[-1], d["reader_reason"]) for d in read(twice)] == [
+        ("0", None),
+        ("test.warc#1", "warc_corrupt"),
+        ("1", "warc_truncated"),
+        ("test.warc#3", "warc_corrupt"),
+        ("2", None),
+        ("3", None),
+    ]
     for data in (
         plain,  # record 1 runs into record 2
         b"".join(gzip.compress(r) for r in records[:1])
