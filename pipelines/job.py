@@ -33,7 +33,18 @@ from .filters import DecodeStep, QualityConfig, QualityFilter, Step, WebCleanCon
 from .language_id import LanguageIdConfig, LanguageIdentifier
 from .licences import LicenceConfig, LicenceFilter
 from .minhash import MinhashConfig
+from .quality_classifier import ClassifyConfig, QualityClassify
 from .secrets import SecretsConfig, SecretsRedactor
+from .web_quality import (
+    C4QualityConfig,
+    C4QualityFilter,
+    FineWebQualityConfig,
+    FineWebQualityFilter,
+    GopherQualityConfig,
+    GopherQualityFilter,
+    GopherRepetitionConfig,
+    GopherRepetitionFilter,
+)
 
 DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
     "decode": (DecodeStep, None),
@@ -44,6 +55,11 @@ DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
     "secrets": (SecretsRedactor, SecretsConfig),
     "licence": (LicenceFilter, LicenceConfig),
     "language_id": (LanguageIdentifier, LanguageIdConfig),
+    "gopher_repetition": (GopherRepetitionFilter, GopherRepetitionConfig),
+    "gopher_quality": (GopherQualityFilter, GopherQualityConfig),
+    "c4_quality": (C4QualityFilter, C4QualityConfig),
+    "fineweb_quality": (FineWebQualityFilter, FineWebQualityConfig),
+    "classify": (QualityClassify, ClassifyConfig),
 }
 GLOBAL_STEPS = ("exact_dedup", "minhash_dedup")
 
@@ -86,7 +102,9 @@ class JobConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+            )
         for key in ("name", "output", "inputs"):
             if key not in raw:
                 raise ValueError(f"{source}: missing key '{key}'")
@@ -128,7 +146,7 @@ class JobConfig:
         """The per-document steps, constructed (parsers, benchmark indexes and all)."""
         steps = []
         for entry in self.steps:
-            (name, params), = entry.items()
+            ((name, params),) = entry.items()
             if name in GLOBAL_STEPS:
                 continue
             step_class, config_class = DOCUMENT_STEPS[name]
@@ -170,7 +188,7 @@ def _normalise_steps(steps: list[Any], source: str) -> list[dict[str, dict[str, 
             entry = {entry: {}}
         if not isinstance(entry, dict) or len(entry) != 1:
             raise ValueError(f"{source}: each step is a name or a one-key mapping, got {entry!r}")
-        (name, params), = entry.items()
+        ((name, params),) = entry.items()
         if name not in known:
             raise ValueError(f"{source}: unknown step '{name}'; known: {', '.join(known)}")
         normalised.append({name: dict(params or {})})
@@ -185,6 +203,10 @@ def _normalise_steps(steps: list[Any], source: str) -> list[dict[str, dict[str, 
     first_global = min((names.index(g) for g in GLOBAL_STEPS if g in names), default=len(names))
     if any(n in DOCUMENT_STEPS for n in names[first_global:]):
         raise ValueError(f"{source}: dedup steps ({', '.join(GLOBAL_STEPS)}) run after every per-document step")
-    if "exact_dedup" in names and "minhash_dedup" in names and names.index("minhash_dedup") < names.index("exact_dedup"):
+    if (
+        "exact_dedup" in names
+        and "minhash_dedup" in names
+        and names.index("minhash_dedup") < names.index("exact_dedup")
+    ):
         raise ValueError(f"{source}: 'exact_dedup' runs before 'minhash_dedup'")
     return normalised

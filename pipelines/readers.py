@@ -19,6 +19,7 @@ Input kinds and their keys (YAML `inputs:` entries):
 | `git` | `path` (a checkout), `repo`, `revision` (default `HEAD`), `include`/`exclude`, `license` |
 | `jsonl` | `path` (file or folder of `*.jsonl[.gz]`), `columns` (our name -> column), `repo`, `license` |
 | `parquet` | `path` (file or folder of `*.parquet`), `columns`, `repo`, `license` |
+| `warc` | `path` (file or folder of `*.warc[.gz]`, `*.wet[.gz]`), `repo`, `main_content`, `code_blocks` (see `warc.py`) |
 
 Table columns default to The Stack's names where ours are absent (`max_stars_repo_name`,
 `max_stars_repo_path`, `lang`, `max_stars_repo_licenses`, `hexsha`).
@@ -41,6 +42,7 @@ import pyarrow.parquet as pq
 from .decoding import DEFAULT_MAX_FILE_BYTES, Rejection
 from .languages import language_of
 from .sample_corpus import file_id
+from .warc import WARC_SUFFIXES, warc_documents
 
 GIT_TIMEOUT_SECONDS = 120
 TABLE_COLUMNS = {
@@ -162,7 +164,13 @@ def _plan_parquet(spec, _files, rows_per_task):
             yield {"path": str(path), "rows": [start, min(start + rows_per_task, rows)]}
 
 
+def _plan_warc(spec, _files, _rows):
+    for path in _table_files(spec, WARC_SUFFIXES):
+        yield {"path": str(path)}
+
+
 PLANNERS = {"directory": _plan_directory, "git": _plan_git, "jsonl": _plan_jsonl, "parquet": _plan_parquet}
+PLANNERS["warc"] = _plan_warc
 
 
 def _doc(spec, path, *, repo, revision=None, license=None, raw=None, content=None, size=0, reason=None, **extra):
@@ -339,4 +347,10 @@ def _read_parquet(task, spec, max_bytes):
     yield from _table_docs(table.to_pylist(), names, spec, max_bytes, str(path))
 
 
+def _read_warc(task, spec, max_bytes):
+    with open(task["path"], "rb") as stream:
+        yield from warc_documents(stream, spec, _doc, Path(task["path"]).name, max_bytes)
+
+
 READERS = {"directory": _read_directory, "git": _read_git, "jsonl": _read_jsonl, "parquet": _read_parquet}
+READERS["warc"] = _read_warc

@@ -118,6 +118,7 @@ class TaskRunner:
                 "content_sha256": normalised_sha256(content),
                 "near_dup_cluster": None,
                 "ast_status": doc["ast_status"],
+                "quality_scores": doc.get("quality_scores"),
             }
             records.append(record)
             if reason is None:

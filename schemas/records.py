@@ -50,7 +50,7 @@ FILTER_DECISION = pa.struct(
 
 FILTERED_FILE = _schema(
     "filtered_file",
-    2,
+    3,
     "a source file after cleaning, with every filter's decision",
     _FILE_COLUMNS
     + [
@@ -63,6 +63,12 @@ FILTERED_FILE = _schema(
             "ast_status",
             pa.string(),
             "tree-sitter parse status: `ok`, `tolerated`, `error`, `timeout`, `crash`; null when not parsed",
+            NULLABLE,
+        ),
+        (
+            "quality_scores",
+            pa.map_(pa.string(), pa.float32()),
+            "`classify` step: classifier name -> probability of its positive label; null when not scored",
             NULLABLE,
         ),
     ],

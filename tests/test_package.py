@@ -45,7 +45,8 @@ def test_wheel_holds_only_the_namespace_and_its_data(tmp_path):
     assert {n.split("/")[0] for n in names} == {"loopcoder", wheel.name.split("-py3")[0] + ".dist-info"}
     assert "loopcoder/__init__.py" not in names, "loopcoder is a namespace package"
     for required in ["loopcoder/model/tokenizer/tokenizer.json", "loopcoder/jobs/data/sample_corpus.yaml",
-                     "loopcoder/schemas/records.py", "loopcoder/jobs/cli.py"]:  # fmt: skip
+                     "loopcoder/schemas/records.py", "loopcoder/jobs/cli.py",
+                     "loopcoder/jobs/data/classifiers/code_rules.npz"]:  # fmt: skip
         assert required in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "loopcoder = loopcoder.jobs.cli:main" in entry_points

@@ -35,8 +35,58 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--json", action="store_true", help="print the job statistics as JSON instead of tables")
     run.set_defaults(handler=_run)
 
+    classifier = commands.add_parser(
+        "train-classifier",
+        help="train a proxy quality classifier (hashed n-grams, logistic regression) for the `classify` step",
+        description="Train on labelled JSONL rows (`text`, `label`, optional `group`) or on a finished clean job's "
+        "decisions; print precision and recall on a held-out split of the groups; save a .npz model.",
+    )
+    source = classifier.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, nargs="+", help="labelled JSONL file(s)")
+    source.add_argument("--from-job", type=Path, help="output folder of a finished clean job (labels kept/rejected)")
+    classifier.add_argument("--out", type=Path, required=True, help="model file to write (.npz)")
+    classifier.add_argument("--positive-label", help="label scored as positive (default: `kept` with --from-job)")
+    classifier.add_argument(
+        "--holdout-fraction", type=float, default=0.2, help="share of groups held out (default 0.2)"
+    )
+    classifier.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
+    classifier.add_argument(
+        "--C", type=float, default=1.0, dest="regularisation", help="inverse L2 strength (default 1)"
+    )
+    classifier.set_defaults(handler=_train_classifier)
+
     register_publishing(commands)
     register_samples(commands)
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from loopcoder.pipelines.quality_classifier import job_labels, read_labelled_jsonl, train_classifier
+
+    if args.from_job:
+        rows, positive, source = list(job_labels(args.from_job)), args.positive_label or "kept", f"job {args.from_job}"
+    else:
+        rows, source = read_labelled_jsonl(args.data), ", ".join(map(str, args.data))
+        if args.positive_label is None:
+            raise ValueError("--positive-label is required with --data")
+        labels = {r["label"] for r in rows}
+        # a label given on the command line is a string; match it to a JSON number or boolean when that is what the rows hold
+        positive = next(
+            (label for label in labels if str(label).lower() == args.positive_label.lower()), args.positive_label
+        )
+    classifier = train_classifier(
+        rows,
+        positive,
+        holdout_fraction=args.holdout_fraction,
+        seed=args.seed,
+        regularisation=args.regularisation,
+        source=source,
+    )
+    classifier.save(args.out)
+    print(
+        json.dumps({"model": str(args.out), "bytes": args.out.stat().st_size} | classifier.meta["training"], indent=2)
+    )
+    print(json.dumps(classifier.meta.get("metrics", {}), indent=2))
+    return 0
 
 
 def _sample_corpus(args: argparse.Namespace) -> int:
