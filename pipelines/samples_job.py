@@ -35,16 +35,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 
 from loopcoder.model.tokenizer.special_tokens import ENDOFTEXT, FILE_SEP, REPO_NAME
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SFT_CONVERSATION
 
+from . import filesystem as fs
 from .commits import CommitConfig, CommitTripletExtractor
+from .filesystem import atomic_write_json, atomic_write_parquet, discover_shards
 from .fim import FimConfig, FimSplitter
-from .inspection.discovery import discover_shards
-from .io import ShardWriter, atomic_write_json, atomic_write_parquet
+from .io import ShardWriter
+from .job import JobFailed
 from .mixture import MixtureConfig, select
 from .packing import CategoryPacker, Document, PackingConfig, tokenize_conversation, tokenize_text
 from .repo_fim import RepoFimBuilder, RepoFimConfig, token_counter
@@ -68,7 +69,7 @@ class SamplesJobConfig:
 
     name: str
     output: str
-    input: str  # folder of cleaned shards (filtered_file: kept rows are used; source_file: every row)
+    input: str  # folder or URI of cleaned shards (filtered_file: kept rows are used; source_file: every row)
     git_repositories: list[dict[str, Any]] = field(default_factory=list)  # [{path, repo}]
     sft_files: list[str] = field(default_factory=list)  # JSONL conversations
     tokenizer: str | None = None  # Hugging Face tokenizer directory; default: the bundled one
@@ -130,7 +131,7 @@ def _load_tokenizer(path: str | None):
     return load_tokenizer(path)
 
 
-def _write_documents(path: Path, documents: list[tuple[str, Document]]) -> None:
+def _write_documents(path: str, documents: list[tuple[str, Document]]) -> None:
     table = pa.table(
         {
             "key": [key for key, _ in documents],
@@ -150,7 +151,7 @@ def _kept_rows(table: pa.Table) -> list[dict[str, Any]]:
 
 
 def _kept_rows_of_shard(item: dict[str, Any]) -> list[dict[str, Any]]:
-    return _kept_rows(pq.read_table(item["path"]))
+    return _kept_rows(fs.read_parquet(item["path"]))
 
 
 class FilesTask:
@@ -158,7 +159,7 @@ class FilesTask:
 
     def __init__(self, config: dict[str, Any], output: str, shards: list[str]):
         self.config = SamplesJobConfig(**config)
-        self.output = Path(output)
+        self.output = output
         self.shards = shards
         self.splitter = FimSplitter(FimConfig(**self.config.fim))
         self.tokenizer = _load_tokenizer(self.config.tokenizer)
@@ -168,10 +169,10 @@ class FilesTask:
         return {"task": batch["task"], "summary": np.array(summaries, dtype=object)}
 
     def run(self, task: int) -> dict[str, Any]:
-        marker = self.output / "markers" / f"files-{task:05d}.done"
-        if marker.exists():
-            return json.loads(marker.read_text())
-        rows = _kept_rows(pq.read_table(self.shards[task]))
+        finished = fs.read_marker(self.output, f"files-{task:05d}")
+        if finished is not None:
+            return _without_shards(finished)
+        rows = _kept_rows(fs.read_parquet(self.shards[task]))
         samples, documents, skipped = [], [], Counter()
         for row in rows:
             sample = self.splitter(row)
@@ -182,10 +183,11 @@ class FilesTask:
                 if self.splitter.last_skip_reason:
                     skipped[self.splitter.last_skip_reason] += 1
                 documents.append((row["id"], tokenize_text(self.tokenizer, row["content"], "file")))
-        atomic_write_parquet(FIM_SAMPLE.from_records(samples), self.output / "fim" / f"part-{task:05d}.parquet")
-        _write_documents(self.output / "_work" / "documents" / f"files-{task:05d}.parquet", documents)
+        shard = f"fim/part-{task:05d}.parquet"
+        atomic_write_parquet(FIM_SAMPLE.from_records(samples), fs.join(self.output, shard))
+        _write_documents(fs.join(self.output, "_work", "documents", f"files-{task:05d}.parquet"), documents)
         summary = {"task": task, "files": len(rows), "fim_samples": len(samples), "fim_skipped": dict(skipped)}
-        atomic_write_json(marker, summary)
+        fs.write_marker(self.output, f"files-{task:05d}", summary, shards=[shard])
         return summary
 
 
@@ -205,9 +207,23 @@ class RepoFimGroup:
         return pa.Table.from_pylist(samples, schema=REPO_FIM_SAMPLE.arrow_schema.remove_metadata())
 
 
-def _stage_done(output: Path, name: str) -> dict[str, Any] | None:
-    marker = output / "markers" / f"{name}.done"
-    return json.loads(marker.read_text()) if marker.exists() else None
+def _stage_done(output: str, name: str) -> dict[str, Any] | None:
+    finished = fs.read_marker(output, name)
+    return None if finished is None else _without_shards(finished)
+
+
+def _without_shards(payload: dict[str, Any]) -> dict[str, Any]:
+    """A marker's summary without the shard list it carries for the shard finder."""
+    return {k: v for k, v in payload.items() if k != "shards"}
+
+
+def _check_locations(config: SamplesJobConfig, output: str) -> None:
+    """Refuses, before any work, a location no installed file system serves or one read only locally."""
+    fs.check_location(output, "output")
+    fs.check_location(config.input, "input")
+    for path in config.sft_files:
+        if not fs.is_local(path):
+            raise ValueError(f"sft_files: {path} is not a local path (conversations are read from local disk)")
 
 
 def _ray_session(num_cpus: int | None):
@@ -229,21 +245,25 @@ def _ray_session(num_cpus: int | None):
     return True
 
 
-def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dict[str, Any]:
-    """Runs (or resumes) the samples job; returns the statistics written to `stats.json`."""
+def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) -> dict[str, Any]:
+    """Runs (or resumes) the samples job into `output` (a local path or a URI); returns the statistics in `stats.json`.
+
+    Raises JobFailed when nothing was packed (`stats.json` is written, `_SUCCESS` is not).
+    """
     import ray
     import ray.data
 
-    output = Path(output or config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    resolved = config.to_dict() | {"output": str(output), "fingerprint": config.fingerprint()}
-    previous = output / "config.json"
-    if previous.exists() and json.loads(previous.read_text()).get("fingerprint") != config.fingerprint():
+    output = fs.absolute(output or config.output)
+    _check_locations(config, output)
+    fs.make_dirs(output)
+    resolved = config.to_dict() | {"output": output, "fingerprint": config.fingerprint()}
+    previous = fs.read_json_if_exists(fs.join(output, "config.json"))
+    if previous is not None and previous.get("fingerprint") != config.fingerprint():
         raise ValueError(f"{output} holds the output of a different config; choose another output or delete it")
-    atomic_write_json(previous, resolved)
-    if (output / "_SUCCESS").exists():
-        return json.loads((output / "stats.json").read_text())
-    shards = [str(p) for p in discover_shards(config.input)]
+    atomic_write_json(fs.join(output, "config.json"), resolved)
+    if fs.exists(fs.join(output, "_SUCCESS")):
+        return fs.read_json(fs.join(output, "stats.json"))
+    shards = discover_shards(config.input)
     if not shards:
         raise FileNotFoundError(f"no .parquet shards under {config.input} (run the clean job first)")
     timings: dict[str, float] = {}
@@ -256,7 +276,7 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
             workers = max(1, min(len(pending), int(ray.cluster_resources().get("CPU", 1))))
             tasks = ray.data.from_items([{"task": i} for i in pending], override_num_blocks=len(pending))
             tasks = tasks.map_batches(
-                FilesTask, fn_constructor_args=(config.to_dict(), str(output.resolve()), shards),
+                FilesTask, fn_constructor_args=(config.to_dict(), output, shards),
                 batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
             )  # fmt: skip
             for _ in tasks.iter_batches(batch_size=None):
@@ -270,16 +290,19 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
             files = ray.data.from_items([{"path": shard} for shard in shards], override_num_blocks=len(shards))
             files = files.flat_map(_kept_rows_of_shard)
             samples = files.groupby("repo").map_groups(
-                RepoFimGroup, fn_constructor_args=(config.to_dict(),), compute=ray.data.ActorPoolStrategy(size=1),
+                RepoFimGroup,
+                fn_constructor_args=(config.to_dict(),),
+                compute=ray.data.ActorPoolStrategy(size=1),
                 batch_format="pyarrow",
             )
             records = sorted(samples.take_all(), key=lambda r: r["id"])
             records = [r | {"context_paths": list(r["context_paths"])} for r in records]
-            atomic_write_parquet(REPO_FIM_SAMPLE.from_records(records), output / "repo_fim" / "part-00000.parquet")
+            shard = "repo_fim/part-00000.parquet"
+            atomic_write_parquet(REPO_FIM_SAMPLE.from_records(records), fs.join(output, shard))
             tokenizer = _load_tokenizer(config.tokenizer)
             documents = [(r["id"], tokenize_text(tokenizer, r["text"], "repo_fim")) for r in records]
-            _write_documents(output / "_work" / "documents" / "repo_fim.parquet", documents)
-            atomic_write_json(output / "markers" / "repo_fim.done", {"samples": len(records)})
+            _write_documents(fs.join(output, "_work", "documents", "repo_fim.parquet"), documents)
+            fs.write_marker(output, "repo_fim", {"samples": len(records)}, shards=[shard])
         timings["repo_fim"] = time.perf_counter() - start
     finally:
         if started:
@@ -291,24 +314,24 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
         for repository in config.git_repositories:
             path = Path(repository["path"].replace("{git_root}", str(_git_root())))
             triplets += extractor(path, repository.get("repo", path.name))
-        atomic_write_parquet(COMMIT_TRIPLET.from_records(triplets), output / "commits" / "part-00000.parquet")
+        shard = "commits/part-00000.parquet"
+        atomic_write_parquet(COMMIT_TRIPLET.from_records(triplets), fs.join(output, shard))
         tokenizer = _load_tokenizer(config.tokenizer)
         documents = [(t["id"], tokenize_text(tokenizer, render_commit(t), "commit")) for t in triplets]
-        _write_documents(output / "_work" / "documents" / "commits.parquet", documents)
-        atomic_write_json(
-            output / "markers" / "commits.done", {"triplets": len(triplets), "rejected": dict(extractor.rejections)}
-        )
+        _write_documents(fs.join(output, "_work", "documents", "commits.parquet"), documents)
+        summary = {"triplets": len(triplets), "rejected": dict(extractor.rejections)}
+        fs.write_marker(output, "commits", summary, shards=[shard])
     timings["commits"] = time.perf_counter() - start
     if config.sft_files and _stage_done(output, "sft") is None:
         rejections: Counter = Counter()
         conversations = [c for path in config.sft_files for c in read_conversations(path, rejections)]
-        atomic_write_parquet(SFT_CONVERSATION.from_records(conversations), output / "sft" / "part-00000.parquet")
+        shard = "sft/part-00000.parquet"
+        atomic_write_parquet(SFT_CONVERSATION.from_records(conversations), fs.join(output, shard))
         tokenizer = _load_tokenizer(config.tokenizer)
         documents = [(c["id"], tokenize_conversation(tokenizer, c["messages"])) for c in conversations]
-        _write_documents(output / "_work" / "documents" / "sft.parquet", documents)
-        atomic_write_json(
-            output / "markers" / "sft.done", {"conversations": len(conversations), "rejected": dict(rejections)}
-        )
+        _write_documents(fs.join(output, "_work", "documents", "sft.parquet"), documents)
+        summary = {"conversations": len(conversations), "rejected": dict(rejections)}
+        fs.write_marker(output, "sft", summary, shards=[shard])
     start = time.perf_counter()
     stats = _pack(config, output)
     timings["pack"] = time.perf_counter() - start
@@ -317,17 +340,27 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
         "fingerprint": config.fingerprint(),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
     }
-    for stage in sorted((output / "markers").glob("*.done")):
-        if not stage.name.startswith("files-"):
-            stats.setdefault("stages", {})[stage.stem] = json.loads(stage.read_text())
-    files_markers = [json.loads(p.read_text()) for p in sorted((output / "markers").glob("files-*.done"))]
+    markers = fs.list_files(fs.join(output, fs.MARKERS), suffixes=(fs.MARKER_SUFFIX,))
+    for name in markers:
+        if not name.startswith("files-"):
+            stage = name.removesuffix(fs.MARKER_SUFFIX)
+            stats.setdefault("stages", {})[stage] = _stage_done(output, stage)
+    files_markers = [
+        _stage_done(output, name.removesuffix(fs.MARKER_SUFFIX)) for name in markers if name.startswith("files-")
+    ]
     stats["fim"] = {
         "files": sum(m["files"] for m in files_markers),
         "samples": sum(m["fim_samples"] for m in files_markers),
         "skipped": dict(sum((Counter(m["fim_skipped"]) for m in files_markers), Counter())),
     }
-    atomic_write_json(output / "stats.json", stats)
-    atomic_write_json(output / "_SUCCESS", {"job": config.name, "fingerprint": config.fingerprint()})
+    atomic_write_json(fs.join(output, "stats.json"), stats)
+    documents = sum(stats["packed"]["documents_by_category"].values()) + sum(stats["packed"]["dropped"].values())
+    if not stats["packed"]["rows"]:
+        raise JobFailed(
+            f"job {config.name}: {stats['fim']['files']} input file(s) and {documents} document(s) gave no packed "
+            f"sequence; see {fs.join(output, 'stats.json')}"
+        )
+    atomic_write_json(fs.join(output, "_SUCCESS"), {"job": config.name, "fingerprint": config.fingerprint()})
     return stats
 
 
@@ -337,14 +370,16 @@ def _git_root() -> Path:
     return Path(git_root(Path.cwd()) or Path.cwd())
 
 
-def _pack(config: SamplesJobConfig, output: Path) -> dict[str, Any]:
+def _pack(config: SamplesJobConfig, output: str) -> dict[str, Any]:
     """Mixture selection over every tokenised document, then category-pure packing."""
-    if (output / "markers" / "pack.done").exists():
-        return json.loads((output / "markers" / "pack.done").read_text())
-    document_files = sorted((output / "_work" / "documents").glob("*.parquet"))
+    finished = _stage_done(output, "pack")
+    if finished is not None:
+        return finished
+    documents_folder = fs.join(output, "_work", "documents")
+    document_files = [fs.join(documents_folder, name) for name in fs.list_files(documents_folder, (".parquet",))]
     lengths: dict[str, list[tuple[str, int]]] = {}
     for path in document_files:
-        table = pq.read_table(path, columns=["key", "category", "ids"])
+        table = fs.read_parquet(path, columns=["key", "category", "ids"])
         counts = pc.list_value_length(table.column("ids")).to_pylist()
         for key, category, count in zip(
             table.column("key").to_pylist(), table.column("category").to_pylist(), counts, strict=True
@@ -359,12 +394,12 @@ def _pack(config: SamplesJobConfig, output: Path) -> dict[str, Any]:
     wanted = {(category, key) for category, keys in chosen.items() for key in keys}
     documents: dict[tuple[str, str], Document] = {}
     for path in document_files:
-        for row in pq.read_table(path).to_pylist():
+        for row in fs.read_parquet(path).to_pylist():
             if (row["category"], row["key"]) in wanted:
                 documents[(row["category"], row["key"])] = Document(row["ids"], row["loss_mask"], row["category"])
     tokenizer = _load_tokenizer(config.tokenizer)
     packer = CategoryPacker(PackingConfig(**config.packing), pad_id=tokenizer.pad_token_id)
-    with ShardWriter(output / "packed", PACKED_SEQUENCE, config.rows_per_shard) as writer:
+    with ShardWriter(fs.join(output, "packed"), PACKED_SEQUENCE, config.rows_per_shard) as writer:
         for category in sorted(chosen):
             for key in chosen[category]:
                 writer.write_all(packer.add(documents[(category, key)]))
@@ -382,5 +417,5 @@ def _pack(config: SamplesJobConfig, output: Path) -> dict[str, Any]:
         "mixture": mixture_table,
         "rejections": {f"packing_{k}": v for k, v in packing.dropped.items()},
     }
-    atomic_write_json(output / "markers" / "pack.done", stats)
+    fs.write_marker(output, "pack", stats, shards=[f"packed/{fs.basename(path)}" for path in writer.paths])
     return stats

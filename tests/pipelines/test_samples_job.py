@@ -133,3 +133,16 @@ def test_shard_tools_read_the_packed_output(job_output):
     whole = collect_stats(output)
     assert whole.records["fim_sample"]["rows"] == pq.read_table(output / "fim").num_rows
     assert validate_shards(output)[1] == []
+
+
+def test_input_shards_with_nothing_kept_fail_the_job_loudly(ray_local, inputs, tmp_path):
+    from loopcoder.pipelines.job import JobFailed
+
+    empty = tmp_path / "nothing_kept"
+    empty.mkdir()
+    pq.write_table(SOURCE_FILE.from_records([]), empty / "part-0.parquet")
+    config = make_config(inputs, tmp_path / "out")
+    config.input, config.git_repositories, config.mixture = str(empty), [], None
+    with pytest.raises(JobFailed, match=r"0 input file\(s\) and 0 document\(s\) gave no packed sequence"):
+        run_samples_job(config)
+    assert (tmp_path / "out" / "stats.json").exists() and not (tmp_path / "out" / "_SUCCESS").exists()
