@@ -42,6 +42,10 @@ DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
 GLOBAL_STEPS = ("exact_dedup", "minhash_dedup")
 
 
+class JobFailed(RuntimeError):
+    """A job ran but cannot give what it was asked for (every input failed, nothing kept); one line says why."""
+
+
 @dataclass
 class TaskSizes:
     files_per_task: int = 500  # directory and git inputs
@@ -80,7 +84,9 @@ class JobConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+            )
         for key in ("name", "output", "inputs"):
             if key not in raw:
                 raise ValueError(f"{source}: missing key '{key}'")
@@ -122,7 +128,7 @@ class JobConfig:
         """The per-document steps, constructed (parsers, benchmark indexes and all)."""
         steps = []
         for entry in self.steps:
-            (name, params), = entry.items()
+            ((name, params),) = entry.items()
             if name in GLOBAL_STEPS:
                 continue
             step_class, config_class = DOCUMENT_STEPS[name]
@@ -164,7 +170,7 @@ def _normalise_steps(steps: list[Any], source: str) -> list[dict[str, dict[str, 
             entry = {entry: {}}
         if not isinstance(entry, dict) or len(entry) != 1:
             raise ValueError(f"{source}: each step is a name or a one-key mapping, got {entry!r}")
-        (name, params), = entry.items()
+        ((name, params),) = entry.items()
         if name not in known:
             raise ValueError(f"{source}: unknown step '{name}'; known: {', '.join(known)}")
         normalised.append({name: dict(params or {})})
@@ -179,6 +185,10 @@ def _normalise_steps(steps: list[Any], source: str) -> list[dict[str, dict[str, 
     first_global = min((names.index(g) for g in GLOBAL_STEPS if g in names), default=len(names))
     if any(n in DOCUMENT_STEPS for n in names[first_global:]):
         raise ValueError(f"{source}: dedup steps ({', '.join(GLOBAL_STEPS)}) run after every per-document step")
-    if "exact_dedup" in names and "minhash_dedup" in names and names.index("minhash_dedup") < names.index("exact_dedup"):
+    if (
+        "exact_dedup" in names
+        and "minhash_dedup" in names
+        and names.index("minhash_dedup") < names.index("exact_dedup")
+    ):
         raise ValueError(f"{source}: 'exact_dedup' runs before 'minhash_dedup'")
     return normalised
