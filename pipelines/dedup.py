@@ -5,7 +5,8 @@ No process holds the whole index. Every document is identified by a *rank key*
 licence first, then the smallest id, then the input position. The representative of a group or
 cluster is its smallest key, so the survivors do not depend on partitioning or scheduling.
 
-Stages (each writes Parquet files between stages, then a `.done` marker, so each reruns alone):
+Stages (each writes Parquet files between stages, then a `.done` marker, so each reruns alone; the
+files go through `loopcoder.pipelines.filesystem`, so `work` may be a local path or an object-store URI):
 
 1. `exact`: rows `(content_sha256, key)` are shuffled into parts by a hash of `content_sha256`;
    each group of equal hashes keeps its smallest key and emits `(key, rep)` for the others.
@@ -31,10 +32,8 @@ Stages (each writes Parquet files between stages, then a `.done` marker, so each
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from .io import atomic_write_json, atomic_write_parquet
+from . import filesystem as fs
+from .filesystem import atomic_write_json, atomic_write_parquet
 from .minhash import MinhashConfig, jaccard, shingle_set
 
 logger = logging.getLogger(__name__)
@@ -73,35 +73,29 @@ def cluster_id(root_key: str) -> int:
     return xxhash.xxh64_intdigest(stable.encode()) & 0x7FFFFFFFFFFFFFFF
 
 
-def _done(path: Path) -> Path:
-    return path.with_name(path.name + ".done")
+def _stage(path: str, build) -> dict[str, Any]:
+    """Runs `build(path) -> stats` unless the marker `path.done` exists.
 
-
-def _stage(path: Path, build) -> dict[str, Any]:
-    """Runs `build(tmp_dir) -> stats` unless `path.done` exists; the directory appears whole."""
-    marker = _done(path)
-    if marker.exists():
-        import json
-
-        return json.loads(marker.read_text())
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    The folder counts only once its marker is written (rename is not atomic on object stores); a
+    stage without a marker starts over from an empty folder, so a crash leaves nothing it reads.
+    """
+    marker = path + ".done"
+    finished = fs.read_json_if_exists(marker)
+    if finished is not None:
+        return finished
+    fs.delete_tree(path)
+    fs.make_dirs(path)
     start = time.perf_counter()
-    stats = build(tmp) | {"seconds": round(time.perf_counter() - start, 3)}
-    tmp.rename(path)
+    stats = build(path) | {"seconds": round(time.perf_counter() - start, 3)}
     atomic_write_json(marker, stats)
     return stats
 
 
 def _load_files(batch: dict) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    return pa.concat_tables([pq.read_table(path) for path in batch["path"]])
+    return pa.concat_tables([fs.read_parquet(path) for path in batch["path"]])
 
 
-def _read(files: list[Path]):
+def _read(files: list[str]):
     """A dataset over Parquet files, each read by a worker.
 
     Listing is done here rather than by `ray.data.read_parquet`, whose threaded path resolution
@@ -111,14 +105,14 @@ def _read(files: list[Path]):
 
     if not files:
         return None
-    items = [{"path": str(f)} for f in files]
+    items = [{"path": f} for f in files]
     return ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map_batches(
         _load_files, batch_format="numpy", batch_size=1
     )
 
 
-def _parquet_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*.parquet") if not p.name.startswith("."))
+def _parquet_files(directory: str) -> list[str]:
+    return [fs.join(directory, relative) for relative in fs.list_files(directory, (".parquet",))]
 
 
 def _write_block(batch: pa.Table, directory: str) -> pa.Table:
@@ -129,15 +123,15 @@ def _write_block(batch: pa.Table, directory: str) -> pa.Table:
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_table(batch)
     name = f"block-{xxhash.xxh3_128_hexdigest(sink.getvalue().to_pybytes())}.parquet"
-    atomic_write_parquet(batch, Path(directory) / name)
+    atomic_write_parquet(batch, fs.join(directory, name))
     return pa.table({"rows": [batch.num_rows]})
 
 
-def _write(ds, directory: Path) -> int:
+def _write(ds, directory: str) -> int:
     """Writes `ds` as Parquet files under `directory`; returns the row count."""
     if ds is None:
         return 0
-    written = ds.map_batches(_write_block, fn_args=(str(directory),), batch_format="pyarrow", batch_size=None)
+    written = ds.map_batches(_write_block, fn_args=(directory,), batch_format="pyarrow", batch_size=None)
     return sum(int(row["rows"]) for row in written.iter_rows())
 
 
@@ -147,10 +141,8 @@ def _write(ds, directory: Path) -> int:
 ROWS_PER_PART = 1_000_000
 
 
-def _num_parts(files: list[Path], partitions: int) -> int:
-    import pyarrow.parquet as pq
-
-    rows = sum(pq.read_metadata(f).num_rows for f in files)
+def _num_parts(files: list[str], partitions: int) -> int:
+    rows = sum(fs.parquet_file(f).metadata.num_rows for f in files)
     return max(partitions, -(-rows // ROWS_PER_PART))
 
 
@@ -229,12 +221,10 @@ def _with_task_of(batch: pa.Table, column: str) -> pa.Table:
 
 def _shingle_sets(work: str, ngram: int, task: int, keys: list[str]) -> dict[str, np.ndarray]:
     """key -> shingle set, for some rows of one task, computed from the task's documents file."""
-    import pyarrow.parquet as pq
-
     rows = sorted({key_position(key)[1] for key in keys})
     if not rows:
         return {}
-    table = pq.read_table(Path(work) / "documents" / f"task-{task:06d}.parquet", columns=["content"])
+    table = fs.read_parquet(fs.join(work, "documents", f"task-{task:06d}.parquet"), columns=["content"])
     contents = table.column("content").take(pa.array(rows, pa.int64())).to_pylist()
     by_row = {row: shingle_set(content, ngram) for row, content in zip(rows, contents, strict=True)}
     return {key: by_row[key_position(key)[1]] for key in keys}
@@ -416,17 +406,18 @@ def _write_task_annotations(group: pa.Table, directory: str) -> pa.Table:
             "cluster": pa.array([merged[r][1] for r in rows], pa.int64()),
         }
     )
-    atomic_write_parquet(table, Path(directory) / f"task-{task:06d}.parquet")
+    atomic_write_parquet(table, fs.join(directory, f"task-{task:06d}.parquet"))
     return pa.table({"task": [task], "rows": [len(rows)]})
 
 
-def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions: int) -> dict[str, Any]:
-    """Runs the enabled global stages over the stage-1 files under `work`; returns their statistics."""
-    dedup = work / "dedup"
-    dedup.mkdir(parents=True, exist_ok=True)
+def run_dedup(work: str, exact: bool, minhash: MinhashConfig | None, partitions: int) -> dict[str, Any]:
+    """Runs the enabled global stages over the stage-1 files under `work` (a path or URI); returns their statistics."""
+    work = str(work)
+    dedup = fs.join(work, "dedup")
+    fs.make_dirs(dedup)
     stats: dict[str, Any] = {}
 
-    def grouped_by_part(files: list[Path], column: str, function, args: tuple):
+    def grouped_by_part(files: list[str], column: str, function, args: tuple):
         parts = _num_parts(files, partitions)
         return (
             _read(files)
@@ -435,14 +426,14 @@ def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions
             .map_groups(function, fn_args=args, batch_format="pyarrow")
         )
 
-    def build_exact(tmp: Path) -> dict[str, Any]:
-        files = _parquet_files(work / "keys")
+    def build_exact(tmp: str) -> dict[str, Any]:
+        files = _parquet_files(fs.join(work, "keys"))
         if not files:
             return {"removed": 0}
         return {"removed": _write(grouped_by_part(files, "content_sha256", _exact_part, ()), tmp)}
 
-    def build_edges(tmp: Path) -> dict[str, Any]:
-        files = _parquet_files(work / "bands")
+    def build_edges(tmp: str) -> dict[str, Any]:
+        files = _parquet_files(fs.join(work, "bands"))
         if not files:
             return {"pair_rows": 0}
         edges = grouped_by_part(files, "band_hash", _bucket_part, (minhash.bucket_window, minhash.verify))
@@ -458,16 +449,16 @@ def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions
             "jaccard_histogram": {f"{b / 10:.1f}-{(b + 1) / 10:.1f}": n for b, n in enumerate(histogram)},
         }
 
-    def build_verified(tmp: Path) -> dict[str, Any]:
-        pairs = _read(_parquet_files(dedup / "edges"))
+    def build_verified(tmp: str) -> dict[str, Any]:
+        pairs = _read(_parquet_files(fs.join(dedup, "edges")))
         if pairs is None:  # no bucket holds two documents
             return verified_stats(0, 0, [0] * 10)
         verified = (
             pairs.map_batches(_with_task_of, fn_args=("u",), batch_format="pyarrow")
             .groupby("task", num_partitions=partitions)
-            .map_groups(_attach_first_sets, fn_args=(str(work), minhash.ngram), batch_format="pyarrow")
+            .map_groups(_attach_first_sets, fn_args=(work, minhash.ngram), batch_format="pyarrow")
             .groupby("task", num_partitions=partitions)
-            .map_groups(_verify_pairs, fn_args=(str(work), minhash.ngram, minhash.threshold), batch_format="pyarrow")
+            .map_groups(_verify_pairs, fn_args=(work, minhash.ngram, minhash.threshold), batch_format="pyarrow")
         )
         written = _write(verified, tmp)
         scored = _read(_parquet_files(tmp))
@@ -478,50 +469,48 @@ def run_dedup(work: Path, exact: bool, minhash: MinhashConfig | None, partitions
                 duplicates += int(row["duplicates"])
         return verified_stats(written, duplicates, histogram)
 
-    def build_components(tmp: Path) -> dict[str, Any]:
+    def build_components(tmp: str) -> dict[str, Any]:
         if minhash.verify:
-            pairs = _read(_parquet_files(dedup / "verified"))
+            pairs = _read(_parquet_files(fs.join(dedup, "verified")))
             edges = None if pairs is None else pairs.map_batches(_duplicate_edges, batch_format="pyarrow")
         else:
-            edges = _read(_parquet_files(dedup / "edges"))
+            edges = _read(_parquet_files(fs.join(dedup, "edges")))
         if edges is None:
             return {"rounds": 0, "removed": 0}
         components, rounds = connected_components(edges, partitions)
         return {"rounds": rounds, "removed": _write(components, tmp)}
 
-    def build_annotations(tmp: Path) -> dict[str, Any]:
+    def build_annotations(tmp: str) -> dict[str, Any]:
         parts = []
-        if exact and (files := _parquet_files(dedup / "exact")):
+        if exact and (files := _parquet_files(fs.join(dedup, "exact"))):
             parts.append(_read(files).map_batches(_annotation_rows, fn_args=(EXACT_DUPLICATE,), batch_format="pyarrow"))
-        if minhash and (files := _parquet_files(dedup / "components")):
+        if minhash and (files := _parquet_files(fs.join(dedup, "components"))):
             parts.append(_read(files).map_batches(_annotation_rows, fn_args=(NEAR_DUPLICATE,), batch_format="pyarrow"))
         if not parts:
             return {"tasks": 0}
         rows = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
         written = rows.groupby("task", num_partitions=partitions).map_groups(
-            _write_task_annotations, fn_args=(str(tmp),), batch_format="pyarrow"
+            _write_task_annotations, fn_args=(tmp,), batch_format="pyarrow"
         )
         return {"tasks": written.count()}
 
     if exact:
-        stats["exact"] = _stage(dedup / "exact", build_exact)
+        stats["exact"] = _stage(fs.join(dedup, "exact"), build_exact)
     if minhash:
-        stats["edges"] = _stage(dedup / "edges", build_edges)
+        stats["edges"] = _stage(fs.join(dedup, "edges"), build_edges)
         if minhash.verify:
-            stats["verified"] = _stage(dedup / "verified", build_verified)
-        stats["components"] = _stage(dedup / "components", build_components)
-    stats["annotations"] = _stage(dedup / "annotations", build_annotations)
+            stats["verified"] = _stage(fs.join(dedup, "verified"), build_verified)
+        stats["components"] = _stage(fs.join(dedup, "components"), build_components)
+    stats["annotations"] = _stage(fs.join(dedup, "annotations"), build_annotations)
     return stats
 
 
-def read_annotations(work: Path, task: int) -> dict[int, tuple[str | None, int | None]]:
+def read_annotations(work: str, task: int) -> dict[int, tuple[str | None, int | None]]:
     """row -> (reason, cluster) for one task (empty when no row of the task is in a group)."""
-    import pyarrow.parquet as pq
-
-    path = work / "dedup" / "annotations" / f"task-{task:06d}.parquet"
-    if not path.exists():
+    path = fs.join(work, "dedup", "annotations", f"task-{task:06d}.parquet")
+    if not fs.exists(path):
         return {}
-    table = pq.read_table(path)
+    table = fs.read_parquet(path)
     return {
         row: (reason, cluster)
         for row, reason, cluster in zip(

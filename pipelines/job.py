@@ -64,6 +64,10 @@ DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
 GLOBAL_STEPS = ("exact_dedup", "minhash_dedup")
 
 
+class JobFailed(RuntimeError):
+    """A job ran but cannot give what it was asked for (every input failed, nothing kept); one line says why."""
+
+
 @dataclass
 class TaskSizes:
     files_per_task: int = 500  # directory and git inputs

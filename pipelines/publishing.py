@@ -12,23 +12,31 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import yaml
 
 from loopcoder.schemas import ALL_RECORD_SCHEMAS, schema_of
 
-from .inspection.discovery import discover_shards
+from . import filesystem as fs
+from .filesystem import discover_shards
 from .inspection.stats import collect_stats
 
 logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
 CHARTS_DIR = "charts"
-RESOLVED_CONFIG_NAMES = ("job.resolved.yaml", "config.resolved.yaml", "resolved_config.yaml", "resolved_config.json")
+# `config.json` is what the clean job and the samples job write; the others are read when present
+RESOLVED_CONFIG_NAMES = (
+    "config.json",
+    "job.resolved.yaml",
+    "config.resolved.yaml",
+    "resolved_config.yaml",
+    "resolved_config.json",
+)
 SIZE_CATEGORIES = [
     (1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
     (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
@@ -44,37 +52,38 @@ def size_category(rows: int) -> str:
     return next((label for limit, label in SIZE_CATEGORIES if rows < limit), "n>1T")
 
 
-def shard_configs(root: Path) -> dict[str, dict[str, Any]]:
+def shard_configs(root: str | Path) -> dict[str, dict[str, Any]]:
     """One dataset config per folder of shards: name, data_files glob, record type, Arrow schema."""
-    groups: dict[str, list[Path]] = defaultdict(list)
+    root = fs.absolute(root)
+    groups: dict[str, list[str]] = defaultdict(list)
     for shard in discover_shards(root):
-        groups[shard.parent.relative_to(root).as_posix()].append(shard)
+        relative = shard[len(root) + 1 :]
+        groups[relative.rpartition("/")[0] or "."].append(shard)
     configs = {}
     for folder, shards in sorted(groups.items()):
-        schema = pq.read_schema(shards[0])
+        schema = fs.parquet_file(shards[0]).schema_arrow
         identity = schema_of(schema)
         configs[folder.replace("/", "_") if folder != "." else "default"] = {
             "data_files": f"{folder}/*.parquet" if folder != "." else "*.parquet",
             "record": identity[0] if identity else "unknown",
             "schema": schema,
-            "rows": sum(pq.read_metadata(s).num_rows for s in shards),
+            "rows": sum(fs.parquet_file(s).metadata.num_rows for s in shards),
             "shards": len(shards),
         }
     return configs
 
 
-def resolved_job_config(root: Path) -> tuple[str, Any] | None:
+def resolved_job_config(root: str | Path) -> tuple[str, Any] | None:
     """(file name, content) of the resolved config a job wrote beside its output, if any."""
     for name in RESOLVED_CONFIG_NAMES:
-        candidate = root / name
-        if candidate.exists():
-            text = candidate.read_text(encoding="utf-8")
-            return name, json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
-    manifest = root / "manifest.json"
-    if manifest.exists():
-        payload = json.loads(manifest.read_text(encoding="utf-8"))
-        if isinstance(payload, dict) and "config" in payload:
-            return "manifest.json", payload["config"]
+        try:
+            text = fs.read_bytes(fs.join(root, name)).decode("utf-8")
+        except FileNotFoundError:
+            continue
+        return name, json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+    payload = fs.read_json_if_exists(fs.join(root, "manifest.json"))
+    if isinstance(payload, dict) and "config" in payload:
+        return "manifest.json", payload["config"]
     return None
 
 
@@ -87,16 +96,14 @@ def _features_yaml(schema) -> list[dict]:
 
 
 def build_card(root: str | Path, name: str | None = None, license: str = "other", with_charts: bool = True) -> str:
-    """The text of the dataset card for a job output directory."""
-    from .inspection.plots import plot_stats
-
-    root = Path(root)
+    """The text of the dataset card for a job output directory (a local path or a URI)."""
+    root = fs.absolute(root)
     configs = shard_configs(root)
     if not configs:
         raise ValueError(f"no .parquet shards under {root}")
     stats = collect_stats(root, keep_lengths=with_charts)
-    charts = plot_stats(stats, root / CHARTS_DIR) if with_charts else []
-    name = name or root.resolve().name
+    charts = _write_charts(stats, root) if with_charts else []
+    name = name or fs.basename(root)
     languages = [language for language, _ in stats.languages.most_common() if language != "unknown"]
     metadata: dict[str, Any] = {
         "pretty_name": name,
@@ -141,7 +148,7 @@ def build_card(root: str | Path, name: str | None = None, license: str = "other"
     body += ["## Statistics", "", *_stats_tables(stats), ""]
     if charts:
         body += ["## Charts", ""]
-        body += [f"![{chart.stem}]({CHARTS_DIR}/{chart.name})" for chart in charts]
+        body += [f"![{chart.rsplit('.', 1)[0]}]({CHARTS_DIR}/{chart})" for chart in charts]
         body.append("")
     body += [
         "## Loading",
@@ -154,17 +161,31 @@ def build_card(root: str | Path, name: str | None = None, license: str = "other"
     ]
     for config_name, config in configs.items():
         body.append(
-            f'{config_name} = load_dataset("parquet", data_files={{"train": "{(root / config["data_files"]).as_posix()}"}}, split="train")'
+            f'{config_name} = load_dataset("parquet", data_files={{"train": "{fs.join(root, config["data_files"])}"}}, split="train")'
         )
     body += ["```", "", "From the Hub, once published (`loopcoder data publish`):", "", "```python",
              "from datasets import load_dataset", "",
              f'ds = load_dataset("ORG/{name}", "{next(iter(configs))}", split="train")', "```", "",
              "With Ray Data:", "", "```python", "import ray", ""]  # fmt: skip
     for config_name, config in configs.items():
-        folder = (root / config["data_files"]).parent.as_posix()
+        folder = fs.parent(fs.join(root, config["data_files"]))
         body.append(f'{config_name} = ray.data.read_parquet("{folder}")')
     body += ["```", ""]
     return f"---\n{header}---\n\n" + "\n".join(body)
+
+
+def _write_charts(stats, root: str) -> list[str]:
+    """The PNG charts under `root/charts/` (drawn locally, then uploaded when `root` is a URI); their names."""
+    from .inspection.plots import plot_stats
+
+    if fs.is_local(root):
+        return [path.name for path in plot_stats(stats, Path(root) / CHARTS_DIR)]
+    with tempfile.TemporaryDirectory() as scratch:
+        names = []
+        for path in plot_stats(stats, scratch):
+            fs.atomic_write_bytes(fs.join(root, CHARTS_DIR, path.name), path.read_bytes())
+            names.append(path.name)
+        return names
 
 
 def _summary(stats, configs) -> str:
@@ -180,7 +201,7 @@ def _stats_tables(stats) -> list[str]:
     lines = []
     for title, counter in (("Languages", stats.languages), ("Categories", stats.categories),
                            ("Tokens per category", stats.tokens_by_category), ("FIM split kinds", stats.fim_split_kinds),
-                           ("Rejections by reason", stats.job_rejections + stats.filter_rejections)):  # fmt: skip
+                           ("Rejections by reason", stats.rejections)):  # fmt: skip
         if not counter:
             continue
         total = sum(counter.values())
@@ -195,11 +216,10 @@ def _stats_tables(stats) -> list[str]:
     return lines
 
 
-def write_card(root: str | Path, **kwargs) -> Path:
-    from .io import atomic_write_bytes
-
-    path = Path(root) / CARD_NAME
-    atomic_write_bytes(path, build_card(root, **kwargs).encode("utf-8"))
+def write_card(root: str | Path, **kwargs) -> str:
+    """Writes `root/README.md` (a local path or a URI) atomically; returns its location."""
+    path = fs.join(fs.absolute(root), CARD_NAME)
+    fs.atomic_write_bytes(path, build_card(root, **kwargs).encode("utf-8"))
     return path
 
 
@@ -207,11 +227,13 @@ def files_to_publish(root: str | Path) -> list[str]:
     """Paths (relative, POSIX) uploaded by `publish`: every file of the directory but hidden and internal ones.
 
     Names starting with a dot are temporary or hidden; names starting with an underscore are a job's
-    internal state (`_work/` between stages, the `_SUCCESS` marker).
+    internal state (`_work/` between stages, the `_SUCCESS` marker). A shard no marker of its job lists
+    (left by a task that did not finish) is not uploaded either.
     """
-    root = Path(root)
-    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    return sorted(f for f in files if not any(part.startswith((".", "_")) for part in f.split("/")))
+    root = fs.absolute(root)
+    files = fs.list_files(root)
+    shards = {shard[len(root) + 1 :] for shard in discover_shards(root)}
+    return [f for f in files if not f.endswith(".parquet") or f in shards]
 
 
 def publish(root: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
@@ -222,6 +244,8 @@ def publish(root: str | Path, repo_id: str, private: bool = False, revision: str
     fails with one line and leaves the directory as it was; the card, when generated, is
     uploaded from memory rather than written into the directory.
     """
+    if not fs.is_local(root):
+        raise ValueError(f"publish uploads a local directory; {root} is not one (copy it to local disk first)")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")

@@ -11,6 +11,10 @@ Reading happens in two steps so that a job can resume:
    plus `raw` bytes or `content` text, and `reader_reason` for a file the reader already rejects:
    `symlink`, `unreadable`, `too_large` from its size, `bad_record` for an unparsable JSON line).
 
+`path` is a local path or a URI that `loopcoder.pipelines.filesystem` serves (`s3://`, `gs://`,
+`hf://datasets/...`); a git input is a local checkout. Table folders are listed by the one shard
+finder (`filesystem.discover_shards`), so unmarked shards of a job output are never read.
+
 Input kinds and their keys (YAML `inputs:` entries):
 
 | kind | keys |
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
+import io
 import json
 import os
 import stat
@@ -37,8 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from . import filesystem as fs
 from .decoding import DEFAULT_MAX_FILE_BYTES, Rejection
 from .languages import language_of
 from .sample_corpus import file_id
@@ -55,6 +59,7 @@ TABLE_COLUMNS = {
     "revision": ("revision", "max_stars_repo_head_hexsha", "hexsha", "commit"),
 }
 SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__"}
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 
 
 def _matches(relative: str, patterns: list[str]) -> bool:
@@ -92,6 +97,9 @@ def plan_tasks(
 
 
 def _plan_directory(spec, files_per_task, _rows):
+    if not fs.is_local(spec["path"]):
+        yield from _plan_remote_directory(spec, files_per_task)
+        return
     root = Path(spec["path"])
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
@@ -109,6 +117,20 @@ def _plan_directory(spec, files_per_task, _rows):
         yield {"files": chunk}
 
 
+def _plan_remote_directory(spec, files_per_task):
+    """A folder on an object store: every object under the prefix (no symlinks exist there)."""
+    location = spec["path"]
+    if not fs.is_dir(location):
+        raise FileNotFoundError(f"{location} is not a directory (no object under this prefix)")
+    relatives = [
+        relative
+        for relative in fs.list_files(location, include_internal=True)
+        if not any(part in SKIPPED_DIRS for part in relative.split("/")[:-1]) and _selected(relative, spec)
+    ]
+    for chunk in _chunks(relatives, files_per_task):
+        yield {"files": chunk}
+
+
 def _git(path: Path, *args: str, input: bytes | None = None) -> bytes:
     result = subprocess.run(
         ["git", "-C", str(path), *args], capture_output=True, input=input, timeout=GIT_TIMEOUT_SECONDS
@@ -120,6 +142,8 @@ def _git(path: Path, *args: str, input: bytes | None = None) -> bytes:
 
 
 def _plan_git(spec, files_per_task, _rows):
+    if not fs.is_local(spec["path"]):
+        raise ValueError(f"{spec['path']}: a git input is a local checkout, not an object-store location")
     path = Path(spec["path"])
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory")
@@ -140,28 +164,27 @@ def _plan_git(spec, files_per_task, _rows):
         yield {"revision": revision, "blobs": chunk}
 
 
-def _table_files(spec, suffixes) -> list[Path]:
-    path = Path(spec["path"])
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist")
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes) and not p.name.startswith("."))
+def _table_files(spec, suffixes) -> list[str]:
+    """The table files of an input: the file itself, or every finished one under a folder (the one shard finder)."""
+    location = str(spec["path"])
+    if fs.is_file(location):
+        return [location]
+    return fs.discover_shards(location, suffixes)
 
 
 def _plan_jsonl(spec, _files, _rows):
-    for path in _table_files(spec, (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-        yield {"path": str(path)}
+    for path in _table_files(spec, JSONL_SUFFIXES):
+        yield {"path": path}
 
 
 def _plan_parquet(spec, _files, rows_per_task):
     for path in _table_files(spec, (".parquet",)):
         try:
-            rows = pq.ParquetFile(path).metadata.num_rows
+            rows = fs.parquet_file(path).metadata.num_rows
         except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a corrupt footer
             raise ValueError(f"cannot read Parquet file {path}: {error}") from None
         for start in range(0, rows, rows_per_task):
-            yield {"path": str(path), "rows": [start, min(start + rows_per_task, rows)]}
+            yield {"path": path, "rows": [start, min(start + rows_per_task, rows)]}
 
 
 def _plan_warc(spec, _files, _rows):
@@ -190,7 +213,9 @@ def _doc(spec, path, *, repo, revision=None, license=None, raw=None, content=Non
     return doc
 
 
-def read_task(task: dict[str, Any], spec: dict[str, Any], max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> Iterator[dict]:
+def read_task(
+    task: dict[str, Any], spec: dict[str, Any], max_bytes: int | None = DEFAULT_MAX_FILE_BYTES
+) -> Iterator[dict]:
     """The documents of one planned task, in a fixed order."""
     if task["kind"] not in ("directory", "git"):
         yield from READERS[task["kind"]](task, spec, max_bytes)
@@ -203,6 +228,9 @@ def read_task(task: dict[str, Any], spec: dict[str, Any], max_bytes: int | None 
 
 
 def _read_directory(task, spec, max_bytes):
+    if not fs.is_local(spec["path"]):
+        yield from _read_remote_directory(task, spec, max_bytes)
+        return
     root = Path(spec["path"])
     repo = spec.get("repo", root.name)
     for relative in task["files"]:
@@ -225,6 +253,22 @@ def _read_directory(task, spec, max_bytes):
                 yield _doc(spec, relative, repo=repo, size=info.st_size, reason=Rejection.UNREADABLE)
                 continue
             yield _doc(spec, relative, repo=repo, raw=raw, size=len(raw))
+
+
+def _read_remote_directory(task, spec, max_bytes):
+    repo = spec.get("repo", fs.basename(spec["path"]))
+    for relative in task["files"]:
+        location = fs.join(spec["path"], relative)
+        try:
+            size = fs.size(location)
+            if max_bytes is not None and size is not None and size > max_bytes:
+                yield _doc(spec, relative, repo=repo, size=size, reason=Rejection.TOO_LARGE)
+                continue
+            raw = fs.read_bytes(location)
+        except OSError:
+            yield _doc(spec, relative, repo=repo, reason=Rejection.UNREADABLE)
+            continue
+        yield _doc(spec, relative, repo=repo, raw=raw, size=len(raw))
 
 
 def _read_git(task, spec, max_bytes):
@@ -278,13 +322,14 @@ def _table_docs(rows: list[dict[str, Any]], names: list[str], spec: dict[str, An
     columns = {field: _column(names, spec, field) for field in TABLE_COLUMNS}
     if columns["content"] is None:
         raise ValueError(f"{source}: no content column (looked for {', '.join(TABLE_COLUMNS['content'])})")
-    default_repo = spec.get("repo", Path(spec["path"]).stem)
+    default_repo = spec.get("repo", Path(fs.basename(spec["path"])).stem)
     for number, row in enumerate(rows):
         if row is None:
-            yield _doc(spec, f"{source}#{number}", repo=default_repo, reason="bad_record")
+            # named like a row without a path column: where the input lives is not part of the record
+            yield _doc(spec, f"{fs.basename(source)}#{number}", repo=default_repo, reason="bad_record")
             continue
         value = {field: row.get(column) if column else None for field, column in columns.items()}
-        path = str(value["path"] or f"{Path(source).name}#{number}")
+        path = str(value["path"] or f"{fs.basename(source)}#{number}")
         license = value["license"]
         licenses = [str(x) for x in license] if isinstance(license, list | tuple) else None
         if isinstance(license, list | tuple):
@@ -309,29 +354,31 @@ def _table_docs(rows: list[dict[str, Any]], names: list[str], spec: dict[str, An
 
 
 def _read_jsonl(task, spec, max_bytes):
-    path = Path(task["path"])
-    opener = gzip.open if path.suffix == ".gz" else open
+    path = task["path"]
+    data = fs.read_bytes(path)
+    if path.endswith(".gz"):
+        data = gzip.decompress(data)
     rows, names = [], set()
-    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if isinstance(row, dict):
-                names.update(row)
-            else:
-                row = None
-            rows.append(row)
-    yield from _table_docs(rows, sorted(names), spec, max_bytes, str(path))
+    # a text stream splits lines as reading the file did (\n, \r, \r\n), not on every Unicode separator
+    for line in io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace"):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            names.update(row)
+        else:
+            row = None
+        rows.append(row)
+    yield from _table_docs(rows, sorted(names), spec, max_bytes, path)
 
 
 def _read_parquet(task, spec, max_bytes):
-    path = Path(task["path"])
+    path = task["path"]
     start, stop = task["rows"]
-    handle = pq.ParquetFile(path)
+    handle = fs.parquet_file(path)
     names = handle.schema_arrow.names
     wanted = sorted({c for f in TABLE_COLUMNS if (c := _column(names, spec, f))})
     groups, offset = [], 0
@@ -344,7 +391,7 @@ def _read_parquet(task, spec, max_bytes):
         return
     table = handle.read_row_groups([g for g, _ in groups], columns=wanted)
     table = table.slice(start - groups[0][1], stop - start)
-    yield from _table_docs(table.to_pylist(), names, spec, max_bytes, str(path))
+    yield from _table_docs(table.to_pylist(), names, spec, max_bytes, path)
 
 
 def _read_warc(task, spec, max_bytes):

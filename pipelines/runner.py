@@ -13,8 +13,11 @@ Stages (datatrove-style: files between stages, markers written last, a rerun ski
 3. dedup: the global stages of `loopcoder.pipelines.dedup` (exact, edges, components, annotations);
 4. write: per task, the kept rows as zstd Parquet shards `files/part-N-of-M.parquet` (rolled over at
    `writer.max_shard_bytes`), rejected rows with their reason in `rejected/`, then
-   `stats/task-N.json`, then `markers/task-N.done`;
+   `stats/task-N.json`, then `markers/task-N.done` naming the shards (only then do they count);
 5. `stats.json` (everything merged) and `_SUCCESS`.
+
+The output, the inputs and `_work/` may be local paths or object-store URIs: every read and write
+goes through `loopcoder.pipelines.filesystem`, and nothing relies on rename being atomic.
 
 Each per-task stage is one Ray Data `map_batches` over the pending task numbers with an actor
 per worker (steps, parsers and permutations built once per actor). Ray restarts a killed actor
@@ -36,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from loopcoder.schemas import FILTERED_FILE
 
+from . import filesystem as fs
 from .dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, rank_key, read_annotations, run_dedup
-from .io import atomic_write_json, atomic_write_parquet
-from .job import GLOBAL_STEPS, JobConfig, RayConfig
+from .filesystem import atomic_write_json, atomic_write_parquet
+from .job import GLOBAL_STEPS, JobConfig, JobFailed, RayConfig
 from .minhash import MinhashSignatures, tokens
 from .readers import plan_tasks, read_task
 from .stats import StepStats, merge_stats, shard_stats
@@ -69,8 +72,8 @@ class TaskRunner:
     def __init__(self, stage: str, job: dict[str, Any], output: str, num_tasks: int):
         self.stage = stage
         self.job = JobConfig.from_dict(job)
-        self.output = Path(output)
-        self.work = self.output / WORK
+        self.output = output
+        self.work = fs.join(output, WORK)
         self.num_tasks = num_tasks
         if stage == "documents":
             self.steps = self.job.build_steps()
@@ -85,9 +88,9 @@ class TaskRunner:
 
     def run_documents(self, task: dict[str, Any]) -> dict[str, Any]:
         number = task["task"]
-        base = self.work / "documents" / f"task-{number:06d}"
-        if base.with_suffix(".done").exists():
-            return json.loads(base.with_suffix(".json").read_text())
+        base = fs.join(self.work, "documents", f"task-{number:06d}")
+        if fs.exists(base + ".done"):
+            return fs.read_json(base + ".json")
         _inject_worker_fault(number)
         for step in self.steps:
             step.stats = StepStats(step.name)
@@ -134,7 +137,7 @@ class TaskRunner:
 
         if keys:
             table = pa.table({"content_sha256": [k[0] for k in keys], "key": [k[1] for k in keys]})
-            atomic_write_parquet(table, self.work / "keys" / f"task-{number:06d}.parquet")
+            atomic_write_parquet(table, fs.join(self.work, "keys", f"task-{number:06d}.parquet"))
         if bands:
             table = pa.table(
                 {
@@ -144,20 +147,19 @@ class TaskRunner:
                     "key": pa.array([b[3] for b in bands], pa.string()),
                 }
             )
-            atomic_write_parquet(table, self.work / "bands" / f"task-{number:06d}.parquet")
-        atomic_write_parquet(FILTERED_FILE.from_records(records), base.with_suffix(".parquet"))
+            atomic_write_parquet(table, fs.join(self.work, "bands", f"task-{number:06d}.parquet"))
+        atomic_write_parquet(FILTERED_FILE.from_records(records), base + ".parquet")
         summary = {"task": number, "rows": len(records), "steps": {s.name: s.stats.to_dict() for s in self.steps}}
-        atomic_write_json(base.with_suffix(".json"), summary)
-        atomic_write_json(base.with_suffix(".done"), {"task": number})
+        atomic_write_json(base + ".json", summary)
+        atomic_write_json(base + ".done", {"task": number})
         return summary
 
     def run_write(self, task: dict[str, Any]) -> dict[str, Any]:
         number = task["task"]
-        marker = self.output / "markers" / f"task-{number:06d}.done"
-        stats_path = self.output / "stats" / f"task-{number:06d}.json"
-        if marker.exists():
-            return json.loads(stats_path.read_text())
-        rows = pq.read_table(self.work / "documents" / f"task-{number:06d}.parquet").to_pylist()
+        stats_path = fs.join(self.output, "stats", f"task-{number:06d}.json")
+        if fs.read_marker(self.output, f"task-{number:06d}") is not None:
+            return fs.read_json(stats_path)
+        rows = fs.read_parquet(fs.join(self.work, "documents", f"task-{number:06d}.parquet")).to_pylist()
         global_steps = [name for name in self.job.step_names() if name in GLOBAL_STEPS]
         annotations = read_annotations(self.work, number) if global_steps else {}
         step_stats = {name: StepStats(name) for name in global_steps}
@@ -179,7 +181,8 @@ class TaskRunner:
         shards = {}
         for folder, part in (("files", kept), ("rejected", rejected if self.job.writer.write_rejected else [])):
             for name, piece in self._pieces(number, part):
-                atomic_write_parquet(FILTERED_FILE.from_records(piece), self.output / folder / name, self.job.writer.compression)
+                shard = fs.join(self.output, folder, name)
+                atomic_write_parquet(FILTERED_FILE.from_records(piece), shard, self.job.writer.compression)
                 shards[f"{folder}/{name}"] = shard_stats(piece)
         by_reason: dict[str, int] = {}
         for r in rejected:
@@ -191,7 +194,8 @@ class TaskRunner:
             "rejected": {"rows": len(rejected), "by_reason": by_reason},
         }
         atomic_write_json(stats_path, summary)
-        atomic_write_json(marker, {"task": number})
+        # the marker lists the task's shards: only now do readers and the shard tools count them
+        fs.write_marker(self.output, f"task-{number:06d}", {"task": number}, shards=list(shards))
         return summary
 
     def _pieces(self, number: int, rows: list[dict]) -> Iterator[tuple[str, list[dict]]]:
@@ -239,14 +243,19 @@ def ray_session(settings: RayConfig):
         else:
             # address="local": a new instance for this job, never a cluster some other `ray start` left running
             ray.init(
-                address="local", num_cpus=settings.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
+                address="local",
+                num_cpus=settings.num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=False,
             )
         started = True
     context = DataContext.get_current()
     context.default_hash_shuffle_parallelism = settings.shuffle_partitions
     strategies = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}
     if settings.shuffle_strategy not in strategies:
-        raise ValueError(f"ray.shuffle_strategy must be one of {', '.join(strategies)}, got '{settings.shuffle_strategy}'")
+        raise ValueError(
+            f"ray.shuffle_strategy must be one of {', '.join(strategies)}, got '{settings.shuffle_strategy}'"
+        )
     context.shuffle_strategy = strategies[settings.shuffle_strategy]
     try:
         yield
@@ -255,7 +264,7 @@ def ray_session(settings: RayConfig):
             ray.shutdown()
 
 
-def _run_stage(stage: str, tasks: list[dict], job: JobConfig, output: Path, num_tasks: int) -> None:
+def _run_stage(stage: str, tasks: list[dict], job: JobConfig, output: str, num_tasks: int) -> None:
     import ray
     import ray.data
 
@@ -266,7 +275,7 @@ def _run_stage(stage: str, tasks: list[dict], job: JobConfig, output: Path, num_
     items = [{"task": t["task"], "spec": json.dumps(t)} for t in tasks]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         TaskRunner,
-        fn_constructor_args=(stage, job.to_dict(), str(output.resolve()), num_tasks),
+        fn_constructor_args=(stage, job.to_dict(), output, num_tasks),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
@@ -275,35 +284,55 @@ def _run_stage(stage: str, tasks: list[dict], job: JobConfig, output: Path, num_
         pass
 
 
-def _clean_temporaries(output: Path) -> None:
-    """Temporary files of writes interrupted by a crash (never read: they start with a dot)."""
-    for path in output.rglob(".*.tmp"):
-        path.unlink(missing_ok=True)
+def _clean_temporaries(output: str) -> None:
+    """Temporary files of local writes interrupted by a crash (never read: they start with a dot).
+
+    Object stores have none: an interrupted upload leaves no object.
+    """
+    if fs.is_local(output):
+        for path in Path(output).rglob(".*.tmp"):
+            path.unlink(missing_ok=True)
 
 
-def run_job(job: JobConfig, output: Path | None = None) -> dict[str, Any]:
-    """Runs (or resumes) `job` into `output`; returns the merged statistics written to `stats.json`."""
-    output = Path(output or job.output)
-    output.mkdir(parents=True, exist_ok=True)
-    resolved = job.to_dict() | {"output": str(output), "fingerprint": job.fingerprint()}
-    config_path = output / "config.json"
-    if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if previous.get("fingerprint") != job.fingerprint():
-            raise ValueError(
-                f"{output} holds the output of a different config (fingerprint {previous.get('fingerprint')}, "
-                f"this config {job.fingerprint()}); choose another output or delete it"
-            )
+def check_locations(job: JobConfig, output: str) -> None:
+    """Refuses, before any work, an input or output whose scheme no installed file system serves."""
+    fs.check_location(output, "output")
+    for index, spec in enumerate(job.inputs):
+        if "path" in spec:
+            fs.check_location(str(spec["path"]), f"input {index}")
+
+
+def run_job(job: JobConfig, output: str | Path | None = None) -> dict[str, Any]:
+    """Runs (or resumes) `job` into `output` (a local path or a URI); returns the statistics in `stats.json`.
+
+    Raises JobFailed when every input fails, when the inputs list nothing, or when documents were
+    read and none was kept; `stats.json` is still written in the last case, `_SUCCESS` is not.
+    """
+    output = fs.absolute(output or job.output)
+    check_locations(job, output)
+    fs.make_dirs(output)
+    resolved = job.to_dict() | {"output": output, "fingerprint": job.fingerprint()}
+    config_path = fs.join(output, "config.json")
+    previous = fs.read_json_if_exists(config_path)
+    if previous is not None and previous.get("fingerprint") != job.fingerprint():
+        raise ValueError(
+            f"{output} holds the output of a different config (fingerprint {previous.get('fingerprint')}, "
+            f"this config {job.fingerprint()}); choose another output or delete it"
+        )
     atomic_write_json(config_path, resolved)
-    if (output / "_SUCCESS").exists():
-        return json.loads((output / "stats.json").read_text())
+    if fs.exists(fs.join(output, "_SUCCESS")):
+        return fs.read_json(fs.join(output, "stats.json"))
     _clean_temporaries(output)
-    work = output / WORK
-    plan_path = work / "plan.json"
-    if plan_path.exists():
-        plan = json.loads(plan_path.read_text())
-    else:
+    work = fs.join(output, WORK)
+    plan_path = fs.join(work, "plan.json")
+    plan = fs.read_json_if_exists(plan_path)
+    if plan is None:
         tasks, errors = plan_tasks(job.inputs, job.tasks.files_per_task, job.tasks.rows_per_task)
+        if not tasks:
+            # not saved as the plan: a rerun after the inputs are fixed plans again
+            if errors:
+                raise JobFailed(f"job {job.name}: every input failed, nothing was processed: {_one_line(errors)}")
+            raise JobFailed(f"job {job.name}: the inputs list no file to process ({_input_paths(job)})")
         plan = {"tasks": tasks, "input_errors": errors}
         atomic_write_json(plan_path, plan)
     for name, error in plan["input_errors"].items():
@@ -313,7 +342,8 @@ def run_job(job: JobConfig, output: Path | None = None) -> dict[str, Any]:
     names = job.step_names()
     with ray_session(job.ray):
         start = time.perf_counter()
-        pending = [t for t in tasks if not (work / "documents" / f"task-{t['task']:06d}.done").exists()]
+        finished = set(fs.list_files(fs.join(work, "documents"), suffixes=(".done",)))
+        pending = [t for t in tasks if f"task-{t['task']:06d}.done" not in finished]
         logger.info("documents stage: %d of %d task(s) to run", len(pending), num_tasks)
         _run_stage("documents", pending, job, output, num_tasks)
         timings["documents"] = time.perf_counter() - start
@@ -324,22 +354,40 @@ def run_job(job: JobConfig, output: Path | None = None) -> dict[str, Any]:
             dedup_stats = run_dedup(work, "exact_dedup" in names, job.minhash_config(), job.ray.shuffle_partitions)
         timings["dedup"] = time.perf_counter() - start
         start = time.perf_counter()
-        pending = [t for t in tasks if not (output / "markers" / f"task-{t['task']:06d}.done").exists()]
+        finished = set(fs.list_files(fs.join(output, fs.MARKERS), suffixes=(fs.MARKER_SUFFIX,)))
+        pending = [t for t in tasks if f"task-{t['task']:06d}{fs.MARKER_SUFFIX}" not in finished]
         logger.info("write stage: %d of %d task(s) to run", len(pending), num_tasks)
         _run_stage("write", pending, job, output, num_tasks)
         timings["write"] = time.perf_counter() - start
     stats = merge_job_stats(job, output, num_tasks, plan["input_errors"], dedup_stats, timings)
-    atomic_write_json(output / "stats.json", stats)
-    atomic_write_json(output / "_SUCCESS", {"job": job.name, "fingerprint": job.fingerprint()})
+    atomic_write_json(fs.join(output, "stats.json"), stats)
+    documents = stats["steps"][0].get("docs_in", 0) if stats["steps"] else 0
+    if documents and not stats["output"].get("rows"):
+        reasons = ", ".join(
+            f"{reason} {count}" for reason, count in sorted(stats["rejected"].get("by_reason", {}).items())
+        )
+        raise JobFailed(
+            f"job {job.name}: {documents} document(s) read and none kept (rejected: {reasons or 'none'}); "
+            f"see {fs.join(output, 'stats.json')}"
+        )
+    atomic_write_json(fs.join(output, "_SUCCESS"), {"job": job.name, "fingerprint": job.fingerprint()})
     return stats
+
+
+def _one_line(errors: dict[str, str]) -> str:
+    return "; ".join(f"input {name}: {' '.join(str(error).split())}" for name, error in errors.items())
+
+
+def _input_paths(job: JobConfig) -> str:
+    return ", ".join(str(spec.get("path")) for spec in job.inputs)
 
 
 def merge_job_stats(job, output, num_tasks, input_errors, dedup_stats, timings) -> dict[str, Any]:
     """One JSON for the job: steps in order, output shards, rejections, dedup and timings."""
     document_parts, write_parts = [], []
     for number in range(num_tasks):
-        document_parts.append(json.loads((output / WORK / "documents" / f"task-{number:06d}.json").read_text()))
-        write_parts.append(json.loads((output / "stats" / f"task-{number:06d}.json").read_text()))
+        document_parts.append(fs.read_json(fs.join(output, WORK, "documents", f"task-{number:06d}.json")))
+        write_parts.append(fs.read_json(fs.join(output, "stats", f"task-{number:06d}.json")))
     step_totals = merge_stats([p["steps"] for p in document_parts] + [p["steps"] for p in write_parts])
     shards = {name: s for part in write_parts for name, s in part["shards"].items()}
     return {

@@ -13,6 +13,9 @@ Output, in Parquet shards written atomically:
     OUT/source_files/part-00000.parquet ...   record type `source_file`
     OUT/commits/part-00000.parquet ...        record type `commit_triplet`
     OUT/manifest.json                         resolved config, counts, rejections by reason
+    OUT/markers/corpus.done                   written last: the shards that count
+
+OUT may be a local path or an object-store URI (`s3://bucket/sample`, see docs/pipelines.md).
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from tqdm import tqdm
 
 from loopcoder.schemas import COMMIT_TRIPLET, SOURCE_FILE
 
+from . import filesystem as fs
 from .commits import CommitConfig, CommitTripletExtractor
 from .decoding import DEFAULT_MAX_FILE_BYTES, Rejection, decode_source
-from .io import ShardWriter, atomic_write_json
+from .filesystem import atomic_write_json
+from .io import ShardWriter
 from .languages import language_of
 
 logger = logging.getLogger(__name__)
@@ -210,43 +215,54 @@ def read_git_history(source: dict[str, Any], max_bytes: int, stats: CorpusStats)
 FILE_READERS = {"directory": read_directory, "installed_packages": read_installed_packages}
 
 
-def build_sample_corpus(config: SampleCorpusConfig, output: Path | None = None) -> dict[str, Any]:
-    """Reads every source of `config` into shards under `output`; returns the manifest written."""
-    output = Path(output or config.output)
-    # Built beside the destination and swapped in whole, so a rerun never mixes old and new shards
-    # and an interrupted build leaves the previous corpus untouched.
-    staging = output.parent / f".{output.name}.building"
-    shutil.rmtree(staging, ignore_errors=True)
-    stats = CorpusStats()
+def build_sample_corpus(config: SampleCorpusConfig, output: str | Path | None = None) -> dict[str, Any]:
+    """Reads every source of `config` into shards under `output` (a local path or a URI); returns the manifest.
+
+    On a local disk the corpus is built beside the destination and swapped in whole, so a rerun never
+    mixes old and new shards and an interrupted build leaves the previous corpus untouched. An object
+    store has no atomic rename: the previous corpus is deleted first, and the new one counts once its
+    marker (`markers/corpus.done`, written last, naming every shard) exists.
+    """
+    output = fs.absolute(output or config.output)
+    fs.check_location(output, "output")
     kinds = {source.get("kind") for source in config.sources}
     if kinds - set(FILE_READERS) - {"git_history"}:
         known = ", ".join([*FILE_READERS, "git_history"])
         raise ValueError(
             f"unknown source kind(s) {sorted(kinds - set(FILE_READERS) - {'git_history'})}; known: {known}"
         )
-    with ShardWriter(staging / "source_files", SOURCE_FILE, config.rows_per_shard) as files:
+    local = fs.is_local(output)
+    staging = fs.join(fs.parent(output), f".{fs.basename(output)}.building") if local else output
+    fs.delete_tree(staging)
+    stats = CorpusStats()
+    with ShardWriter(fs.join(staging, "source_files"), SOURCE_FILE, config.rows_per_shard) as files:
         for source in config.sources:
             if source["kind"] in FILE_READERS:
                 files.write_all(FILE_READERS[source["kind"]](source, config.max_file_bytes, stats))
-    with ShardWriter(staging / "commits", COMMIT_TRIPLET, config.rows_per_shard) as commits:
+    with ShardWriter(fs.join(staging, "commits"), COMMIT_TRIPLET, config.rows_per_shard) as commits:
         for source in config.sources:
             if source["kind"] == "git_history":
                 commits.write_all(read_git_history(source, config.max_file_bytes, stats))
+    source_shards = [fs.basename(p) for p in files.paths]
+    commit_shards = [fs.basename(p) for p in commits.paths]
     manifest = {
-        "config": asdict(config) | {"output": str(output)},
+        "config": asdict(config) | {"output": output},
         "python": sys.version.split()[0],
-        "source_files": {"rows": files.rows_written, "shards": [p.name for p in files.paths]},
-        "commits": {"rows": commits.rows_written, "shards": [p.name for p in commits.paths]},
+        "source_files": {"rows": files.rows_written, "shards": source_shards},
+        "commits": {"rows": commits.rows_written, "shards": commit_shards},
         "files_by_language": dict(stats.files_by_language.most_common()),
         "bytes_by_language": dict(stats.bytes_by_language.most_common()),
         "files_by_repo": dict(stats.files_by_repo.most_common()),
         "rejections": dict(stats.rejections.most_common()),
     }
-    atomic_write_json(staging / "manifest.json", manifest)
-    previous = output.parent / f".{output.name}.previous"
-    shutil.rmtree(previous, ignore_errors=True)
-    if output.exists():
-        output.rename(previous)
-    staging.rename(output)
-    shutil.rmtree(previous, ignore_errors=True)
+    atomic_write_json(fs.join(staging, "manifest.json"), manifest)
+    shards = [f"source_files/{name}" for name in source_shards] + [f"commits/{name}" for name in commit_shards]
+    fs.write_marker(staging, "corpus", {"rows": files.rows_written + commits.rows_written}, shards=shards)
+    if local:
+        previous = Path(fs.parent(output)) / f".{fs.basename(output)}.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        if Path(output).exists():
+            Path(output).rename(previous)
+        Path(staging).rename(output)
+        shutil.rmtree(previous, ignore_errors=True)
     return manifest

@@ -41,19 +41,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from loopcoder.model.tokenizer.special_tokens import ENDOFTEXT, FILE_SEP, REPO_NAME
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SFT_CONVERSATION
 
+from . import filesystem as fs
 from .commits import CommitConfig, CommitTripletExtractor
 from .conversations import ConversationConfig, DocstringExtractor, commit_conversations
 from .dedup import run_dedup
+from .filesystem import atomic_write_json, atomic_write_parquet, discover_shards
 from .fim import FimConfig, FimSplitter
-from .inspection.discovery import discover_shards
-from .io import atomic_write_json, atomic_write_parquet
-from .job import RayConfig, _sub
+from .job import JobFailed, RayConfig, _sub
 from .minhash import MinhashConfig, MinhashSignatures
 from .mixture import MixtureConfig, MixtureReport, held_out, select_in_task
 from .packing import CategoryPacker, Document, PackingConfig, tokenize_conversation, tokenize_texts
@@ -242,8 +241,9 @@ class SamplesWorker:
 
     def __init__(self, config: dict[str, Any], output: str, plan: dict[str, Any]):
         self.config = SamplesJobConfig.from_dict(config)
-        self.output = Path(output)
+        self.output = output
         self.plan = plan
+        self._shards: list[str] = []  # shards the running task wrote, relative to the output; its marker lists them
         self.tokenizer = _load_tokenizer(self.config.tokenizer)
         self._splitter: FimSplitter | None = None
         self._repo_builder: RepoFimBuilder | None = None
@@ -260,15 +260,22 @@ class SamplesWorker:
         return {"task": batch["task"], "summary": np.array(summaries, dtype=object)}
 
     def run(self, task: Task) -> dict[str, Any]:
-        marker = self.output / "markers" / f"{task.name}.done"
-        if marker.exists():
-            return json.loads(marker.read_text())
+        finished = fs.read_marker(self.output, task.name)
+        if finished is not None:
+            return _without_shards(finished)
+        self._shards = []
         summary = {"task": task.name} | getattr(self, f"_run_{task.stage}")(task)
-        atomic_write_json(marker, summary)
+        fs.write_marker(self.output, task.name, summary, shards=self._shards)
         return summary
 
+    def _write_shard(self, table: pa.Table, relative: str) -> None:
+        """An output shard: counted by the shard tools once the task's marker names it."""
+        atomic_write_parquet(table, fs.join(self.output, relative))
+        self._shards.append(relative)
+
     def _write_documents(self, name: str, keys: list[str], documents: list[Document]) -> dict[str, Any]:
-        atomic_write_parquet(_documents_table(keys, documents), self.output / WORK / "documents" / f"{name}.parquet")
+        location = fs.join(self.output, WORK, "documents", f"{name}.parquet")
+        atomic_write_parquet(_documents_table(keys, documents), location)
         return _document_summary(keys, documents, self.config.split)
 
     def _tokenize(self, texts: list[str], categories: list[str]) -> list[Document]:
@@ -277,7 +284,7 @@ class SamplesWorker:
     def _run_files(self, task: Task) -> dict[str, Any]:
         if self._splitter is None:
             self._splitter = FimSplitter(FimConfig(**self.config.fim))
-        table = _kept_rows(pq.read_table(task.source))
+        table = _kept_rows(fs.read_parquet(task.source))
         rows = table.to_pylist()
         table = table.select(REPO_FILE_COLUMNS)
         samples, keys, texts, categories, skipped = [], [], [], [], Counter()
@@ -294,12 +301,12 @@ class SamplesWorker:
                 keys.append(row["id"])
                 texts.append(row["content"])
                 categories.append("file")
-        atomic_write_parquet(FIM_SAMPLE.from_records(samples), self.output / "fim" / f"part-{task.number:05d}.parquet")
+        self._write_shard(FIM_SAMPLE.from_records(samples), f"fim/part-{task.number:05d}.parquet")
         buckets = np.array([repo_bucket(r, self.config.repo_buckets) for r in table.column("repo").to_pylist()])
         written_buckets = []
         for bucket in sorted(set(buckets.tolist())):
             part = table.filter(pa.array(buckets == bucket))
-            path = self.output / WORK / "repos" / f"bucket-{bucket:05d}" / f"files-{task.number:05d}.parquet"
+            path = fs.join(self.output, WORK, "repos", f"bucket-{bucket:05d}", f"files-{task.number:05d}.parquet")
             atomic_write_parquet(part, path)
             written_buckets.append(bucket)
         documents = self._tokenize(texts, categories)
@@ -326,8 +333,10 @@ class SamplesWorker:
                 RepoFimConfig(fim=fim, **options), count_tokens=token_counter(self.tokenizer)
             )
         self._repo_builder.skipped = Counter()
-        directory = self.output / WORK / "repos" / f"bucket-{task.number:05d}"
-        files = pa.concat_tables([pq.read_table(path) for path in sorted(directory.glob("files-*.parquet"))])
+        directory = fs.join(self.output, WORK, "repos", f"bucket-{task.number:05d}")
+        files = pa.concat_tables(
+            [fs.read_parquet(fs.join(directory, n)) for n in fs.list_files(directory, (".parquet",))]
+        )
         by_repo: dict[str, list[dict[str, Any]]] = {}
         for row in files.to_pylist():
             by_repo.setdefault(row["repo"], []).append(row)
@@ -335,8 +344,7 @@ class SamplesWorker:
         for repo in sorted(by_repo):
             records += self._repo_builder(repo, by_repo[repo])
         records.sort(key=lambda r: r["id"])
-        path = self.output / "repo_fim" / f"part-{task.number:05d}.parquet"
-        atomic_write_parquet(REPO_FIM_SAMPLE.from_records(records), path)
+        self._write_shard(REPO_FIM_SAMPLE.from_records(records), f"repo_fim/part-{task.number:05d}.parquet")
         keys = [r["id"] for r in records]
         categories = ["repo" if r["mode"] == PLAIN else "repo_fim" for r in records]
         documents = self._tokenize([r["text"] for r in records], categories)
@@ -351,8 +359,7 @@ class SamplesWorker:
         repository = self.plan["git_repositories"][task.number]
         extractor = CommitTripletExtractor(CommitConfig(**self.config.commits))
         triplets = extractor(Path(repository["path"]), repository["repo"])
-        path = self.output / "commits" / f"part-{task.number:05d}.parquet"
-        atomic_write_parquet(COMMIT_TRIPLET.from_records(triplets), path)
+        self._write_shard(COMMIT_TRIPLET.from_records(triplets), f"commits/part-{task.number:05d}.parquet")
         keys = [t["id"] for t in triplets]
         documents = self._tokenize([render_commit(t) for t in triplets], ["commit"] * len(triplets))
         summary = {
@@ -384,10 +391,10 @@ class SamplesWorker:
         difficulty = DifficultyStats()
         difficulty.add(kept, [f for record, f in zip(scored, features, strict=True) if id(record) in kept_ids])
         number = task.conversation_task
-        candidates = self.output / WORK / "sft" / f"candidates-{number:06d}.parquet"
+        candidates = fs.join(self.output, WORK, "sft", f"candidates-{number:06d}.parquet")
         atomic_write_parquet(SFT_CONVERSATION.from_records(kept), candidates)
         if self.config.sft_dedup is not None:
-            write_dedup_inputs(self.output / WORK / "sft_dedup", number, kept, self._signer)
+            write_dedup_inputs(fs.join(self.output, WORK, "sft_dedup"), number, kept, self._signer)
         return {
             "built": len(conversations),
             "rejected": dict(rejections),
@@ -397,14 +404,12 @@ class SamplesWorker:
 
     def _run_sft_final(self, task: Task) -> dict[str, Any]:
         """A conversation task's survivors of the SFT dedup, written and tokenised in their tiers."""
-        candidates = self.output / WORK / "sft" / f"candidates-{task.number:06d}.parquet"
-        records = pq.read_table(candidates).to_pylist()
+        candidates = fs.join(self.output, WORK, "sft", f"candidates-{task.number:06d}.parquet")
+        records = fs.read_parquet(candidates).to_pylist()
         removed: Counter = Counter()
         if self.config.sft_dedup is not None and records:
-            records = drop_duplicates(records, self.output / WORK / "sft_dedup", task.number, removed)
-        atomic_write_parquet(
-            SFT_CONVERSATION.from_records(records), self.output / "sft" / f"part-{task.number:06d}.parquet"
-        )
+            records = drop_duplicates(records, fs.join(self.output, WORK, "sft_dedup"), task.number, removed)
+        self._write_shard(SFT_CONVERSATION.from_records(records), f"sft/part-{task.number:06d}.parquet")
         keys, documents = [], []
         for record in records:
             try:
@@ -427,7 +432,7 @@ class SamplesWorker:
         split = self.config.split
         train: dict[str, dict[str, Document]] = {}
         heldout: dict[str, dict[str, Document]] = {}
-        for row in pq.read_table(task.source).to_pylist():
+        for row in fs.read_parquet(task.source).to_pylist():
             document = Document(row["ids"], row["loss_mask"], row["category"])
             target = heldout if held_out(row["key"], split.heldout_fraction, split.seed) else train
             target.setdefault(document.category, {})[row["key"]] = document
@@ -436,8 +441,9 @@ class SamplesWorker:
         summary: dict[str, Any] = {"train": {}, "heldout": {}}
         for category in sorted(heldout):
             documents = [heldout[category][key] for key in sorted(heldout[category])]
-            directory = self.output / "heldout" / category
-            summary["heldout"][category] = self._pack_category(documents, packing, pad_id, directory, task.number)
+            summary["heldout"][category] = self._pack_category(
+                documents, packing, pad_id, f"heldout/{category}", task.number
+            )
         for category in sorted(train):
             pool = train[category]
             if mixture is None or category not in rates:
@@ -445,19 +451,20 @@ class SamplesWorker:
             else:
                 lengths = [(key, len(pool[key].ids)) for key in sorted(pool)]
                 documents = [pool[key] for key, _, _ in select_in_task(lengths, rates[category], mixture)]
-            directory = self.output / "packed" / category
-            summary["train"][category] = self._pack_category(documents, packing, pad_id, directory, task.number)
+            summary["train"][category] = self._pack_category(
+                documents, packing, pad_id, f"packed/{category}", task.number
+            )
         return summary
 
     def _pack_category(
-        self, documents: list[Document], packing: PackingConfig, pad_id: int, directory: Path, number: int
+        self, documents: list[Document], packing: PackingConfig, pad_id: int, directory: str, number: int
     ) -> dict[str, Any]:
         packer = CategoryPacker(packing, pad_id)
         rows = [row for document in documents for row in packer.add(document)] + list(packer.flush())
         size = self.config.rows_per_shard
         for piece, start in enumerate(range(0, len(rows), size)):
-            path = directory / f"part-{number:05d}-{piece:03d}.parquet"
-            atomic_write_parquet(PACKED_SEQUENCE.from_records(rows[start : start + size]), path)
+            shard = f"{directory}/part-{number:05d}-{piece:03d}.parquet"
+            self._write_shard(PACKED_SEQUENCE.from_records(rows[start : start + size]), shard)
         stats = packer.stats
         return {
             "rows": stats.rows,
@@ -468,12 +475,12 @@ class SamplesWorker:
         }
 
 
-def _run_stage(tasks: list[Task], config: SamplesJobConfig, output: Path, plan: dict[str, Any]) -> None:
+def _run_stage(tasks: list[Task], config: SamplesJobConfig, output: str, plan: dict[str, Any]) -> None:
     """Runs the unfinished tasks of one stage on an actor pool; each task writes its files and marker."""
     import ray
     import ray.data
 
-    pending = [t for t in tasks if not (output / "markers" / f"{t.name}.done").exists()]
+    pending = [t for t in tasks if not fs.exists(fs.marker(output, t.name))]
     if tasks:
         logger.info("%s stage: %d of %d task(s) to run", tasks[0].stage, len(pending), len(tasks))
     if not pending:
@@ -483,7 +490,7 @@ def _run_stage(tasks: list[Task], config: SamplesJobConfig, output: Path, plan: 
     items = [{"task": json.dumps(dataclasses.asdict(t))} for t in pending]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         SamplesWorker,
-        fn_constructor_args=(config.to_dict(), str(output.resolve()), plan),
+        fn_constructor_args=(config.to_dict(), output, plan),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
@@ -492,9 +499,23 @@ def _run_stage(tasks: list[Task], config: SamplesJobConfig, output: Path, plan: 
         pass
 
 
-def _summaries(output: Path, tasks: list[Task]) -> Iterator[dict[str, Any]]:
+def _without_shards(payload: dict[str, Any]) -> dict[str, Any]:
+    """A marker's summary without the shard list it carries for the shard finder."""
+    return {k: v for k, v in payload.items() if k != "shards"}
+
+
+def _summaries(output: str, tasks: list[Task]) -> Iterator[dict[str, Any]]:
     for task in tasks:
-        yield json.loads((output / "markers" / f"{task.name}.done").read_text())
+        yield _without_shards(fs.read_marker(output, task.name))
+
+
+def _check_locations(config: SamplesJobConfig, output: str) -> None:
+    """Refuses, before any work, a location no installed file system serves or one read only locally."""
+    fs.check_location(output, "output")
+    fs.check_location(config.input, "input")
+    for path in config.sft_files:
+        if not fs.is_local(path):
+            raise ValueError(f"sft_files: {path} is not a local path (conversations are read from local disk)")
 
 
 def _mixture_rates(config: SamplesJobConfig, train_tokens: Counter) -> dict[str, float]:
@@ -504,20 +525,24 @@ def _mixture_rates(config: SamplesJobConfig, train_tokens: Counter) -> dict[str,
     return MixtureConfig(**config.mixture).rates(dict(train_tokens))
 
 
-def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dict[str, Any]:
-    """Runs (or resumes) the samples job; returns the statistics written to `stats.json`."""
+def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) -> dict[str, Any]:
+    """Runs (or resumes) the samples job into `output` (a local path or a URI); returns the statistics in `stats.json`.
+
+    Raises JobFailed when nothing was packed (`stats.json` is written, `_SUCCESS` is not).
+    """
     from .runner import ray_session
 
-    output = Path(output or config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    resolved = config.to_dict() | {"output": str(output), "fingerprint": config.fingerprint()}
-    previous = output / "config.json"
-    if previous.exists() and json.loads(previous.read_text()).get("fingerprint") != config.fingerprint():
+    output = fs.absolute(output or config.output)
+    _check_locations(config, output)
+    fs.make_dirs(output)
+    resolved = config.to_dict() | {"output": output, "fingerprint": config.fingerprint()}
+    previous = fs.read_json_if_exists(fs.join(output, "config.json"))
+    if previous is not None and previous.get("fingerprint") != config.fingerprint():
         raise ValueError(f"{output} holds the output of a different config; choose another output or delete it")
-    atomic_write_json(previous, resolved)
-    if (output / "_SUCCESS").exists():
-        return json.loads((output / "stats.json").read_text())
-    shards = [str(p) for p in discover_shards(config.input)]
+    atomic_write_json(fs.join(output, "config.json"), resolved)
+    if fs.exists(fs.join(output, "_SUCCESS")):
+        return fs.read_json(fs.join(output, "stats.json"))
+    shards = discover_shards(config.input)
     if not shards:
         raise FileNotFoundError(f"no .parquet shards under {config.input} (run the clean job first)")
     repositories = [
@@ -555,26 +580,32 @@ def run_samples_job(config: SamplesJobConfig, output: Path | None = None) -> dic
             train_tokens.update(summary["documents"]["train_tokens"])
         plan["rates"] = _mixture_rates(config, train_tokens)
         stages["pack"] = [
-            Task("pack", i, str(output / WORK / "documents" / f"{t.name}.parquet")) for i, t in enumerate(producing)
+            Task("pack", i, fs.join(output, WORK, "documents", f"{t.name}.parquet")) for i, t in enumerate(producing)
         ]
         _run_stage(stages["pack"], config, output, plan)
         timings["pack"] = time.perf_counter() - start
     stats = merge_stats(config, output, stages, train_tokens, plan["rates"])
     stats["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
-    atomic_write_json(output / "stats.json", stats)
-    atomic_write_json(output / "_SUCCESS", {"job": config.name, "fingerprint": config.fingerprint()})
+    atomic_write_json(fs.join(output, "stats.json"), stats)
+    if not stats["packed"]["rows"]:
+        raise JobFailed(
+            f"job {config.name}: {stats['fim']['files']} input file(s) gave no packed sequence; "
+            f"see {fs.join(output, 'stats.json')}"
+        )
+    atomic_write_json(fs.join(output, "_SUCCESS"), {"job": config.name, "fingerprint": config.fingerprint()})
     return stats
 
 
-def _sft_dedup(config: SamplesJobConfig, output: Path) -> None:
+def _sft_dedup(config: SamplesJobConfig, output: str) -> None:
     """Exact and near-duplicate conversations across every conversation task, on the clean job's dedup stages."""
-    marker = output / "markers" / "sft_dedup.done"
-    work = output / WORK / "sft_dedup"
-    if config.sft_dedup is None or marker.exists() or not (work / "documents").exists():
+    work = fs.join(output, WORK, "sft_dedup")
+    if config.sft_dedup is None or fs.read_marker(output, "sft_dedup") is not None:
+        return
+    if not fs.is_dir(fs.join(work, "documents")):
         return
     logger.info("SFT dedup stage")
     stats = run_dedup(work, True, MinhashConfig(**config.sft_dedup), config.ray.shuffle_partitions)
-    atomic_write_json(marker, stats)
+    fs.write_marker(output, "sft_dedup", stats)
 
 
 def _add_nested(total: dict[str, Any], part: dict[str, Any]) -> None:
@@ -587,7 +618,7 @@ def _add_nested(total: dict[str, Any], part: dict[str, Any]) -> None:
 
 def merge_stats(
     config: SamplesJobConfig,
-    output: Path,
+    output: str,
     stages: dict[str, list[Task]],
     train_tokens: Counter,
     rates: dict[str, float],
@@ -653,7 +684,7 @@ def merge_stats(
     return stats
 
 
-def _sft_stats(output: Path, stages: dict[str, list[Task]]) -> dict[str, Any]:
+def _sft_stats(output: str, stages: dict[str, list[Task]]) -> dict[str, Any]:
     """Conversations built, removed by reason (rejections, benchmarks, duplicates) and kept per tier, with why."""
     built, rejected, removed = 0, Counter(), Counter()
     difficulty = DifficultyStats()

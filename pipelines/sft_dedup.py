@@ -39,10 +39,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from . import filesystem as fs
 from .conversations import fenced_code_blocks
 from .decontamination import BUILTIN_BENCHMARKS, BenchmarkSpec, load_benchmark
 from .dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, rank_key, read_annotations
-from .io import atomic_write_parquet
+from .filesystem import atomic_write_parquet
 from .minhash import MinhashConfig, MinhashSignatures, shingle_hashes, tokens
 from .runner import normalised_sha256
 
@@ -86,17 +87,16 @@ def write_dedup_inputs(
     work: str | Path, task: int, records: list[dict[str, Any]], signer: MinhashSignatures | None
 ) -> None:
     """Writes one task's dedup inputs under `work` (layout in the module docstring), atomically."""
-    work = Path(work)
     for folder, table in dedup_tables(records, task, signer).items():
         if table.num_rows or folder == "documents":
-            atomic_write_parquet(table, work / folder / f"task-{task:06d}.parquet")
+            atomic_write_parquet(table, fs.join(work, folder, f"task-{task:06d}.parquet"))
 
 
 def drop_duplicates(
     records: list[dict[str, Any]], work: str | Path, task: int, removed: Counter | None = None
 ) -> list[dict[str, Any]]:
     """A task's records minus those `run_dedup` marked; `removed` counts them by reason."""
-    annotations = read_annotations(Path(work), task)
+    annotations = read_annotations(str(work), task)
     removed = removed if removed is not None else Counter()
     kept = []
     for row, record in enumerate(records):

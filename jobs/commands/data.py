@@ -20,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     corpus.add_argument(
         "--config", type=Path, help="corpus config (default: the packaged jobs/data/sample_corpus.yaml)"
     )
-    corpus.add_argument("--out", type=Path, help="output directory (default: the config's `output`)")
+    corpus.add_argument("--out", help="output directory or URI (default: the config's `output`)")
     corpus.add_argument("--json", action="store_true", help="print the manifest as JSON instead of tables")
     corpus.set_defaults(handler=_sample_corpus)
 
@@ -31,7 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "or on the cluster named by RAY_ADDRESS. A rerun into the same output resumes: completed tasks are skipped.",
     )
     run.add_argument("config", type=Path, help="job config, e.g. jobs/data/clean_dedup.yaml")
-    run.add_argument("--output", type=Path, help="output directory (default: the config's `output`)")
+    run.add_argument("--output", help="output directory or URI, e.g. s3://bucket/out (default: the config's `output`)")
     run.add_argument("--json", action="store_true", help="print the job statistics as JSON instead of tables")
     run.set_defaults(handler=_run)
 
@@ -108,6 +108,8 @@ def print_corpus_summary(manifest: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from loopcoder.pipelines.filesystem import join
+
     console = Console()
     output = manifest["config"]["output"]
     console.print(
@@ -134,7 +136,7 @@ def print_corpus_summary(manifest: dict) -> None:
         for reason, count in manifest["rejections"].items():
             rejected.add_row(reason, f"{count:,}")
         console.print(rejected)
-    console.print(f"manifest: {Path(output) / 'manifest.json'}")
+    console.print(f"manifest: {join(output, 'manifest.json')}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -142,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     from loopcoder.pipelines.runner import run_job
 
     job = JobConfig.from_yaml(args.config)
-    output = args.output or Path(job.output)
+    output = args.output or job.output
     stats = run_job(job, output)
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -151,10 +153,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_job_summary(stats: dict, output: Path) -> None:
+def print_job_summary(stats: dict, output: str) -> None:
     """Per step: documents and MB in, kept, dropped by reason; then the output and any unreadable input."""
     from rich.console import Console
     from rich.table import Table
+
+    from loopcoder.pipelines.filesystem import join
 
     console = Console()
     steps = Table(title=f"job {stats['job']}: {stats['tasks']} task(s)", title_justify="left")
@@ -171,7 +175,7 @@ def print_job_summary(stats: dict, output: Path) -> None:
     out = stats["output"]
     console.print(
         f"output: {out.get('rows', 0):,} files, {out.get('bytes', 0) / 1e6:.2f} MB in "
-        f"{sum(1 for name in stats['shards'] if name.startswith('files/'))} shard(s) under {output / 'files'}; "
+        f"{sum(1 for name in stats['shards'] if name.startswith('files/'))} shard(s) under {join(output, 'files')}; "
         f"{stats['rejected'].get('rows', 0):,} rejected"
     )
     verified = stats.get("dedup", {}).get("verified") or {}
@@ -184,4 +188,4 @@ def print_job_summary(stats: dict, output: Path) -> None:
     for name, error in stats["input_errors"].items():
         console.print(f"[red]unreadable input {name}[/red]: {error}")
     timings = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in stats["timings_seconds"].items())
-    console.print(f"stats: {output / 'stats.json'} ({timings})")
+    console.print(f"stats: {join(output, 'stats.json')} ({timings})")

@@ -12,7 +12,7 @@ def register_publishing(commands: argparse._SubParsersAction) -> None:
         description="Write PATH/README.md: Hub metadata (configs per shard folder, features, licence, size), how "
         "the data was built, statistics, charts (PATH/charts/*.png) and loading snippets.",
     )  # fmt: skip
-    card.add_argument("path", type=Path, help="job output directory")
+    card.add_argument("path", help="job output directory (local path or URI)")
     card.add_argument("--name", help="dataset name shown on the card (default: the directory name)")
     card.add_argument("--license", default="other", help="SPDX licence id of the dataset (default: other)")
     card.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
@@ -23,7 +23,7 @@ def register_publishing(commands: argparse._SubParsersAction) -> None:
         description="Create the dataset repo if needed and upload every file of PATH (hidden files and _internal state excepted), "
         "with a generated card if PATH has no README.md. Resumable: rerun after an interruption.",
     )  # fmt: skip
-    publish.add_argument("path", type=Path)
+    publish.add_argument("path", type=Path, help="job output directory (local)")
     publish.add_argument("--repo-id", required=True, help="ORG/NAME of the dataset repo")
     publish.add_argument("--private", action="store_true", help="create the repo as private")
     publish.add_argument("--revision", help="branch to upload to (created if missing)")

@@ -15,7 +15,9 @@ def register_samples(commands: argparse._SubParsersAction) -> None:
         "Ray or the cluster named by RAY_ADDRESS. A rerun into the same output resumes.",
     )  # fmt: skip
     samples.add_argument("config", type=Path, help="job config, e.g. jobs/data/samples.yaml")
-    samples.add_argument("--output", type=Path, help="output directory (default: the config's `output`)")
+    samples.add_argument(
+        "--output", help="output directory or URI, e.g. s3://bucket/samples (default: the config's `output`)"
+    )
     samples.add_argument("--json", action="store_true", help="print the job statistics as JSON")
     samples.set_defaults(handler=_samples)
 
@@ -48,5 +50,5 @@ def _samples(args: argparse.Namespace) -> int:
             console.print(f"{stage}: {summary}")
     if stats.get("mixture"):
         console.print(stats["mixture"])
-    console.print(f"output: {Path(args.output or config.output)}")
+    console.print(f"output: {args.output or config.output}")
     return 0

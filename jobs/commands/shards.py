@@ -13,7 +13,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Check that every shard under PATH is readable Parquet holding a known record schema at the "
         "version this code reads, with conforming columns; reads every data page unless --quick.",
     )  # fmt: skip
-    validate.add_argument("path", type=Path, help="a shard, a directory of shards or a job output")
+    validate.add_argument("path", help="a shard, a directory of shards or a job output (local path or URI)")
     validate.add_argument("--record", help="require this record type (e.g. source_file)")
     validate.add_argument("--quick", action="store_true", help="footers and statistics only, no data pages")
     validate.set_defaults(handler=_validate)
@@ -23,13 +23,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Summarise shards from their Parquet footers and the job's stats files, reading row data "
         "only for the few small columns they do not answer.",
     )  # fmt: skip
-    stats.add_argument("path", type=Path)
+    stats.add_argument("path", help="a shard, a directory of shards or a job output (local path or URI)")
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(handler=_stats)
 
     show = commands.add_parser("show", help="pretty-print samples", description="Pretty-print the first N rows "
                                "matching --where, with FIM parts, special tokens and diffs visible.")  # fmt: skip
-    show.add_argument("path", type=Path)
+    show.add_argument("path", help="a shard, a directory of shards or a job output (local path or URI)")
     show.add_argument("--n", type=int, default=3, help="rows to show (default 3)")
     show.add_argument(
         "--where", help="Python expression over the columns, e.g. 'language == \"Go\" and size_bytes < 2000'"
@@ -41,7 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     show.set_defaults(handler=_show)
 
     plot = commands.add_parser("plot", help="PNG charts of lengths, languages, categories, tokens and rejections")
-    plot.add_argument("path", type=Path)
+    plot.add_argument("path", help="a shard, a directory of shards or a job output (local path or URI)")
     plot.add_argument("-o", "--out", type=Path, required=True, help="directory for the PNG files")
     plot.set_defaults(handler=_plot)
 
@@ -102,8 +102,7 @@ def print_stats(stats) -> None:
     for title, counter in (
         ("languages", stats.languages), ("categories", stats.categories),
         ("tokens per category", stats.tokens_by_category), ("FIM split kinds", stats.fim_split_kinds),
-        ("FIM modes", stats.fim_modes), ("rejections (job stats)", stats.job_rejections),
-        ("rejections (filter decisions in shards)", stats.filter_rejections),
+        ("FIM modes", stats.fim_modes), (f"rejections by reason (from the {stats.rejections_source})", stats.rejections),
         ("near-dedup candidate pairs by exact Jaccard", stats.candidate_pairs_by_jaccard),
     ):  # fmt: skip
         if not counter:

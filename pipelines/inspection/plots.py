@@ -66,14 +66,15 @@ def plot_stats(stats: ShardStats, out_dir: str | Path) -> list[Path]:
     bars(stats.languages, "Language share", "% of files", "languages.png")
     bars(stats.categories, "Category share", "% of rows", "categories.png")
     bars(stats.tokens_by_category, "Tokens per category", "tokens", "tokens_per_category.png", share=False)
-    rejections = stats.job_rejections + stats.filter_rejections
-    bars(rejections, "Rejections by reason", "files rejected", "rejections.png", share=False)
+    bars(stats.rejections, "Rejections by reason", "files rejected", "rejections.png", share=False)
     bars(stats.fim_split_kinds, "FIM split kinds", "% of FIM samples", "fim_split_kinds.png")
     if stats.candidate_pairs_by_jaccard:
         bins = sorted(stats.candidate_pairs_by_jaccard)
         counts = [stats.candidate_pairs_by_jaccard[b] for b in bins]
         threshold = stats.near_duplicate_threshold
-        colours = ["#C44E52" if threshold is not None and float(b.split("-")[0]) >= threshold else "#8C8C8C" for b in bins]
+        colours = [
+            "#C44E52" if threshold is not None and float(b.split("-")[0]) >= threshold else "#8C8C8C" for b in bins
+        ]
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.bar(bins, counts, color=colours)
         for x, count in enumerate(counts):

@@ -7,11 +7,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from loopcoder.schemas import schema_of
 
-from .discovery import discover_shards
+from ..filesystem import basename, discover_shards, parquet_file
 
 SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 SAFE_FUNCTIONS = {"len": len, "any": any, "all": all, "min": min, "max": max, "abs": abs, "sum": sum}
@@ -43,14 +41,14 @@ def _names_used(expression: str) -> set[str]:
     return loaded - bound - set(SAFE_FUNCTIONS)
 
 
-def iter_rows(path: str | Path, where: str | None = None, limit: int = 5) -> Iterator[tuple[Path, str, dict]]:
+def iter_rows(path: str | Path, where: str | None = None, limit: int = 5) -> Iterator[tuple[str, str, dict]]:
     """(shard, record type, row) for the first `limit` rows matching `where`, reading batch by batch."""
     code = compile_where(where)
     needed = _names_used(where) if code is not None else set()
     shown, searched = 0, 0
     columns_seen: set[str] = set()
     for shard in discover_shards(path):
-        parquet = pq.ParquetFile(shard)
+        parquet = parquet_file(shard)
         identity = schema_of(parquet.schema_arrow)
         record = identity[0] if identity else "unknown"
         columns_seen |= set(parquet.schema_arrow.names)
@@ -71,7 +69,7 @@ def iter_rows(path: str | Path, where: str | None = None, limit: int = 5) -> Ite
         )
 
 
-def render_row(console, shard: Path, record: str, row: dict, max_lines: int = 40, tokenizer=None) -> None:
+def render_row(console, shard: str, record: str, row: dict, max_lines: int = 40, tokenizer=None) -> None:
     """Prints one row with rich: a header, then the view that suits its record type."""
     from rich.panel import Panel
     from rich.syntax import Syntax
@@ -82,7 +80,7 @@ def render_row(console, shard: Path, record: str, row: dict, max_lines: int = 40
         f"{k}={row[k]}" for k in ("repo", "path", "language", "mode", "split_kind", "node_type", "category", "kept",
                                    "rejection_reason", "lifecycle_percentile") if k in row and row[k] is not None
     )  # fmt: skip
-    console.rule(f"[bold]{record}[/bold] {title}  [dim]{shard.name}[/dim]")
+    console.rule(f"[bold]{record}[/bold] {title}  [dim]{basename(shard)}[/dim]")
     if header:
         console.print(header, style="dim")
 

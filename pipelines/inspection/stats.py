@@ -6,7 +6,7 @@ What comes from where:
 |---|---|
 | shards, rows, bytes on disk, record types | Parquet footers |
 | tokens of packed sequences | footers: the value count of the `input_ids` leaf column |
-| rejections by reason | the job's stats files (`manifest.json`, `stats.json`) |
+| rejections by reason | the job's stats files (`manifest.json`, `stats.json`); without one, the `rejection_reason` column |
 | languages, categories, FIM kinds, kept/dropped, dedup clusters, lengths | one small column each, read alone |
 
 Only the few small columns named above are ever read; text columns (`content`, `text`,
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from loopcoder.schemas import schema_of
 
-from .discovery import discover_shards
+from ..filesystem import discover_shards, is_file, join, list_files, open_input_file, parent, read_json
 
 PERCENTILES = (50, 90, 99)
 # small columns worth reading when present: column -> the Counter it feeds
@@ -56,6 +56,11 @@ class ShardStats:
     fim_modes: Counter = field(default_factory=Counter)
     filter_rejections: Counter = field(default_factory=Counter)
     job_rejections: Counter = field(default_factory=Counter)
+    # the one rejection count shown (`shards stats`, charts, cards): the job's own count when its stats files
+    # have one (it includes rejections not written as rows), else the shards' `rejection_reason` column; the
+    # two describe the same rows and are never added together
+    rejections: Counter = field(default_factory=Counter)
+    rejections_source: str | None = None
     kept: int | None = None
     dedup_clusters: int | None = None
     # near-dedup candidate pairs by exact Jaccard (bins "0.6-0.7", ...) and the threshold, from the job's stats
@@ -77,18 +82,19 @@ class ShardStats:
 
 def collect_stats(path: str | Path, keep_lengths: bool = False) -> ShardStats:
     """Statistics of every shard under `path`, plus the rejections recorded in its stats files."""
-    root = Path(path)
+    root = str(path)
     shards = discover_shards(root)
-    stats = ShardStats(path=str(root), shards=len(shards))
+    stats = ShardStats(path=root, shards=len(shards))
     lengths: list[np.ndarray] = []
     clusters: set[int] | None = None
     for shard in shards:
-        parquet = pq.ParquetFile(shard)
+        handle = open_input_file(shard)
+        parquet = pq.ParquetFile(handle)
         metadata = parquet.metadata
         identity = schema_of(parquet.schema_arrow)
         record = identity[0] if identity else "unknown"
         entry = stats.records.setdefault(record, {"shards": 0, "rows": 0, "bytes": 0})
-        size = shard.stat().st_size
+        size = handle.size()
         entry["shards"] += 1
         entry["rows"] += metadata.num_rows
         entry["bytes"] += size
@@ -134,7 +140,11 @@ def collect_stats(path: str | Path, keep_lengths: bool = False) -> ShardStats:
             stats.length_percentiles["mean"] = float(merged.mean())
             if keep_lengths:
                 stats.lengths = merged.astype(int).tolist()
-    _read_stats_files(root if root.is_dir() else root.parent, stats)
+    _read_stats_files(root if not is_file(root) else parent(root), stats)
+    if stats.job_rejections:
+        stats.rejections, stats.rejections_source = Counter(stats.job_rejections), "job stats files"
+    elif stats.filter_rejections:
+        stats.rejections, stats.rejections_source = Counter(stats.filter_rejections), "rejection_reason column"
     return stats
 
 
@@ -150,14 +160,14 @@ def _leaf_value_count(parquet: pq.ParquetFile, column: str) -> int:
     return total
 
 
-def _read_stats_files(root: Path, stats: ShardStats) -> None:
+def _read_stats_files(root: str, stats: ShardStats) -> None:
     """Rejections by reason from the stats files a job wrote beside its shards."""
+    names = [r for r in list_files(root, suffixes=(".json",)) if r.rsplit("/", 1)[-1] in STATS_FILE_NAMES]
     for name in STATS_FILE_NAMES:
-        for stats_file in sorted(root.rglob(name)):
-            if any(part.startswith(".") for part in stats_file.relative_to(root).parts):
-                continue
+        for relative in [r for r in names if r.rsplit("/", 1)[-1] == name]:
+            stats_file = join(root, relative)
             try:
-                payload = json.loads(stats_file.read_text(encoding="utf-8"))
+                payload = read_json(stats_file)
             except (OSError, json.JSONDecodeError):
                 continue
             if not isinstance(payload, dict):

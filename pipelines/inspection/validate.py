@@ -19,20 +19,23 @@ import pyarrow.parquet as pq
 
 from loopcoder.schemas import ALL_RECORD_SCHEMAS, SchemaError, schema_of
 
+from ..filesystem import discover_shards, parquet_file
+
 
 @dataclass(frozen=True)
 class ShardProblem:
-    path: Path
+    path: str
     message: str
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
 
 
-def validate_shard(path: Path, expected_record: str | None = None, quick: bool = False) -> ShardProblem | None:
-    """The first problem found in one shard, or None."""
+def validate_shard(path: str | Path, expected_record: str | None = None, quick: bool = False) -> ShardProblem | None:
+    """The first problem found in one shard (a local path or a URI), or None."""
+    path = str(path)
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = parquet_file(path)
     except (pa.ArrowInvalid, OSError) as error:
         return ShardProblem(path, f"not a readable Parquet file ({_first_line(error)}); truncated or corrupt?")
     identity = schema_of(parquet.schema_arrow)
@@ -59,7 +62,7 @@ def validate_shard(path: Path, expected_record: str | None = None, quick: bool =
     return None
 
 
-def _check_nulls(path: Path, parquet: pq.ParquetFile, record) -> ShardProblem | None:
+def _check_nulls(path: str, parquet: pq.ParquetFile, record) -> ShardProblem | None:
     metadata = parquet.metadata
     top_level = {i: parquet.schema.column(i).path.split(".")[0] for i in range(metadata.num_columns)}
     required = {f.name for f in record.fields if not f.nullable}
@@ -79,8 +82,6 @@ def _check_nulls(path: Path, parquet: pq.ParquetFile, record) -> ShardProblem | 
 
 def validate_shards(path: str | Path, expected_record: str | None = None, quick: bool = False):
     """(shards checked, problems) for every shard under `path`."""
-    from .discovery import discover_shards
-
     shards = discover_shards(path)
     problems = [p for p in (validate_shard(s, expected_record, quick) for s in shards) if p is not None]
     return shards, problems

@@ -269,4 +269,4 @@ def test_write_card_is_atomic_and_replaces_the_previous_card(corpus, tmp_path):
     shutil.copytree(corpus, out)
     (out / "README.md").write_text("old")
     path = write_card(out, with_charts=False)
-    assert path.read_text().startswith("---\n") and not list(out.glob(".README.md.*"))
+    assert Path(path).read_text().startswith("---\n") and not list(out.glob(".README.md.*"))

@@ -9,8 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from loopcoder.jobs.commands.data import print_job_summary
+from loopcoder.pipelines import filesystem as fs
 from loopcoder.pipelines.dedup import connected_components
 from loopcoder.pipelines.job import JobConfig
 from loopcoder.pipelines.runner import run_job
@@ -190,3 +192,53 @@ def test_config_errors_are_named():
     with pytest.raises(ValueError, match="missing key 'inputs'"):
         JobConfig.from_dict({"name": "x", "output": "y"})
     assert pa is not None
+
+
+def run_cli(tmp_path: Path, raw: dict, capsys) -> tuple[int, str]:
+    """`loopcoder data run` on a config; (exit status, stderr), stderr checked to be one line."""
+    from loopcoder.jobs.cli import main
+
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"name": "loud", "steps": ["decode", "quality"]} | raw))
+    capsys.readouterr()
+    status = main(["data", "run", str(config)])
+    error = capsys.readouterr().err
+    assert error.count("\n") == (1 if status else 0), error
+    return status, error
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_a_scheme_no_file_system_serves_is_refused_before_any_work(tmp_path, capsys, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    inputs = [{"kind": "directory", "path": "s4://bucket/corpus" if where == "input" else str(tmp_path)}]
+    output = "s4://bucket/out" if where == "output" else str(tmp_path / "out")
+    status, error = run_cli(tmp_path, {"inputs": inputs, "output": output}, capsys)
+    label = "input 0 s4://bucket/corpus" if where == "input" else "output s4://bucket/out"
+    assert status == 1 and f"{label}: no installed file system serves 's4://'" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]  # nothing written, no `s4:` folder
+
+
+def test_a_job_whose_inputs_all_fail_exits_non_zero(s3_bucket, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = {"inputs": [{"kind": "directory", "path": f"{s3_bucket}/corpus"}], "output": f"{s3_bucket}/out"}
+    status, error = run_cli(tmp_path, raw, capsys)
+    assert status == 1 and "every input failed, nothing was processed" in error
+    assert f"{s3_bucket}/corpus is not a directory" in error
+    assert not fs.exists(f"{s3_bucket}/out/_SUCCESS") and not (tmp_path / "s3:").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, error = run_cli(tmp_path, {"inputs": [{"kind": "directory", "path": str(empty)}], "output": "out"}, capsys)
+    assert status == 1 and f"the inputs list no file to process ({empty})" in error
+
+
+def test_a_job_that_keeps_nothing_from_a_non_empty_input_exits_non_zero(ray_local, tmp_path, capsys):
+    root = tmp_path / "unusable"
+    root.mkdir()
+    (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (root / "empty.py").write_bytes(b"")
+    output = tmp_path / "out"
+    status, error = run_cli(
+        tmp_path, {"inputs": [{"kind": "directory", "path": str(root)}], "output": str(output)}, capsys
+    )
+    assert status == 1 and "2 document(s) read and none kept (rejected: binary 1, empty 1)" in error
+    assert (output / "stats.json").exists() and not (output / "_SUCCESS").exists()

@@ -127,6 +127,30 @@ def test_rerun_replaces_the_corpus_without_duplicates(source_tree, git_repo, tmp
     assert not list(tmp_path.glob(".corpus.*")), "staging directories are cleaned up"
 
 
+def test_corpus_on_s3_equals_local_and_a_rerun_replaces_it(source_tree, git_repo, tmp_path, s3_bucket):
+    from loopcoder.pipelines import filesystem as fs
+
+    config = make_config(source_tree, git_repo, rows_per_shard=1)
+    local, remote = str(tmp_path / "corpus"), f"{s3_bucket}/corpus"
+    build_sample_corpus(config, local)
+    build_sample_corpus(config, remote)
+    for root in (local, remote):
+        assert fs.read_marker(root, "corpus")["shards"] == [
+            "commits/part-00000.parquet", "commits/part-00001.parquet",
+            "source_files/part-00000.parquet", "source_files/part-00001.parquet",
+        ]  # fmt: skip
+    names = [s[len(local) + 1 :] for s in fs.discover_shards(local)]
+    assert names == [s[len(remote) + 1 :] for s in fs.discover_shards(remote)]
+    for name in names:
+        assert fs.read_bytes(fs.join(remote, name)) == fs.read_bytes(fs.join(local, name))
+    (source_tree / "pkg" / "util.js").unlink()
+    build_sample_corpus(config, remote)
+    shards = fs.discover_shards(fs.join(remote, "source_files"))
+    assert shards == [f"{remote}/source_files/part-00000.parquet"]
+    assert fs.read_parquet(shards[0]).column("path").to_pylist() == ["pkg/good.py"]
+    assert fs.list_files(fs.join(remote, "source_files")) == ["part-00000.parquet"]
+
+
 def test_broken_git_repository_is_counted_not_fatal(source_tree, tmp_path):
     not_a_repo = tmp_path / "plain"
     not_a_repo.mkdir()

@@ -261,3 +261,16 @@ def test_shipped_samples_configs_load_and_mix_repository_data_half_fim_half_plai
     assert {"commit", "file", "file_fim", "repo_fim", "repo"} == set(config.mixture["categories"])
     categories = config.mixture["categories"]
     assert categories["repo"] == categories["repo_fim"]
+
+
+def test_input_shards_with_nothing_kept_fail_the_job_loudly(ray_local, inputs, tmp_path):
+    from loopcoder.pipelines.job import JobFailed
+
+    empty = tmp_path / "nothing_kept"
+    empty.mkdir()
+    pq.write_table(SOURCE_FILE.from_records([]), empty / "part-0.parquet")
+    config = make_config(inputs, tmp_path / "out")
+    config.input, config.git_repositories, config.sft_files, config.mixture = str(empty), [], [], None
+    with pytest.raises(JobFailed, match=r"0 input file\(s\) gave no packed sequence"):
+        run_samples_job(config)
+    assert (tmp_path / "out" / "stats.json").exists() and not (tmp_path / "out" / "_SUCCESS").exists()
