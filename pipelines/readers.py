@@ -192,8 +192,13 @@ def _plan_warc(spec, _files, _rows):
         yield {"path": str(path)}
 
 
-PLANNERS = {"directory": _plan_directory, "git": _plan_git, "jsonl": _plan_jsonl, "parquet": _plan_parquet}
-PLANNERS["warc"] = _plan_warc
+PLANNERS = {
+    "directory": _plan_directory,
+    "git": _plan_git,
+    "jsonl": _plan_jsonl,
+    "parquet": _plan_parquet,
+    "warc": _plan_warc,
+}
 
 
 def _doc(spec, path, *, repo, revision=None, license=None, raw=None, content=None, size=0, reason=None, **extra):
@@ -395,9 +400,14 @@ def _read_parquet(task, spec, max_bytes):
 
 
 def _read_warc(task, spec, max_bytes):
-    with open(task["path"], "rb") as stream:
-        yield from warc_documents(stream, spec, _doc, Path(task["path"]).name, max_bytes)
+    with fs.open_input_file(task["path"]) as stream:
+        yield from warc_documents(stream, spec, _doc, fs.basename(task["path"]), max_bytes)
 
 
-READERS = {"directory": _read_directory, "git": _read_git, "jsonl": _read_jsonl, "parquet": _read_parquet}
-READERS["warc"] = _read_warc
+READERS = {
+    "directory": _read_directory,
+    "git": _read_git,
+    "jsonl": _read_jsonl,
+    "parquet": _read_parquet,
+    "warc": _read_warc,
+}
