@@ -1,6 +1,5 @@
-"""`loopcoder train` commands: sft (also looped continued pre-training with `mode=pretrain`), grpo, prepare-sample.
+"""`loopcoder train` commands: sft (also looped continued pre-training with `mode=pretrain`), grpo.
 
-    loopcoder train prepare-sample --corpus data/sample --out data/sample_packed
     loopcoder train sft --config jobs/sft/sample_tiny.yaml [name=value ...]
     loopcoder train grpo --config jobs/rl/print_number_tiny.yaml [name=value ...]
     torchrun --nproc_per_node 2 -m loopcoder.jobs.cli train sft --config jobs/sft/sample_tiny.yaml zero_stage=2
@@ -40,17 +39,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         _load_grpo_config,
         _run_grpo,
     )
-
-    prepare = commands.add_parser(
-        "prepare-sample",
-        help="tokenise and pack the sample corpus into the shard sets of jobs/sft/sample_tiny.yaml",
-        description="Build packed_sequence shard sets (pretrain, sft_easy/medium/hard, eval) from a sample corpus.",
-    )
-    prepare.add_argument("--corpus", type=Path, default=Path("data/sample"), help="sample corpus directory")
-    prepare.add_argument("--out", type=Path, default=Path("data/sample_packed"), help="output directory")
-    prepare.add_argument("--seq-len", type=int, default=256, help="tokens per packed row")
-    prepare.add_argument("--max-files", type=int, default=600, help="source files read from the corpus")
-    prepare.set_defaults(handler=_prepare)
 
 
 def _trainer_command(
@@ -117,14 +105,4 @@ def _run_grpo(config) -> int:
     held_out = result.metric("eval/pass@1")
     if trainer.rank == 0 and held_out:
         print(f"held-out pass@1 {held_out[0]:.3f} (before) -> {held_out[-1]:.3f} (after)")
-    return 0
-
-
-def _prepare(args: argparse.Namespace) -> int:
-    from loopcoder.postrain.sft.sample_data import prepare_sample
-
-    manifest = prepare_sample(args.corpus, args.out, seq_len=args.seq_len, max_files=args.max_files)
-    for name, info in manifest["sets"].items():
-        print(f"{name:<11} {info['rows']:>5} rows {info['documents']:>5} documents {info['tokens']:>8} tokens")
-    print(f"wrote {args.out}")
     return 0
