@@ -87,11 +87,30 @@ def resolved_job_config(root: str | Path) -> tuple[str, Any] | None:
     return None
 
 
+def _as_datasets_type(arrow_type):
+    """An Arrow type `datasets` has a feature for: a map becomes what it is stored as, a list of key/value structs."""
+    import pyarrow as pa
+
+    if pa.types.is_map(arrow_type):
+        entry = pa.struct(
+            [("key", _as_datasets_type(arrow_type.key_type)), ("value", _as_datasets_type(arrow_type.item_type))]
+        )
+        return pa.list_(entry)
+    if pa.types.is_list(arrow_type):
+        return pa.list_(_as_datasets_type(arrow_type.value_type))
+    if pa.types.is_large_list(arrow_type):
+        return pa.large_list(_as_datasets_type(arrow_type.value_type))
+    if pa.types.is_struct(arrow_type):
+        return pa.struct([pa.field(f.name, _as_datasets_type(f.type), f.nullable) for f in arrow_type])
+    return arrow_type
+
+
 def _features_yaml(schema) -> list[dict]:
+    import pyarrow as pa
     from datasets import Features
     from datasets.info import DatasetInfo
 
-    plain = schema.remove_metadata()
+    plain = pa.schema([pa.field(f.name, _as_datasets_type(f.type), f.nullable) for f in schema.remove_metadata()])
     return DatasetInfo(features=Features.from_arrow_schema(plain))._to_yaml_dict()["features"]
 
 

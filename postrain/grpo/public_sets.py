@@ -492,7 +492,7 @@ def prepare_dataset(
             Counter("assert" if t["assert_code"] else "stdio" for p in problems for t in p["tests"])
         ),
         "rejected": dict(sorted(rejected.items())),
-        "shards": [p.name for p in writer.paths],
+        "shards": [Path(p).name for p in writer.paths],
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
