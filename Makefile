@@ -47,6 +47,7 @@ test-gpu: setup  ## the GPU tests: kernel and model in bf16, SFT and GRPO on one
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 style: setup
 	$(BIN)/ruff format .

@@ -91,7 +91,7 @@ def _window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     for j in range(n):
         acc = acc * _MULTIPLIER + values[j : j + windows]
     unknown = np.concatenate([[0], np.cumsum(ids < 0)])
-    valid = unknown[n:] - unknown[: windows] == 0
+    valid = unknown[n:] - unknown[:windows] == 0
     return acc[valid]
 
 
@@ -129,7 +129,9 @@ class Decontaminator(Step):
             elif isinstance(entry, BenchmarkSpec):
                 specs.append(entry)
             else:
-                specs.append(BenchmarkSpec(entry["name"], entry["path"], tuple(entry.get("fields", BenchmarkSpec.fields))))
+                specs.append(
+                    BenchmarkSpec(entry["name"], entry["path"], tuple(entry.get("fields", BenchmarkSpec.fields)))
+                )
         return specs
 
     def _hashes(self, text: str, grow_vocab: bool) -> np.ndarray:

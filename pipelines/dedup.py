@@ -271,7 +271,12 @@ def _verify_pairs(group: pa.Table, work: str, ngram: int, threshold: float) -> p
             vs.append(v)
             similarity.append(1.0 if flag else jaccard(u_shingles, sets[v]))
     return pa.table(
-        {"u": us, "v": vs, "jaccard": pa.array(similarity, pa.float64()), "duplicate": [s >= threshold for s in similarity]},
+        {
+            "u": us,
+            "v": vs,
+            "jaccard": pa.array(similarity, pa.float64()),
+            "duplicate": [s >= threshold for s in similarity],
+        },
         schema=_VERIFIED_SCHEMA,
     )
 
@@ -295,7 +300,9 @@ def _jaccard_histogram(batch: pa.Table) -> pa.Table:
 _PAIR_SCHEMA_EXACT = pa.schema([("key", pa.string()), ("rep", pa.string())])
 _EDGE_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string())])
 _PAIR_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string()), ("same_content", pa.bool_())])
-_VERIFIED_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string()), ("jaccard", pa.float64()), ("duplicate", pa.bool_())])
+_VERIFIED_SCHEMA = pa.schema(
+    [("u", pa.string()), ("v", pa.string()), ("jaccard", pa.float64()), ("duplicate", pa.bool_())]
+)
 _STAR_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string()), ("unstable", pa.int64())])
 
 
@@ -319,7 +326,11 @@ def _large_star(group: pa.Table) -> pa.Table:
     unstable = int(m != u and len(neighbours) > 1)
     larger = sorted(v for v in neighbours if v > u)
     if not larger:
-        return pa.table({"u": [u], "v": [u], "unstable": [unstable]}, schema=_STAR_SCHEMA) if unstable else _STAR_SCHEMA.empty_table()
+        return (
+            pa.table({"u": [u], "v": [u], "unstable": [unstable]}, schema=_STAR_SCHEMA)
+            if unstable
+            else _STAR_SCHEMA.empty_table()
+        )
     return pa.table({"u": larger, "v": [m] * len(larger), "unstable": [unstable] * len(larger)}, schema=_STAR_SCHEMA)
 
 
@@ -393,7 +404,10 @@ def _write_task_annotations(group: pa.Table, directory: str) -> pa.Table:
     task = group.column("task")[0].as_py()
     merged: dict[int, tuple[str | None, int | None]] = {}
     for row, reason, cluster in zip(
-        group.column("row").to_pylist(), group.column("reason").to_pylist(), group.column("cluster").to_pylist(), strict=True
+        group.column("row").to_pylist(),
+        group.column("reason").to_pylist(),
+        group.column("cluster").to_pylist(),
+        strict=True,
     ):
         old_reason, old_cluster = merged.get(row, (None, None))
         new_reason = EXACT_DUPLICATE if EXACT_DUPLICATE in (reason, old_reason) else (reason or old_reason)
@@ -483,7 +497,9 @@ def run_dedup(work: str, exact: bool, minhash: MinhashConfig | None, partitions:
     def build_annotations(tmp: str) -> dict[str, Any]:
         parts = []
         if exact and (files := _parquet_files(fs.join(dedup, "exact"))):
-            parts.append(_read(files).map_batches(_annotation_rows, fn_args=(EXACT_DUPLICATE,), batch_format="pyarrow"))
+            parts.append(
+                _read(files).map_batches(_annotation_rows, fn_args=(EXACT_DUPLICATE,), batch_format="pyarrow")
+            )
         if minhash and (files := _parquet_files(fs.join(dedup, "components"))):
             parts.append(_read(files).map_batches(_annotation_rows, fn_args=(NEAR_DUPLICATE,), batch_format="pyarrow"))
         if not parts:
@@ -514,7 +530,9 @@ def read_annotations(work: str, task: int) -> dict[int, tuple[str | None, int | 
     return {
         row: (reason, cluster)
         for row, reason, cluster in zip(
-            table.column("row").to_pylist(), table.column("reason").to_pylist(), table.column("cluster").to_pylist(), strict=True
+            table.column("row").to_pylist(),
+            table.column("reason").to_pylist(),
+            table.column("cluster").to_pylist(),
+            strict=True,
         )
     }
-

@@ -138,7 +138,9 @@ class QualityFilter(Step):
         super().__init__()
         self.config = config or QualityConfig(**overrides)
         c = self.config
-        self._generated_names = re.compile("|".join(f"(?:{p})" for p in c.generated_names)) if c.generated_names else None
+        self._generated_names = (
+            re.compile("|".join(f"(?:{p})" for p in c.generated_names)) if c.generated_names else None
+        )
         self._vendored = set(c.vendored_dirs or ())
 
     def apply(self, doc: Doc) -> str | None:

@@ -3,9 +3,9 @@
     loopcoder data samples jobs/data/samples.yaml [--output DIR]
 
 Every stage is a set of tasks fixed by the inputs and the config, never by the number of workers;
-the tasks run on a Ray Data actor pool (local Ray, or the cluster named by `RAY_ADDRESS`) and each
-writes its own files, then its marker. The driver only plans tasks and adds up their summaries:
-no sample, document or token passes through it.
+the tasks run on a pool of Ray actors that live for the whole job (local Ray, or the cluster named by
+`RAY_ADDRESS`), and each task writes its own files, then its marker. The driver only plans tasks and
+adds up their summaries: no sample, document or token passes through it.
 
 1. `files` (one task per input shard): each kept file becomes a FIM sample (`fim/part-N.parquet`)
    or stays left-to-right, and is tokenised into `_work/documents/files-N.parquet`; the kept rows
@@ -28,6 +28,7 @@ worker or many, on a rerun, and after a driver killed mid-job and restarted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -237,12 +238,12 @@ class Task:
 
 
 class SamplesWorker:
-    """Ray Data actor running samples-job tasks; it keeps the tokenizer and parsers between tasks."""
+    """A Ray actor running samples-job tasks; it lives for the whole job, so the tokenizer and parsers load once."""
 
-    def __init__(self, config: dict[str, Any], output: str, plan: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], output: str):
         self.config = SamplesJobConfig.from_dict(config)
         self.output = output
-        self.plan = plan
+        self.plan: dict[str, Any] = {}
         self._shards: list[str] = []  # shards the running task wrote, relative to the output; its marker lists them
         self.tokenizer = _load_tokenizer(self.config.tokenizer)
         self._splitter: FimSplitter | None = None
@@ -252,12 +253,10 @@ class SamplesWorker:
         self._decontaminator: SftDecontaminator | None = None
         self._signer: MinhashSignatures | None = None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        summaries = []
-        for spec in batch["task"]:
-            task = Task(**json.loads(spec))
-            summaries.append(json.dumps(self.run(task)))
-        return {"task": batch["task"], "summary": np.array(summaries, dtype=object)}
+    def run_spec(self, spec: str, plan: dict[str, Any]) -> dict[str, Any]:
+        """Runs one task given as JSON, with the job's plan of the moment (repositories, mixture rates)."""
+        self.plan = plan
+        return self.run(Task(**json.loads(spec)))
 
     def run(self, task: Task) -> dict[str, Any]:
         finished = fs.read_marker(self.output, task.name)
@@ -475,28 +474,40 @@ class SamplesWorker:
         }
 
 
-def _run_stage(tasks: list[Task], config: SamplesJobConfig, output: str, plan: dict[str, Any]) -> None:
-    """Runs the unfinished tasks of one stage on an actor pool; each task writes its files and marker."""
-    import ray
-    import ray.data
+class WorkerPool:
+    """The job's `SamplesWorker` actors, one CPU each, started by the first stage that needs them and kept until closed."""
 
-    pending = [t for t in tasks if not fs.exists(fs.marker(output, t.name))]
-    if tasks:
-        logger.info("%s stage: %d of %d task(s) to run", tasks[0].stage, len(pending), len(tasks))
-    if not pending:
-        return
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = max(1, min(len(pending), config.ray.workers or cpus))
-    items = [{"task": json.dumps(dataclasses.asdict(t))} for t in pending]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        SamplesWorker,
-        fn_constructor_args=(config.to_dict(), output, plan),
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=1,
-    )
-    for _ in dataset.iter_batches(batch_size=None):
-        pass
+    def __init__(self, config: SamplesJobConfig, output: str):
+        self.config = config
+        self.output = output
+        self.actors: list[Any] = []
+
+    def run_stage(self, tasks: list[Task], plan: dict[str, Any]) -> None:
+        """Runs the unfinished tasks of one stage; each task writes its files, then its marker."""
+        import ray
+        from ray.util import ActorPool
+
+        pending = [t for t in tasks if not fs.exists(fs.marker(self.output, t.name))]
+        if tasks:
+            logger.info("%s stage: %d of %d task(s) to run", tasks[0].stage, len(pending), len(tasks))
+        if not pending:
+            return
+        if not self.actors:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            worker = ray.remote(num_cpus=1)(SamplesWorker)
+            count = max(1, self.config.ray.workers or cpus)
+            self.actors = [worker.remote(self.config.to_dict(), self.output) for _ in range(count)]
+        specs = [json.dumps(dataclasses.asdict(t)) for t in pending]
+        pool = ActorPool(self.actors)
+        for _ in pool.map_unordered(lambda actor, spec: actor.run_spec.remote(spec, plan), specs):
+            pass
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
 
 
 def _without_shards(payload: dict[str, Any]) -> dict[str, Any]:
@@ -553,25 +564,26 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
     plan: dict[str, Any] = {"git_repositories": repositories, "rates": {}}
     timings: dict[str, float] = {}
     stages: dict[str, list[Task]] = {}
-    with ray_session(config.ray):
+    with ray_session(config.ray), contextlib.closing(WorkerPool(config, output)) as pool:
         start = time.perf_counter()
         number = iter(range(1 << 30))  # conversation tasks, numbered in a fixed order across stages
         stages["files"] = [Task("files", i, shard, next(number)) for i, shard in enumerate(shards)]
-        _run_stage(stages["files"], config, output, plan)
+        pool.run_stage(stages["files"], plan)
         buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
         stages["repo_fim"] = [Task("repo_fim", b) for b in buckets]
         stages["commits"] = [Task("commits", i, "", next(number)) for i in range(len(repositories))]
         stages["sft"] = [Task("sft", i, str(path), next(number)) for i, path in enumerate(config.sft_files)]
         for name in ("repo_fim", "commits", "sft"):
-            _run_stage(stages[name], config, output, plan)
+            pool.run_stage(stages[name], plan)
         timings["samples"] = time.perf_counter() - start
         start = time.perf_counter()
         conversation_tasks = [t for name in ("files", "commits", "sft") for t in stages[name]]
         if not config.sft_from_corpus:
             conversation_tasks = stages["sft"]
+        pool.close()  # the dedup stages are Ray Data tasks: the idle actors would hold the CPUs they need
         _sft_dedup(config, output)
         stages["sft_final"] = [Task("sft_final", t.conversation_task) for t in conversation_tasks]
-        _run_stage(stages["sft_final"], config, output, plan)
+        pool.run_stage(stages["sft_final"], plan)
         timings["sft"] = time.perf_counter() - start
         start = time.perf_counter()
         producing = [t for name in ("files", "repo_fim", "commits", "sft_final") for t in stages[name]]
@@ -582,7 +594,7 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
         stages["pack"] = [
             Task("pack", i, fs.join(output, WORK, "documents", f"{t.name}.parquet")) for i, t in enumerate(producing)
         ]
-        _run_stage(stages["pack"], config, output, plan)
+        pool.run_stage(stages["pack"], plan)
         timings["pack"] = time.perf_counter() - start
     stats = merge_stats(config, output, stages, train_tokens, plan["rates"])
     stats["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}

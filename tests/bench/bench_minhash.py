@@ -67,7 +67,9 @@ def main() -> None:
     ours_time, signatures = timed(ours)
     mismatches = sum(not np.array_equal(s, m.hashvalues) for s, m in zip(signatures, reference, strict=True))
     if mismatches:
-        raise SystemExit(f"signatures differ from datasketch's on {mismatches} of {len(texts)} files: no speed reported")
+        raise SystemExit(
+            f"signatures differ from datasketch's on {mismatches} of {len(texts)} files: no speed reported"
+        )
     xxh_time, _ = timed(datasketch_xxh32, repeats=1)
     print(f"{len(texts)} files, {megabytes:.1f} MB, {args.num_perm} permutations, one core; "
           f"signatures equal to datasketch's bit for bit on all files")  # fmt: skip

@@ -29,7 +29,9 @@ import pytest
 import yaml
 
 BIN = Path(sys.executable).parent
-HAS_JOB_SERVER = all(importlib.util.find_spec(m) for m in ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client"))
+HAS_JOB_SERVER = all(
+    importlib.util.find_spec(m) for m in ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client")
+)
 
 
 def free_port() -> int:
@@ -125,7 +127,9 @@ def test_job_runs_on_the_cluster_named_by_ray_address(ray_head, tmp_path):
     assert "job cluster" in result.stdout
 
 
-@pytest.mark.skipif(not HAS_JOB_SERVER, reason="ray job submit needs ray[default] (aiohttp, opencensus, ...) for the job server")
+@pytest.mark.skipif(
+    not HAS_JOB_SERVER, reason="ray job submit needs ray[default] (aiohttp, opencensus, ...) for the job server"
+)
 @pytest.mark.parametrize("ray_head", [True], indirect=True, ids=["head-with-dashboard"])
 def test_ray_job_submit_runs_a_job_on_the_cluster(ray_head, tmp_path):
     address, env, temp_dir = ray_head

@@ -78,7 +78,9 @@ def test_quality_filter_reasons(content, path, language, reason):
 def test_quality_thresholds_are_none_able():
     long_line = doc("x = '" + "a" * 1200 + "'\n")
     assert QualityFilter(max_line_length=None, max_mean_line_length=None).run(long_line) is None
-    assert QualityFilter(max_line_length=2000, max_mean_line_length=2000).run(doc("x = '" + "a" * 1200 + "'\n")) is None
+    assert (
+        QualityFilter(max_line_length=2000, max_mean_line_length=2000).run(doc("x = '" + "a" * 1200 + "'\n")) is None
+    )
 
 
 def test_web_text_cleaner_removes_noise_lines_and_rejects_boilerplate():
@@ -108,7 +110,12 @@ def ast_validator():
         ("TypeScript", "a.ts", "function f(x: number): number { return x; }", "function f(x: number: { return x; }"),
         ("TypeScript", "a.tsx", "const a = <div>hi</div>;", "const a = <div>hi</div;"),
         ("C", "a.c", "int main(void) { return 0; }", "int main(void) { return 0; "),
-        ("C++", "a.cpp", "int main() { std::vector<int> v; return 0; }", "int main() { std::vector<int v; return 0; }"),
+        (
+            "C++",
+            "a.cpp",
+            "int main() { std::vector<int> v; return 0; }",
+            "int main() { std::vector<int v; return 0; }",
+        ),
         ("C#", "A.cs", "class A { int F() { return 1; } }", "class A { int F() { return 1; }"),
         ("Go", "a.go", "package main\nfunc main() {}\n", "package main\nfunc main() {\n"),
         ("Rust", "a.rs", "fn main() { let x = 1; }", "fn main() { let x = ; }"),
