@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from loopcoder.pipelines import filesystem as fs
 from loopcoder.pipelines.benchmarks import (
     BUILTIN_BENCHMARKS,
     benchmark_spec,
@@ -162,6 +163,15 @@ def test_mbpp_from_its_own_jsonl_and_from_hub_parquet(tmp_path, mbpp_rows):
         assert step.match(edited_mbpp_solution(mbpp_rows[1])).problem == "11"
         assert all(step.run(doc(text)) is None for text in unrelated_sources())
         assert sum(step.stats.extra.values()) == 1 and all(k.endswith(":mbpp") for k in step.stats.extra)
+
+
+def test_a_benchmark_folder_in_object_storage_is_read_through_the_file_system_layer(s3_bucket, mbpp_rows):
+    folder = f"{s3_bucket}/google-research-datasets/mbpp/full"
+    fs.atomic_write_parquet(pa.Table.from_pylist(mbpp_rows), f"{folder}/test-00000-of-00001.parquet")
+    step = Decontaminator(benchmarks=[{"name": "mbpp", "path": folder, "format": "mbpp"}])
+    assert step.match(edited_mbpp_solution(mbpp_rows[2])).problem == "12"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Decontaminator(benchmarks=[{"name": "mbpp", "path": f"{s3_bucket}/missing", "format": "mbpp"}])
 
 
 def test_mbpp_in_sft_and_rl_mining(mbpp_rows):
