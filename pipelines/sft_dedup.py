@@ -18,10 +18,10 @@ whatever the partitioning. Reasons: `exact_duplicate`, `near_duplicate`.
 
 **Decontamination** (`SftDecontaminator`) removes a conversation that holds a benchmark problem.
 Each problem of the benchmark registry (`benchmarks.py`) gives its reference units: each of its
-fields (HumanEval: `prompt`, `canonical_solution`; an infilling task: its prefix and suffix, not the
-middle alone, which can be one ordinary line) and each whole row put back together (the whole
-reference function), those with at least `min_reference_tokens` tokens. Their MinHash band hashes form an in-memory LSH index
-(`bands` x `rows`, tuned for recall at low Jaccard: a pair at 0.25 is a candidate with
+fields (HumanEval: `prompt`, `canonical_solution`; an infilling task: its prefix, not the middle or
+suffix alone, which can be one ordinary line) and each whole row put back together (the whole
+reference function), those with at least `min_reference_tokens` tokens. Their MinHash band hashes
+form an in-memory LSH index (`bands` x `rows`, tuned for recall at low Jaccard: a pair at 0.25 is a candidate with
 probability 0.9997 under 128 x 2). A conversation is queried with every turn, every fenced code
 block, the whole conversation, and windows of `window_tokens` tokens (stride half a window)
 over the longer of those, so a solution buried in a long answer still meets a unit of its own
@@ -111,7 +111,7 @@ def drop_duplicates(
 
 @dataclass
 class SftDecontaminationConfig:
-    """Benchmarks as in `DecontaminationConfig` (built-in names or `{name, path, format | fields}`), and the LSH knobs."""
+    """Benchmarks as in `DecontaminationConfig` (built-ins or `{name, path, format | fields}`), and the LSH knobs."""
 
     benchmarks: list[Any] = field(default_factory=lambda: ["humaneval"])
     ngram: int = 3

@@ -286,8 +286,8 @@ def job_documents_ratio(megabytes: float) -> None:
         raise SystemExit(f"correctness check failed: {removed} of {planted} planted benchmark copies removed")
     without, with_steps = runs["without"], runs["with"]
     mb = without["mb"]
-    print(f"\nClean job documents stage in this process on {mb:.1f} MB ({planted} planted benchmark copies, all removed): "
-          f"steps of jobs/data/clean_dedup.yaml vs every hygiene step added")  # fmt: skip
+    print(f"\nClean job documents stage in this process on {mb:.1f} MB ({planted} planted benchmark copies, "
+          "all removed): steps of jobs/data/clean_dedup.yaml vs every hygiene step added")  # fmt: skip
     print("| step (in the chain) | MB in | CPU s | MB/s per core |")
     print("|---|---:|---:|---:|")
     for name, seconds in with_steps["per_step"].items():
@@ -296,9 +296,8 @@ def job_documents_ratio(megabytes: float) -> None:
     print("| job | MB | CPU s (+ setup) | MB/s per core |")
     print("|---|---:|---:|---:|")
     for label, run in runs.items():
-        print(
-            f"| {label} hygiene steps | {mb:.1f} | {run['total']:.2f} (+ {run['setup']:.2f}) | {mb / run['total']:.2f} |"
-        )
+        cpu = f"{run['total']:.2f} (+ {run['setup']:.2f})"
+        print(f"| {label} hygiene steps | {mb:.1f} | {cpu} | {mb / run['total']:.2f} |")
     print(f"throughput with ÷ without: {without['total'] / with_steps['total']:.2f}")
 
 
