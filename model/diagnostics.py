@@ -13,12 +13,11 @@ barely moves the hidden state (small update, cosine near 1), it is not worth its
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-logger = logging.getLogger(__name__)
+from loopcoder.schemas.tokens import has_tokenizer, load_tokenizer
 
 
 @dataclass
@@ -106,20 +105,10 @@ def encode_texts(model_dir, texts: list[str], vocab_size: int) -> list[torch.Ten
     The byte fallback exists for randomly initialised models (`loopcoder model init`), which ship no
     tokenizer; it maps byte b to id `b % vocab_size`.
     """
-    tokenizer = load_tokenizer(model_dir)
-    if tokenizer is not None:
+    if has_tokenizer(model_dir):
+        tokenizer = load_tokenizer(model_dir)
         return [torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
     return [torch.tensor([b % vocab_size for b in text.encode("utf-8")]) for text in texts]
 
 
-def load_tokenizer(model_dir):
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        logger.info("no tokenizer in %s (%s); using UTF-8 bytes as token ids", model_dir, type(error).__name__)
-        return None
-
-
-__all__ = ["diagnose", "Diagnostics", "LoopStats", "LayerGateStats", "encode_texts", "load_tokenizer"]
+__all__ = ["diagnose", "Diagnostics", "LoopStats", "LayerGateStats", "encode_texts"]

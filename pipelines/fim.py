@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopcoder.model.tokenizer.special_tokens import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, SPECIAL_TOKENS
+from loopcoder.schemas.tokens import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, SPECIAL_TOKENS
 
 from .ast_validation import DEFAULT_GRAMMARS
 from .seeding import document_rng

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopcoder.model.tokenizer.special_tokens import ENDOFTEXT
+from loopcoder.schemas.tokens import ENDOFTEXT
 
 
 @dataclass

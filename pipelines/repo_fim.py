@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from loopcoder.model.tokenizer.special_tokens import FILE_SEP, REPO_NAME
+from loopcoder.schemas.tokens import FILE_SEP, REPO_NAME
 
 from .fim import FimConfig, FimSplitter
 from .seeding import document_rng

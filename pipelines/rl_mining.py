@@ -18,7 +18,8 @@ Stages:
    `pass` body. Only the standard library may be imported: a candidate needing another package,
    a relative import, a star import or a name the module does not define is rejected with its reason;
 2. `decontaminate`: a candidate whose prompt and reference overlap an evaluation benchmark
-   (`pipelines/decontamination.py`, HumanEval by default) is removed and listed in `contaminated.jsonl`;
+   (`pipelines/decontamination.py` over the benchmark registry `pipelines/benchmarks.py`, HumanEval
+   by default) is removed and listed in `contaminated.jsonl` with the benchmark and problem it holds;
 3. `verify` (Ray Data, one sandbox pool per actor): the reference runs every test `reference_runs`
    times (a test that does not pass every time is flaky and dropped), then the stub runs them; tests
    the stub passes are dropped (they reward doing nothing); a candidate is kept when it still has
@@ -106,7 +107,7 @@ class MiningConfig:
     reference_runs: int = 2  # the reference must pass each test this many times (flaky tests are dropped)
     time_limit_seconds: float = 2.0
     memory_limit_mb: int = 512
-    benchmarks: list[Any] = field(default_factory=lambda: ["humaneval"])  # DecontaminationConfig.benchmarks
+    benchmarks: list[Any] = field(default_factory=lambda: ["humaneval"])  # as DecontaminationConfig.benchmarks
     dedup: dict[str, Any] = field(default_factory=lambda: {"threshold": 0.7})  # MinhashConfig keys
     isolation: str = "auto"  # sandbox isolation: auto, bwrap, rlimit
     verify_actors: int | None = None  # Ray actors running sandboxes; default: cluster CPUs // sandbox_workers
@@ -877,6 +878,25 @@ def plot_counts(by_repo_kind: dict[str, dict[str, int]], path: Path) -> None:
     plt.close(figure)
 
 
+def decontaminate_candidates(candidates: list[dict], benchmarks: list[Any]) -> tuple[list[dict], list[dict]]:
+    """(clean, contaminated): a candidate whose prompt and reference hold a benchmark problem is removed.
+
+    Each removal names its reason, benchmark and problem (`contaminated.jsonl`).
+    """
+    decontaminator = Decontaminator(DecontaminationConfig(benchmarks=list(benchmarks)))
+    clean, contaminated = [], []
+    for candidate in candidates:
+        hit = decontaminator.match(candidate["prompt"] + "\n" + candidate["reference"])
+        if hit is None:
+            clean.append(candidate)
+        else:
+            contaminated.append(
+                {"id": candidate["id"], "kind": candidate["kind"], "reason": hit.reason,
+                 "benchmark": hit.benchmark, "problem": hit.problem}
+            )  # fmt: skip
+    return clean, contaminated
+
+
 def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, Any]:
     """Runs the mining job into `output` (default: the config's); returns the statistics written to `stats.json`."""
     import ray
@@ -914,15 +934,7 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
         timings["extract"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        decontaminator = Decontaminator(DecontaminationConfig(benchmarks=list(config.benchmarks)))
-        contaminated, clean = [], []
-        for candidate in candidates:
-            doc = {"content": candidate["prompt"] + "\n" + candidate["reference"]}
-            reason = decontaminator.apply(doc)
-            if reason is None:
-                clean.append(candidate)
-            else:
-                contaminated.append({"id": candidate["id"], "kind": candidate["kind"], "reason": reason})
+        clean, contaminated = decontaminate_candidates(candidates, config.benchmarks)
         timings["decontaminate"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -977,7 +989,11 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
         "fingerprint": config.fingerprint(),
         "input_shards": len(shards),
         "candidates": dict(Counter(c["kind"] for c in candidates)),
-        "contaminated": {"count": len(contaminated), "by_reason": dict(Counter(c["reason"] for c in contaminated))},
+        "contaminated": {
+            "count": len(contaminated),
+            "by_reason": dict(Counter(c["reason"] for c in contaminated)),
+            "by_benchmark": dict(Counter(c["benchmark"] for c in contaminated)),
+        },
         "verified": dict(Counter(c["kind"] for c in verified)),
         "kept": len(kept),
         "kept_by_kind": dict(Counter(c["kind"] for c in kept)),

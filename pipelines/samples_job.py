@@ -44,8 +44,8 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from loopcoder.model.tokenizer.special_tokens import ENDOFTEXT, FILE_SEP, REPO_NAME
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SFT_CONVERSATION
+from loopcoder.schemas.tokens import ENDOFTEXT, FILE_SEP, REPO_NAME
 
 from . import filesystem as fs
 from .commits import CommitConfig, CommitTripletExtractor
@@ -183,7 +183,7 @@ def repo_bucket(repo: str, buckets: int) -> int:
 
 
 def _load_tokenizer(path: str | None):
-    from loopcoder.model.tokenizer import load_tokenizer
+    from loopcoder.schemas.tokens import load_tokenizer
 
     return load_tokenizer(path)
 

@@ -17,10 +17,11 @@ all tasks, and `drop_duplicates(records, WORK, N)` keeps a task's survivors. Key
 whatever the partitioning. Reasons: `exact_duplicate`, `near_duplicate`.
 
 **Decontamination** (`SftDecontaminator`) removes a conversation that holds a benchmark problem.
-Each problem gives up to three reference units: each of its fields (HumanEval: `prompt`,
-`canonical_solution`) and their concatenation (the whole reference function), those with at
-least `min_reference_tokens` tokens. Their MinHash band hashes form an in-memory LSH index
-(`bands` x `rows`, tuned for recall at low Jaccard: a pair at 0.25 is a candidate with
+Each problem of the benchmark registry (`benchmarks.py`) gives its reference units: each of its
+fields (HumanEval: `prompt`, `canonical_solution`; an infilling task: its prefix, not the middle or
+suffix alone, which can be one ordinary line) and each whole row put back together (the whole
+reference function), those with at least `min_reference_tokens` tokens. Their MinHash band hashes
+form an in-memory LSH index (`bands` x `rows`, tuned for recall at low Jaccard: a pair at 0.25 is a candidate with
 probability 0.9997 under 128 x 2). A conversation is queried with every turn, every fenced code
 block, the whole conversation, and windows of `window_tokens` tokens (stride half a window)
 over the longer of those, so a solution buried in a long answer still meets a unit of its own
@@ -40,8 +41,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import filesystem as fs
+from .benchmarks import benchmark_specs, load_benchmark
 from .conversations import fenced_code_blocks
-from .decontamination import BUILTIN_BENCHMARKS, BenchmarkSpec, load_benchmark
 from .dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, rank_key, read_annotations
 from .filesystem import atomic_write_parquet
 from .minhash import MinhashConfig, MinhashSignatures, shingle_hashes, tokens
@@ -110,7 +111,7 @@ def drop_duplicates(
 
 @dataclass
 class SftDecontaminationConfig:
-    """Benchmarks as in `DecontaminationConfig` (built-in names or `{name, path, fields}`), and the LSH knobs."""
+    """Benchmarks as in `DecontaminationConfig` (built-ins or `{name, path, format | fields}`), and the LSH knobs."""
 
     benchmarks: list[Any] = field(default_factory=lambda: ["humaneval"])
     ngram: int = 3
@@ -128,26 +129,13 @@ class SftDecontaminationConfig:
         if self.window_tokens < 2 * self.ngram:
             raise ValueError(f"window_tokens must be at least 2 * ngram, got {self.window_tokens}")
         self.minhash()
+        benchmark_specs(self.benchmarks)
 
     def minhash(self) -> MinhashConfig:
         return MinhashConfig(
             ngram=self.ngram, num_perm=self.num_perm, bands=self.bands, rows=self.rows, seed=self.seed,
             min_tokens=self.ngram, verify=True,
         )  # fmt: skip
-
-
-def benchmark_specs(entries: list[Any]) -> list[BenchmarkSpec]:
-    specs = []
-    for entry in entries:
-        if isinstance(entry, BenchmarkSpec):
-            specs.append(entry)
-        elif isinstance(entry, str):
-            if entry not in BUILTIN_BENCHMARKS:
-                raise ValueError(f"unknown built-in benchmark '{entry}'; known: {', '.join(BUILTIN_BENCHMARKS)}")
-            specs.append(BUILTIN_BENCHMARKS[entry]())
-        else:
-            specs.append(BenchmarkSpec(entry["name"], entry["path"], tuple(entry.get("fields", BenchmarkSpec.fields))))
-    return specs
 
 
 class SftDecontaminator:
@@ -159,17 +147,16 @@ class SftDecontaminator:
     def __init__(self, config: SftDecontaminationConfig | None = None):
         self.config = config or SftDecontaminationConfig()
         self.signer = MinhashSignatures(self.config.minhash())
-        self.references: list[tuple[str, int, np.ndarray]] = []  # (benchmark, problem, shingle set)
+        self.references: list[tuple[str, str, np.ndarray]] = []  # (benchmark, problem key, shingle set)
         self.index: dict[int, list[int]] = {}
         for spec in benchmark_specs(self.config.benchmarks):
-            for problem, fields in enumerate(load_benchmark(spec)):
-                units = list(dict.fromkeys([*fields, "".join(fields)]))
-                for unit in units:
-                    self._add_reference(spec.name, problem, unit)
+            for problem in load_benchmark(spec):
+                for unit in dict.fromkeys([*problem.units, *problem.programs]):
+                    self._add_reference(problem.benchmark, problem.key, unit)
         if not self.references:
             raise ValueError("the benchmarks hold no reference text long enough to match")
 
-    def _add_reference(self, benchmark: str, problem: int, text: str) -> None:
+    def _add_reference(self, benchmark: str, problem: str, text: str) -> None:
         token_list = tokens(text)
         if len(token_list) < self.config.min_reference_tokens:
             return
@@ -194,8 +181,8 @@ class SftDecontaminator:
                 queries += [token_list[start : start + window] for start in starts]
         return queries
 
-    def match(self, record: dict[str, Any]) -> tuple[str, int] | None:
-        """(benchmark, problem index) of the first reference the conversation holds, or None."""
+    def match(self, record: dict[str, Any]) -> tuple[str, str] | None:
+        """(benchmark, problem key) of the first reference the conversation holds, or None."""
         for token_list in self._queries(record):
             signature = self.signer.signature_from_tokens(token_list)
             candidates = sorted(

@@ -198,7 +198,8 @@ def _convert(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from loopcoder.model.diagnostics import encode_texts, load_tokenizer
+    from loopcoder.model.diagnostics import encode_texts
+    from loopcoder.schemas.tokens import has_tokenizer, load_tokenizer
 
     model = _load(args.model_dir)
     torch.manual_seed(args.seed)
@@ -212,9 +213,8 @@ def _generate(args: argparse.Namespace) -> int:
         model.config.decode_schedule = args.schedule
     output = model.generate(ids[None].to(model.device), attention_mask=torch.ones_like(ids[None]), **options)
     new_tokens = output[0, ids.numel() :].tolist()
-    tokenizer = load_tokenizer(args.model_dir)
-    if tokenizer is not None:
-        print(args.prompt + tokenizer.decode(new_tokens, skip_special_tokens=True))
+    if has_tokenizer(args.model_dir):
+        print(args.prompt + load_tokenizer(args.model_dir).decode(new_tokens, skip_special_tokens=True))
     else:
         print(" ".join(str(token) for token in new_tokens))
     return 0

@@ -131,7 +131,7 @@ def _show(args: argparse.Namespace) -> int:
     shown = 0
     for shard, record, row in iter_rows(args.path, args.where, args.n):
         if record == "packed_sequence" and tokenizer is None:
-            from loopcoder.model.tokenizer import load_tokenizer
+            from loopcoder.schemas.tokens import load_tokenizer
 
             tokenizer = load_tokenizer(args.tokenizer)
         render_row(console, shard, record, row, max_lines=args.max_lines, tokenizer=tokenizer)

@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from loopcoder.model.tokenizer import load_tokenizer
+    from loopcoder.schemas.tokens import load_tokenizer
 
     if (args.text is None) == (args.file is None):
         raise ValueError("give either TEXT or --file")

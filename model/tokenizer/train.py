@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loopcoder.pipelines.languages import language_of
-
-from .special_tokens import CHAT_TEMPLATE, ENDOFTEXT, FIM_PAD, IM_END, SPECIAL_TOKENS
+from loopcoder.schemas.tokens import CHAT_TEMPLATE, ENDOFTEXT, FIM_PAD, IM_END, SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
 

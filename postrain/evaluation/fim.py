@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from loopcoder.model.tokenizer.special_tokens import ENDOFTEXT, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END
 from loopcoder.pipelines.fim import format_fim
+from loopcoder.schemas.tokens import ENDOFTEXT, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END
 
 from .generation import Generator
 from .metrics import edit_similarity, exact_match

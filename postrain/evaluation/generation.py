@@ -22,6 +22,8 @@ from typing import Protocol
 
 import torch
 
+from loopcoder.schemas.tokens import load_tokenizer
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,24 +45,6 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
         if index != -1:
             cut = min(cut, index)
     return text[:cut]
-
-
-def load_tokenizer_for(model_dir: str | Path, vocab_size: int):
-    """The model directory's tokenizer, else the bundled one if the model's vocabulary covers it."""
-    from loopcoder.model.diagnostics import load_tokenizer
-
-    tokenizer = load_tokenizer(model_dir)
-    if tokenizer is None:
-        from loopcoder.model.tokenizer import load_tokenizer as load_bundled
-
-        tokenizer = load_bundled()
-        if len(tokenizer) > vocab_size:
-            raise ValueError(
-                f"{model_dir} has no tokenizer and its vocabulary ({vocab_size}) is smaller than the bundled "
-                f"tokenizer's ({len(tokenizer)}); save a tokenizer beside the model"
-            )
-        logger.info("no tokenizer in %s: using the bundled tokenizer", model_dir)
-    return tokenizer
 
 
 def load_model(model_dir: str | Path, num_loops: int | None = None, dtype: str | None = None):
@@ -122,7 +106,8 @@ class HFGenerator:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, num_loops: int | None = None, batch_size: int = 8, seed: int = 0):
         model = load_model(model_dir, num_loops)
-        return cls(model, load_tokenizer_for(model_dir, model.config.vocab_size), batch_size, seed)
+        tokenizer = load_tokenizer(model_dir, fallback="bundled", vocab_size=model.config.vocab_size)
+        return cls(model, tokenizer, batch_size, seed)
 
     def _eos_ids(self) -> list[int]:
         ids = []
@@ -198,4 +183,4 @@ class HFGenerator:
         return truncate_at_stop(text, [*stop, *[s for s in special if s]])
 
 
-__all__ = ["Generator", "HFGenerator", "load_model", "load_tokenizer_for", "truncate_at_stop"]
+__all__ = ["Generator", "HFGenerator", "load_model", "truncate_at_stop"]

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from loopcoder.model.diagnostics import diagnose, encode_texts
+from loopcoder.schemas.tokens import load_tokenizer
 
-from .generation import HFGenerator, load_model, load_tokenizer_for
+from .generation import HFGenerator, load_model
 from .loss import evaluate_loss, read_packed_rows
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def study_loops(
         else:
             row["forward_ms_per_1k_tokens"] = 1e6 * diagnose_seconds / diagnostics.num_tokens
         if fim_samples or problems:
-            generator = HFGenerator(model, load_tokenizer_for(model_dir, model.config.vocab_size), batch_size)
+            tokenizer = load_tokenizer(model_dir, fallback="bundled", vocab_size=model.config.vocab_size)
+            generator = HFGenerator(model, tokenizer, batch_size)
             if fim_samples:
                 from .fim import evaluate_fim
 

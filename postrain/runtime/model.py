@@ -53,7 +53,7 @@ def build_model(config, gradient_accumulation_steps: int = 1):
 def build_tokenizer(config):
     """The run's tokenizer (`config.tokenizer`): "auto" = the model directory's if it has one, else the bundled one;
     "bundled"; a directory; None = no tokenizer."""
-    from loopcoder.model.tokenizer import load_tokenizer
+    from loopcoder.schemas.tokens import load_tokenizer
 
     choice = config.tokenizer
     if choice is None:

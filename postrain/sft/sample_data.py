@@ -65,7 +65,7 @@ def prepare_sample(
     rows_per_shard: int = 64,
 ) -> dict[str, Any]:
     """Builds the shard sets listed in the module docstring; returns the manifest."""
-    from loopcoder.model.tokenizer import load_tokenizer
+    from loopcoder.schemas.tokens import load_tokenizer
 
     corpus, out = Path(corpus), Path(out)
     if not (corpus / "source_files").is_dir():

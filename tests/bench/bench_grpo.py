@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
-from loopcoder.model.tokenizer import load_tokenizer
 from loopcoder.postrain.grpo import GRPOConfig
 from loopcoder.postrain.grpo.data import render_prompt
 from loopcoder.postrain.grpo.rollout import generate_rollouts
 from loopcoder.postrain.grpo.synthetic import print_number_problems, supervised_warm_start
 from loopcoder.postrain.grpo.trainer import GRPOTrainer
+from loopcoder.schemas.tokens import load_tokenizer
 
 TINY = dict(
     vocab_size=8192,

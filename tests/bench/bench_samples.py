@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from loopcoder.model.tokenizer import load_tokenizer
 from loopcoder.pipelines.commits import CommitConfig, CommitTripletExtractor
 from loopcoder.pipelines.fim import FimConfig, FimSplitter
 from loopcoder.pipelines.packing import PackingConfig, pack, tokenize_text
 from loopcoder.pipelines.repo_fim import RepoFimBuilder, RepoFimConfig, token_counter
 from loopcoder.pipelines.sample_corpus import SampleCorpusConfig, build_sample_corpus, default_config_path
+from loopcoder.schemas.tokens import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

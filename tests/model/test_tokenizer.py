@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from loopcoder.jobs.commands import tokenizer as tokenizer_commands
-from loopcoder.model.tokenizer import BUNDLED_TOKENIZER_DIR, SPECIAL_TOKENS, load_tokenizer
+from loopcoder.schemas.tokens import BUNDLED_TOKENIZER_DIR, SPECIAL_TOKEN_IDS, SPECIAL_TOKENS, load_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # Real files with non-ASCII text, tabs, long lines and docstrings.
@@ -57,6 +57,7 @@ def test_each_special_token_is_one_id(tokenizer, token):
 
 
 def test_special_token_roles(tokenizer):
+    assert {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS} == SPECIAL_TOKEN_IDS
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.pad_token == "<|endoftext|>"
     assert len(set(tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS))) == len(SPECIAL_TOKENS)
@@ -88,6 +89,20 @@ def test_load_tokenizer_accepts_other_directories_and_fails_clearly(tmp_path):
     assert load_tokenizer(copy).encode("def f(): pass") == load_tokenizer().encode("def f(): pass")
     with pytest.raises(FileNotFoundError, match="no tokenizer in"):
         load_tokenizer(tmp_path / "missing")
+
+
+def test_a_model_directory_without_a_tokenizer_falls_back_to_the_bundled_one_only_when_asked(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no tokenizer in"):
+        load_tokenizer(model_dir)
+    bundled = load_tokenizer(model_dir, fallback="bundled", vocab_size=8192)
+    assert bundled.encode("def f(): pass") == load_tokenizer().encode("def f(): pass")
+    with pytest.raises(ValueError, match=r"vocabulary \(256\) is smaller than the bundled"):
+        load_tokenizer(model_dir, fallback="bundled", vocab_size=256)
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        load_tokenizer(model_dir, fallback="released")
 
 
 def test_retrain_command_builds_a_loadable_tokenizer(tmp_path):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from loopcoder.model.tokenizer.special_tokens import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END
 from loopcoder.pipelines.fim import PSM, SPM, FimConfig, FimSplitter, ast_level, format_fim
 from loopcoder.pipelines.languages import language_of
+from loopcoder.schemas.tokens import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 

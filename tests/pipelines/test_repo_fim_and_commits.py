@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from loopcoder.model.tokenizer import load_tokenizer
-from loopcoder.model.tokenizer.special_tokens import FILE_SEP, REPO_NAME
 from loopcoder.pipelines.commits import CommitConfig, CommitTripletExtractor
 from loopcoder.pipelines.repo_fim import (
     BM25,
@@ -17,6 +15,7 @@ from loopcoder.pipelines.repo_fim import (
     imports_path,
     token_counter,
 )
+from loopcoder.schemas.tokens import FILE_SEP, REPO_NAME, load_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -87,7 +87,8 @@ def test_mined_set_is_what_the_corpus_supports(mined):
     assert rejections["doctest:no_checkable_example"] == 1  # noop: no example has an answer
     contaminated = [json.loads(line) for line in (out / "contaminated.jsonl").read_text().splitlines()]
     assert [c["id"] for c in contaminated] == [f"mined/{REPO}/toolbox/similar.py::has_close_elements"]
-    assert stats["contaminated"]["count"] == 1
+    assert (contaminated[0]["benchmark"], contaminated[0]["problem"]) == ("humaneval", "HumanEval/0")
+    assert stats["contaminated"]["count"] == 1 and stats["contaminated"]["by_benchmark"] == {"humaneval": 1}
     assert (out / "problems_by_repo.png").stat().st_size > 0
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from loopcoder.pipelines.benchmarks import humaneval_path
 from loopcoder.pipelines.conversations import code_block, docstring_conversations
-from loopcoder.pipelines.decontamination import humaneval_path
 from loopcoder.pipelines.dedup import run_dedup
 from loopcoder.pipelines.minhash import MinhashConfig, MinhashSignatures, tokens
 from loopcoder.pipelines.sft_dedup import (
@@ -74,7 +74,7 @@ def test_every_humaneval_problem_with_an_edited_solution_is_removed(humaneval, d
         records.append(chat(f"c{number}", "Solve this:\n" + code_block(problem["prompt"], "python"), answer))
     kept, removed = decontaminator(records)
     assert kept == [] and removed == {"contamination:humaneval": len(humaneval)}
-    assert decontaminator.match(records[17]) == ("humaneval", 17)
+    assert decontaminator.match(records[17]) == ("humaneval", "HumanEval/17")
 
 
 def test_an_edited_solution_alone_is_removed_when_it_is_long_enough_to_be_specific(humaneval, decontaminator):

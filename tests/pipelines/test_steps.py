@@ -5,7 +5,8 @@ import hashlib
 import pytest
 
 from loopcoder.pipelines.ast_validation import AstValidator
-from loopcoder.pipelines.decontamination import BenchmarkSpec, Decontaminator, humaneval_path, load_benchmark
+from loopcoder.pipelines.benchmarks import humaneval_rows
+from loopcoder.pipelines.decontamination import Decontaminator
 from loopcoder.pipelines.filters import DecodeStep, QualityFilter, WebTextCleaner
 from loopcoder.pipelines.runner import normalised_sha256
 
@@ -161,8 +162,8 @@ def decontaminator():
 
 
 def test_decontamination_humaneval_substring_ngram_and_boilerplate(decontaminator):
-    problems = load_benchmark(BenchmarkSpec("humaneval", str(humaneval_path())))
-    prompt, solution = problems[0]
+    first = humaneval_rows()[0]
+    prompt, solution = first["prompt"], first["canonical_solution"]
     assert decontaminator.run(doc("# copied\n" + prompt.upper() + solution)) == "benchmark_substring"
     # the solution's body with the signature and docstring rewritten: only n-grams match
     body = solution.replace("    ", "\t")

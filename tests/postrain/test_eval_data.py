@@ -13,7 +13,6 @@ import torch
 
 from loopcoder.jobs.cli import main
 from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
-from loopcoder.model.tokenizer import load_tokenizer
 from loopcoder.pipelines.fim import FimConfig, FimSplitter
 from loopcoder.pipelines.io import ShardWriter
 from loopcoder.pipelines.packing import PackingConfig, pack, tokenize_text
@@ -22,6 +21,7 @@ from loopcoder.postrain.evaluation.fim import load_fim_samples
 from loopcoder.postrain.evaluation.generation import load_model
 from loopcoder.postrain.evaluation.loss import collate_rows, evaluate_loss, read_packed_rows
 from loopcoder.schemas import FIM_SAMPLE, PACKED_SEQUENCE
+from loopcoder.schemas.tokens import load_tokenizer
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -86,7 +86,7 @@ def test_pass_at_k_over_mixed_samples(tmp_path, stand_in):
 
 def test_eval_problems_with_a_tiny_model(tmp_path):
     from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
-    from loopcoder.model.tokenizer import load_tokenizer
+    from loopcoder.schemas.tokens import load_tokenizer
 
     torch.manual_seed(0)
     config = LoopCoderConfig(

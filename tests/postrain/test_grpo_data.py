@@ -6,12 +6,12 @@ import time
 import pytest
 import torch
 
-from loopcoder.model.tokenizer import load_tokenizer
 from loopcoder.postrain.grpo.data import ProblemStream, heldout_score, load_problems, render_prompt, split_heldout
 from loopcoder.postrain.grpo.rollout import completion_mask_from_eos, encode_prompts, score_completions
 from loopcoder.postrain.grpo.synthetic import print_number_answer, print_number_problems
 from loopcoder.postrain.rewards import make_pass_rate_reward
 from loopcoder.postrain.sandbox import SandboxPool
+from loopcoder.schemas.tokens import load_tokenizer
 
 
 def test_problem_sources(tmp_path):

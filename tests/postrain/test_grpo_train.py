@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
-from loopcoder.model.tokenizer import load_tokenizer
 from loopcoder.postrain.grpo import GRPOConfig
 from loopcoder.postrain.grpo.data import render_prompt
 from loopcoder.postrain.grpo.loss import group_advantages
 from loopcoder.postrain.grpo.rollout import encode_prompts
 from loopcoder.postrain.grpo.synthetic import supervised_warm_start
 from loopcoder.postrain.grpo.trainer import GRPOTrainer
+from loopcoder.schemas.tokens import load_tokenizer
 
 TINY = dict(
     vocab_size=8192,
