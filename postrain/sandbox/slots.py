@@ -22,6 +22,7 @@ import os
 import resource
 import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 START_SECONDS = 30.0  # a server not ready by then is broken (bwrap and the imports take ~0.1 s)
 KILL_GRACE_SECONDS = 5.0  # time for a server to kill, reap and tidy after a kill request
+STOP_SECONDS = 2.0  # time for a server to exit once its socket is closed, before it is killed
 SERVER_FILES = ("fork_server.py", "assert_harness.py")
 INSIDE_SERVER_DIR = "/loopcoder-sandbox"
 
@@ -162,16 +164,10 @@ class SlotServer:
         return not self._finalizer.alive
 
     def host_pids(self) -> list[int]:
-        """The server's processes as the host sees them (bwrap's monitor and the server, or the server)."""
+        """The server's processes as the host sees them: bwrap's monitor then the server, or the server."""
         if self.stopped:
             return []
-        pids = [self.process.pid]
-        try:
-            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as handle:
-                pids += [int(pid) for pid in handle.read().split()]
-        except OSError:
-            pass
-        return pids
+        return _process_tree(self.process.pid)[:2] if self.isolation == "bwrap" else [self.process.pid]
 
     def stop(self) -> None:
         """Kills the server (and, with it, anything left of its executions) and removes the slot directory."""
@@ -322,6 +318,15 @@ class SlotServer:
             _remove_quietly(self.slot_dir)
 
 
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its direct children."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [pid, *(int(child) for child in handle.read().split())]
+    except OSError:
+        return [pid]
+
+
 def _remove_quietly(path: str) -> None:
     try:
         fork_server.remove_tree(path)
@@ -339,12 +344,21 @@ def _terminate(
     """
     if os.getpid() != owner:
         return
+    # closing the socket makes the server kill its execution's processes and exit, then bwrap's monitor exits
     control.close()
-    process.kill()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=STOP_SECONDS)
     except subprocess.TimeoutExpired:
-        logger.error("sandbox: fork server %d did not die", process.pid)
+        # the server first (bwrap's monitor reaps it), so that no zombie of the slot uid is left to init
+        for pid in reversed(_process_tree(process.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            logger.error("sandbox: fork server %d did not die", process.pid)
     process.stderr.close()
     if uid is not None:
         try:
