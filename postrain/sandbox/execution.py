@@ -5,13 +5,16 @@
     result = sandbox.run_python("print(input()[::-1])", stdin="abc\\n", limits=Limits(cpu_seconds=2))
     result.stdout, result.status                         # ('cba\\n', 'ok')
 
-What every execution gets (both isolation modes):
+Executions are forked by a pre-started interpreter per slot (`fork_server.py`, supervised by `slots.py`),
+started once inside the slot's isolation; `SandboxConfig(fork_server=False)` starts bwrap and the interpreter
+anew for every execution instead (one-shot). What every execution gets (both isolation modes, both paths):
 
 - its own session and process group (`setsid`); on timeout, output overflow or exit the whole group is
-  killed with SIGKILL and the direct child is always reaped (`wait4`), so no zombie is left behind;
-- after a timeout or overflow (both modes) and after every run (rlimit layer), every process of the slot's
-  uid is killed by a helper running as that uid (`kill -9 -1`), until /proc shows none: daemons that left
-  the process group (`setsid`, double fork) die too;
+  killed with SIGKILL and every process of the execution is reaped, so no zombie is left behind;
+- every process of the execution is killed before the next one starts, daemons that left the process group
+  (`setsid`, double fork) included: by `kill(-1, SIGKILL)` from the fork server, PID 1 of the namespace
+  (bwrap), or by a helper running as the slot uid (`kill -9 -1`) after every run (rlimit layer; one-shot
+  bwrap does it after a timeout or overflow, and otherwise relies on the namespace dying with the program);
 - a CPU-time limit (RLIMIT_CPU, soft = hard, so the kernel sends SIGKILL) and a wall-clock limit enforced by
   the supervisor (catches `sleep`, blocking reads and deadlocks);
 - RLIMIT_AS (address space), RLIMIT_NPROC (processes), RLIMIT_FSIZE (largest file), RLIMIT_NOFILE (open
@@ -21,7 +24,9 @@ What every execution gets (both isolation modes):
   execution slot (default 60000 + slot, leased across processes with `flock`: `uids.py`), with no supplementary
   groups. RLIMIT_NPROC counts per user and is ignored for root, so this is what makes it effective; it also
   means `kill(-1, SIGKILL)` can only reach that slot's own processes, and root-owned files are out of reach;
-- a fresh working directory (mode 0700, owned by the slot's uid), removed afterwards;
+- a fresh working directory (mode 0700, owned by the slot's uid), removed afterwards (a fork server under
+  bwrap reuses its slot's directory, emptied and reset after every execution, along with `/tmp`, `/dev` and
+  the IPC namespace: see `fork_server.py`);
 - an empty environment: no variable of the supervisor is inherited (no tokens, no keys); only `PATH`,
   `LANG` and `HOME` are set to fixed values;
 - stdin supplied from an in-memory file, or /dev/null when there is none (a program waiting on `input()`
@@ -117,7 +122,7 @@ class Limits:
     cpu_seconds: float = 2.0  # CPU time; RLIMIT_CPU is set to ceil(cpu) + 1 and the excess is judged afterwards
     wall_seconds: float | None = None  # wall clock, enforced by the supervisor; catches sleeping code
     memory_mb: int = 1024  # RLIMIT_AS, address space of each process
-    max_processes: int = 32  # RLIMIT_NPROC for the slot's uid (bwrap itself uses two of them)
+    max_processes: int = 32  # RLIMIT_NPROC for the slot's uid (bwrap's monitor and the fork server count too)
     file_size_mb: int = 16  # RLIMIT_FSIZE, the largest file a program may write
     max_open_files: int = 64  # RLIMIT_NOFILE
     stack_mb: int = 256  # RLIMIT_STACK: competition code recurses deeply
@@ -341,10 +346,10 @@ class Sandbox:
         """Host pids of this sandbox's live fork servers (with bwrap's monitor processes)."""
         return [pid for server in list(self._servers) for pid in server.host_pids()]
 
-    def uses_fork_server(self, uid: int | None) -> bool:
+    def uses_fork_server(self) -> bool:
         """Fork servers need bwrap or a uid drop: the rlimit layer cleans up by killing all of the slot uid's
         processes, which is only safe for a dedicated uid."""
-        return self.config.fork_server and (self.isolation == "bwrap" or uid is not None)
+        return self.config.fork_server and (self.isolation == "bwrap" or self.drops_privileges)
 
     def _resolve_python(self) -> str:
         if self.config.python:
@@ -402,6 +407,7 @@ class Sandbox:
             "rlimits (CPU, AS, FSIZE, NOFILE, STACK, CORE)": "yes",
             "wall-clock timeout + process-group kill": "yes",
             "empty environment": "yes",
+            "fork server per slot": "yes" if self.uses_fork_server() else "no",
             "python": self.python,
             "g++": shutil.which("g++") or "absent",
             "seccomp": "no",
@@ -451,7 +457,7 @@ class Sandbox:
         program: `python` main.py, the `assert` harness, or `exec` of argv), else as a one-shot execution."""
         limits = limits or Limits()
         uid = self._uids.lease().uid if self._uids is not None else None
-        if not self.uses_fork_server(uid):
+        if not self.uses_fork_server():
             return self._execute(
                 argv, isolation=self.isolation, files=files, links=links, stdin=stdin, limits=limits, collect=collect
             )
