@@ -16,7 +16,8 @@ never pass through the server: the supervisor writes the files into the working 
 descriptor, so the server's memory, which every later child inherits, holds nothing of any execution.
 
 The child: new session, the three descriptors on 0/1/2 and no other, the working directory, the rlimits and
-the uid drop (`confine`), dumpable again (as after `execve`), Python's own SIGINT handler back, then one of:
+the uid drop (`confine`), a session keyring of its own, dumpable again (as after `execve`), Python's own
+SIGINT handler back, then one of:
 
 - `python`: `main.py` runs as `__main__`, at the top level of this script, so that an uncaught exception,
   `SystemExit`, `atexit` handlers, non-daemon threads and buffered output end the process exactly as they
@@ -28,8 +29,8 @@ When the child has exited, or the supervisor asks for a kill (timeout, output ca
 other process of the execution (bwrap: `kill(-1, SIGKILL)` from PID 1; rlimit: a helper that drops to the slot
 uid and sends `kill(-1, SIGKILL)`), reaps them all (it is their reaper: PID 1, or the subreaper), and puts the
 slot back as it was: it empties the writable places, restores their modes, times and extended attributes,
-removes SysV IPC objects, and, under bwrap, checks `/dev` and those places against the state recorded at
-start. Only then does it answer with the wait status and the CPU time of the execution's processes. If the
+removes SysV IPC objects and the uid's kernel keys, and, under bwrap, checks `/dev` and those places against
+the state recorded at start. It does the same once when it starts, for what an earlier holder of the uid left. Only then does it answer with the wait status and the CPU time of the execution's processes. If the
 slot cannot be put back, the answer says `clean: false` and the server exits; the supervisor starts a new one.
 """
 
@@ -59,6 +60,13 @@ BWRAP_SCRATCH = ("/tmp", "/dev/shm", "/dev/mqueue")
 HOST_SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
 REAP_SECONDS = 3.0
 LIBC = ctypes.CDLL(None, use_errno=True)
+# keyctl(2) has no libc wrapper; its system call number depends on the architecture (None: keyrings untouched)
+KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+KEYCTL_JOIN_SESSION_KEYRING = 1
+KEYCTL_CLEAR = 7
+KEYCTL_READ = 11
+# the keyrings of the uid itself, which outlive its processes: shared by every execution of the slot
+UID_KEYRINGS = (-4, -5)  # KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING
 
 
 def confine(rlimits, uid):
@@ -83,6 +91,23 @@ def confine(rlimits, uid):
             os._exit(126)
 
 
+def keyctl(operation, *arguments):
+    if KEYCTL is None:
+        return -1
+    values = [ctypes.c_long(value) if type(value) is int else value for value in arguments]
+    return LIBC.syscall(KEYCTL, ctypes.c_long(operation), *values)
+
+
+def clear_uid_keyrings():
+    """Empties the slot uid's user and user-session keyrings (kernel keys outlive the processes that add them)."""
+    for keyring in UID_KEYRINGS:
+        keyctl(KEYCTL_CLEAR, keyring)
+
+
+def uid_keyrings_empty():
+    return all(keyctl(KEYCTL_READ, keyring, None, 0) <= 0 for keyring in UID_KEYRINGS)
+
+
 def prctl(option, value):
     if LIBC.prctl(option, value, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
@@ -98,6 +123,8 @@ def enter_execution(request, fds, setup_write, control, uid):
     os.closerange(setup_write + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     os.chdir(request["cwd"])
     confine(request["rlimits"], None if uid < 0 else uid)
+    # a session keyring of its own, not the one inherited from the supervisor's session
+    keyctl(KEYCTL_JOIN_SESSION_KEYRING, None)
     prctl(PR_SET_DUMPABLE, 1)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.write(setup_write, SETUP_DONE)
@@ -131,6 +158,7 @@ def kill_all(uid):
         try:
             confine([], uid)
             os.kill(-1, signal.SIGKILL)
+            clear_uid_keyrings()
         except BaseException:  # noqa: B036 - the helper must exit whatever happens
             pass
         os._exit(0)
@@ -265,8 +293,11 @@ class BwrapSlotState:
             clear_xattrs(path)
             os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
         remove_ipc(-1)
+        clear_uid_keyrings()
 
     def intact(self):
+        if not uid_keyrings_empty():
+            return False
         if {name: self.describe(os.path.join("/dev", name)) for name in os.listdir("/dev")} != self.dev:
             return False
         for path, info in self.scratch.items():
@@ -323,7 +354,13 @@ def wait_for_exit_or_kill(child, control):
 
 def serve(control, uid, harness):
     """The server's loop; returns only in a forked child, with the request it is to run."""
+    # start from a clean slot: an earlier holder of the uid may have left processes, files or kernel keys
+    if uid >= 0:
+        reap_all(uid, first_kill=True)
+    else:
+        clear_uid_keyrings()
     state = BwrapSlotState() if uid < 0 else None
+    put_slot_back(uid, state)
     control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
     while True:
         try:
