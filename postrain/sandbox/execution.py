@@ -456,7 +456,6 @@ class Sandbox:
         """Through the calling thread's fork server when there is one (`mode` says how the child runs the
         program: `python` main.py, the `assert` harness, or `exec` of argv), else as a one-shot execution."""
         limits = limits or Limits()
-        uid = self._uids.lease().uid if self._uids is not None else None
         if not self.uses_fork_server():
             return self._execute(
                 argv, isolation=self.isolation, files=files, links=links, stdin=stdin, limits=limits, collect=collect
@@ -465,7 +464,15 @@ class Sandbox:
 
         try:
             return run_in_slot(
-                self, mode, argv, files=files, links=links, stdin=stdin, limits=limits, collect=collect, uid=uid
+                self,
+                mode,
+                argv,
+                files=files,
+                links=links,
+                stdin=stdin,
+                limits=limits,
+                collect=collect,
+                lease=self._uids.lease() if self._uids is not None else None,
             )
         except OSError as error:
             logger.exception("sandbox: execution failed")

@@ -46,7 +46,7 @@ from .execution import (
     judge,
     rlimit_settings,
 )
-from .uids import kill_all_processes_of
+from .uids import UidLease, kill_all_processes_of
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ def install_server_files(work_root: str) -> str:
 class SlotServer:
     """One slot's fork server: `run` executes one request in a fresh child of it; not shared between threads."""
 
-    def __init__(self, sandbox: Sandbox, uid: int | None, key: tuple, limits: Limits) -> None:
+    def __init__(self, sandbox: Sandbox, lease: UidLease | None, key: tuple, limits: Limits) -> None:
+        uid = lease.uid if lease is not None else None
         self.key, self.uid, self.isolation = key, uid, sandbox.isolation
         self.work_root = sandbox.work_root
         self.broken = False
@@ -132,7 +133,8 @@ class SlotServer:
             raise ServerFailed(f"cannot start the fork server: {error}") from error
         finally:
             theirs.close()
-        self._finalizer = weakref.finalize(self, _terminate, os.getpid(), self.process, ours, uid, self.slot_dir)
+        # the finalizer holds the uid's lease: the uid is not handed to another slot before its sweep
+        self._finalizer = weakref.finalize(self, _terminate, os.getpid(), self.process, ours, lease, self.slot_dir)
         self._wait_until_ready()
 
     def _wait_until_ready(self) -> None:
@@ -335,7 +337,7 @@ def _remove_quietly(path: str) -> None:
 
 
 def _terminate(
-    owner: int, process: subprocess.Popen, control: socket.socket, uid: int | None, slot_dir: str | None
+    owner: int, process: subprocess.Popen, control: socket.socket, lease: UidLease | None, slot_dir: str | None
 ) -> None:
     """Stops a server for good: closes its socket, kills it, reaps it, sweeps its uid, removes its slot.
 
@@ -360,6 +362,7 @@ def _terminate(
         except subprocess.TimeoutExpired:
             logger.error("sandbox: fork server %d did not die", process.pid)
     process.stderr.close()
+    uid = lease.uid if lease is not None else None
     if uid is not None:
         try:
             left = kill_all_processes_of(uid)
@@ -372,8 +375,9 @@ def _terminate(
         _remove_quietly(slot_dir)
 
 
-def server_for(sandbox: Sandbox, uid: int | None, limits: Limits) -> SlotServer:
+def server_for(sandbox: Sandbox, lease: UidLease | None, limits: Limits) -> SlotServer:
     """The calling thread's server for this sandbox and these limits: kept, or (re)started."""
+    uid = lease.uid if lease is not None else None
     key = (sandbox.token, sandbox.isolation, sandbox.python, limits.tmp_mb, limits.stack_mb)
     server = getattr(_CURRENT, "server", None)
     if server is not None and (server.key != key or server.uid != uid or server.broken or server.stopped):
@@ -381,18 +385,18 @@ def server_for(sandbox: Sandbox, uid: int | None, limits: Limits) -> SlotServer:
         server = None
     if server is None:
         _CURRENT.server = None
-        server = SlotServer(sandbox, uid, key, limits)
+        server = SlotServer(sandbox, lease, key, limits)
         _CURRENT.server = server
         sandbox._servers.add(server)
     return server
 
 
-def run_in_slot(sandbox: Sandbox, mode: str, argv: list[str], *, files, links, stdin, limits, collect, uid):
+def run_in_slot(sandbox: Sandbox, mode: str, argv: list[str], *, files, links, stdin, limits, collect, lease):
     """One execution through the calling thread's fork server; retried once on a new server if it fails."""
     failure = ""
     for _ in range(2):
         try:
-            return server_for(sandbox, uid, limits).run(mode, argv, files, links, stdin, limits, collect)
+            return server_for(sandbox, lease, limits).run(mode, argv, files, links, stdin, limits, collect)
         except ServerFailed as error:
             failure = str(error)
             logger.warning("sandbox: %s; retrying on a new fork server", failure)
