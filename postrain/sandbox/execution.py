@@ -122,7 +122,7 @@ class Limits:
     cpu_seconds: float = 2.0  # CPU time; RLIMIT_CPU is set to ceil(cpu) + 1 and the excess is judged afterwards
     wall_seconds: float | None = None  # wall clock, enforced by the supervisor; catches sleeping code
     memory_mb: int = 1024  # RLIMIT_AS, address space of each process
-    max_processes: int = 32  # RLIMIT_NPROC for the slot's uid (bwrap's monitor and the fork server count too)
+    max_processes: int = 32  # RLIMIT_NPROC for the slot's uid (under bwrap, its monitor and the fork server count too)
     file_size_mb: int = 16  # RLIMIT_FSIZE, the largest file a program may write
     max_open_files: int = 64  # RLIMIT_NOFILE
     stack_mb: int = 256  # RLIMIT_STACK: competition code recurses deeply
