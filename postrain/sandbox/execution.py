@@ -5,13 +5,16 @@
     result = sandbox.run_python("print(input()[::-1])", stdin="abc\\n", limits=Limits(cpu_seconds=2))
     result.stdout, result.status                         # ('cba\\n', 'ok')
 
-What every execution gets (both isolation modes):
+Executions are forked by a pre-started interpreter per slot (`fork_server.py`, supervised by `slots.py`),
+started once inside the slot's isolation; `SandboxConfig(fork_server=False)` starts bwrap and the interpreter
+anew for every execution instead (one-shot). What every execution gets (both isolation modes, both paths):
 
 - its own session and process group (`setsid`); on timeout, output overflow or exit the whole group is
-  killed with SIGKILL and the direct child is always reaped (`wait4`), so no zombie is left behind;
-- after a timeout or overflow (both modes) and after every run (rlimit layer), every process of the slot's
-  uid is killed by a helper running as that uid (`kill -9 -1`), until /proc shows none: daemons that left
-  the process group (`setsid`, double fork) die too;
+  killed with SIGKILL and every process of the execution is reaped, so no zombie is left behind;
+- every process of the execution is killed before the next one starts, daemons that left the process group
+  (`setsid`, double fork) included: by `kill(-1, SIGKILL)` from the fork server, PID 1 of the namespace
+  (bwrap), or by a helper running as the slot uid (`kill -9 -1`) after every run (rlimit layer; one-shot
+  bwrap does it after a timeout or overflow, and otherwise relies on the namespace dying with the program);
 - a CPU-time limit (RLIMIT_CPU, soft = hard, so the kernel sends SIGKILL) and a wall-clock limit enforced by
   the supervisor (catches `sleep`, blocking reads and deadlocks);
 - RLIMIT_AS (address space), RLIMIT_NPROC (processes), RLIMIT_FSIZE (largest file), RLIMIT_NOFILE (open
@@ -21,7 +24,9 @@ What every execution gets (both isolation modes):
   execution slot (default 60000 + slot, leased across processes with `flock`: `uids.py`), with no supplementary
   groups. RLIMIT_NPROC counts per user and is ignored for root, so this is what makes it effective; it also
   means `kill(-1, SIGKILL)` can only reach that slot's own processes, and root-owned files are out of reach;
-- a fresh working directory (mode 0700, owned by the slot's uid), removed afterwards;
+- a fresh working directory (mode 0700, owned by the slot's uid), removed afterwards (a fork server under
+  bwrap reuses its slot's directory, emptied and reset after every execution, along with `/tmp`, `/dev` and
+  the IPC namespace: see `fork_server.py`);
 - an empty environment: no variable of the supervisor is inherited (no tokens, no keys); only `PATH`,
   `LANG` and `HOME` are set to fixed values;
 - stdin supplied from an in-memory file, or /dev/null when there is none (a program waiting on `input()`
@@ -67,6 +72,7 @@ What this does not protect against:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -80,7 +86,9 @@ import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from .fork_server import confine
 from .uids import allocator, kill_all_processes_of
 
 logger = logging.getLogger(__name__)
@@ -88,6 +96,7 @@ logger = logging.getLogger(__name__)
 BWRAP_CANDIDATES = ("/usr/bin/bwrap", "/bin/bwrap")
 SYSTEM_PYTHON = "/usr/bin/python3"
 SANDBOX_DIR = "/sandbox"
+HARNESS_SOURCE = Path(__file__).with_name("assert_harness.py").read_text(encoding="utf-8")
 FIXED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 MEMORY_ERROR_MARKERS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")
 
@@ -113,7 +122,7 @@ class Limits:
     cpu_seconds: float = 2.0  # CPU time; RLIMIT_CPU is set to ceil(cpu) + 1 and the excess is judged afterwards
     wall_seconds: float | None = None  # wall clock, enforced by the supervisor; catches sleeping code
     memory_mb: int = 1024  # RLIMIT_AS, address space of each process
-    max_processes: int = 32  # RLIMIT_NPROC for the slot's uid (bwrap itself uses two of them)
+    max_processes: int = 32  # RLIMIT_NPROC for the slot's uid (under bwrap, its monitor and the fork server count too)
     file_size_mb: int = 16  # RLIMIT_FSIZE, the largest file a program may write
     max_open_files: int = 64  # RLIMIT_NOFILE
     stack_mb: int = 256  # RLIMIT_STACK: competition code recurses deeply
@@ -153,6 +162,9 @@ class SandboxConfig:
     work_root: str | None = None
     # run untrusted code even when neither bwrap nor a uid drop is available (never do this on a shared host)
     allow_unsafe: bool = False
+    # start one interpreter per slot, inside the slot's isolation, and fork each execution from it
+    # (`fork_server.py`); False starts bwrap and the interpreter anew for every execution
+    fork_server: bool = True
 
 
 @dataclass
@@ -237,8 +249,8 @@ def _python_prefix(python: str) -> str:
     return prefix
 
 
-def _preexec(limits: Limits, uid: int | None) -> None:
-    """Runs in the child between fork and exec: limits first, then the uid drop (which makes them binding)."""
+def rlimit_settings(limits: Limits, uid: int | None) -> list[tuple[int, int]]:
+    """The `(resource, value)` pairs of an execution, each set as soft = hard limit."""
     cpu = int(math.ceil(limits.cpu_seconds)) + 1
     settings = [
         (resource.RLIMIT_CPU, cpu),
@@ -252,20 +264,43 @@ def _preexec(limits: Limits, uid: int | None) -> None:
         # counted per real uid: only binding for the dedicated slot uid (root ignores it, and for another
         # user it would count every process the user already has)
         settings.append((resource.RLIMIT_NPROC, limits.max_processes))
-    for which, value in settings:
-        resource.setrlimit(which, (value, value))
-    try:
-        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-        os.write(fd, b"1000")
-        os.close(fd)
-    except OSError:
-        pass
+    return settings
+
+
+def _preexec(limits: Limits, uid: int | None) -> None:
+    """Runs in the child between fork and exec: limits first, then the uid drop (which makes them binding)."""
+    confine(rlimit_settings(limits, uid), uid)
+
+
+def fill_workdir(workdir: str, files: dict | None, links: dict | None, uid: int | None) -> None:
+    """Writes the files (read-only for the program) and links into the working directory, then gives the
+    directory to the slot uid (mode 0700)."""
+    for name, content in (files or {}).items():
+        data = content.encode() if isinstance(content, str) else content
+        path = os.path.join(workdir, name)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        os.chmod(path, 0o644)
+    for name, source in (links or {}).items():
+        target = os.path.join(workdir, name)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
     if uid is not None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-        if os.getuid() != uid or os.geteuid() != uid:
-            os._exit(126)
+        os.chown(workdir, uid, uid)
+    os.chmod(workdir, 0o700)
+
+
+def collect_files(workdir: str, collect: dict | None, result: ExecutionResult) -> None:
+    """Copies out the regular files the program produced, if it ran to its end."""
+    for name, destination in (collect or {}).items():
+        source = os.path.join(workdir, name)
+        if result.status == OK and os.path.isfile(source) and not os.path.islink(source):
+            shutil.copyfile(source, destination)
+
+
+_SANDBOX_TOKENS = itertools.count()
 
 
 class Sandbox:
@@ -276,6 +311,8 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
+        self.token = next(_SANDBOX_TOKENS)  # tells this sandbox's fork servers from another's
+        self._servers: weakref.WeakSet = weakref.WeakSet()
         if self.config.isolation not in ("auto", "bwrap", "rlimit"):
             raise ValueError(f"isolation must be auto, bwrap or rlimit, not {self.config.isolation!r}")
         self.drops_privileges = os.geteuid() == 0
@@ -299,9 +336,20 @@ class Sandbox:
             )
 
     def close(self) -> None:
-        """Removes the work root if this sandbox created it."""
+        """Stops this sandbox's fork servers and removes the work root if this sandbox created it."""
+        for server in list(self._servers):
+            server.stop()
         if self._cleanup is not None:
             self._cleanup()
+
+    def fork_server_pids(self) -> list[int]:
+        """Host pids of this sandbox's live fork servers (with bwrap's monitor processes)."""
+        return [pid for server in list(self._servers) for pid in server.host_pids()]
+
+    def uses_fork_server(self) -> bool:
+        """Fork servers need bwrap or a uid drop: the rlimit layer cleans up by killing all of the slot uid's
+        processes, which is only safe for a dedicated uid."""
+        return self.config.fork_server and (self.isolation == "bwrap" or self.drops_privileges)
 
     def _resolve_python(self) -> str:
         if self.config.python:
@@ -359,6 +407,7 @@ class Sandbox:
             "rlimits (CPU, AS, FSIZE, NOFILE, STACK, CORE)": "yes",
             "wall-clock timeout + process-group kill": "yes",
             "empty environment": "yes",
+            "fork server per slot": "yes" if self.uses_fork_server() else "no",
             "python": self.python,
             "g++": shutil.which("g++") or "absent",
             "seccomp": "no",
@@ -373,7 +422,13 @@ class Sandbox:
     ) -> ExecutionResult:
         """Runs Python source as `main.py` in a fresh working directory."""
         argv = [self.python, *self.config.python_flags, "main.py"]
-        return self.execute(argv, files={"main.py": source}, stdin=stdin, limits=limits)
+        return self._run("python", argv, files={"main.py": source}, stdin=stdin, limits=limits)
+
+    def run_assert_harness(self, program: str, *, stdin: str | bytes, limits: Limits | None = None) -> ExecutionResult:
+        """Runs the assert harness (`assert_harness.py` as `main.py`) on `program` (`solution.py`)."""
+        argv = [self.python, *self.config.python_flags, "main.py"]
+        files = {"main.py": HARNESS_SOURCE, "solution.py": program}
+        return self._run("assert", argv, files=files, stdin=stdin, limits=limits)
 
     def execute(
         self,
@@ -395,15 +450,35 @@ class Sandbox:
             limits: resource limits; default `Limits()`.
             collect: name -> host path: files the program produced, copied out before the directory goes.
         """
-        return self._execute(
-            argv,
-            isolation=self.isolation,
-            files=files,
-            links=links,
-            stdin=stdin,
-            limits=limits or Limits(),
-            collect=collect,
-        )
+        return self._run("exec", argv, files=files, links=links, stdin=stdin, limits=limits, collect=collect)
+
+    def _run(self, mode: str, argv: list[str], *, limits, files=None, links=None, stdin=None, collect=None):
+        """Through the calling thread's fork server when there is one (`mode` says how the child runs the
+        program: `python` main.py, the `assert` harness, or `exec` of argv), else as a one-shot execution."""
+        limits = limits or Limits()
+        if not self.uses_fork_server():
+            return self._execute(
+                argv, isolation=self.isolation, files=files, links=links, stdin=stdin, limits=limits, collect=collect
+            )
+        from .slots import run_in_slot  # slots builds on this module
+
+        try:
+            return run_in_slot(
+                self,
+                mode,
+                argv,
+                files=files,
+                links=links,
+                stdin=stdin,
+                limits=limits,
+                collect=collect,
+                lease=self._uids.lease() if self._uids is not None else None,
+            )
+        except OSError as error:
+            logger.exception("sandbox: execution failed")
+            return ExecutionResult(
+                status=SANDBOX_ERROR, isolation=self.isolation, error=f"{type(error).__name__}: {error}"
+            )
 
     def _execute(
         self, argv: list[str], *, isolation: str, limits: Limits, files=None, links=None, stdin=None, collect=None
@@ -412,27 +487,10 @@ class Sandbox:
         workdir = None
         try:
             workdir = tempfile.mkdtemp(prefix="run-", dir=self.work_root)
-            for name, content in (files or {}).items():
-                data = content.encode() if isinstance(content, str) else content
-                path = os.path.join(workdir, name)
-                with open(path, "wb") as handle:
-                    handle.write(data)
-                os.chmod(path, 0o644)
-            for name, source in (links or {}).items():
-                target = os.path.join(workdir, name)
-                try:
-                    os.link(source, target)
-                except OSError:
-                    shutil.copy2(source, target)
-            if uid is not None:
-                os.chown(workdir, uid, uid)
-            os.chmod(workdir, 0o700)
+            fill_workdir(workdir, files, links, uid)
             command = self._bwrap_command(argv, workdir, limits) if isolation == "bwrap" else list(argv)
             result = self._supervise(command, workdir, stdin, limits, uid, isolation)
-            for name, destination in (collect or {}).items():
-                source = os.path.join(workdir, name)
-                if result.status == OK and os.path.isfile(source) and not os.path.islink(source):
-                    shutil.copyfile(source, destination)
+            collect_files(workdir, collect, result)
             return result
         except OSError as error:
             logger.exception("sandbox: execution failed")
@@ -441,11 +499,13 @@ class Sandbox:
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
 
-    def _bwrap_command(self, argv: list[str], workdir: str, limits: Limits) -> list[str]:
+    def _bwrap_command(self, argv: list[str], workdir: str, limits: Limits, extra: list[str] = ()) -> list[str]:
+        """The bwrap command running `argv`; `extra` arguments go before the root is made read-only."""
         if self._bwrap_base is None:
             self._bwrap_base = self._bwrap_static_arguments()
         return [
             *self._bwrap_base,
+            *extra,
             "--size",
             str(limits.tmp_mb << 20),
             "--tmpfs",
@@ -634,31 +694,65 @@ def _bwrap_started(status_read: int) -> bool:
     return "child-pid" in status_text
 
 
+@dataclass
+class Ending:
+    """How an execution ended, as its supervisor saw it: what `judge` turns into a result."""
+
+    returncode: int
+    cpu_seconds: float
+    wall_seconds: float
+    out: _Stream
+    err: _Stream
+    isolation: str
+    started: bool  # False: the sandbox failed before the program could run
+    timed_out: bool = False
+    overflow: bool = False
+    exited: bool = True
+    signal_as_exit_code: bool = False  # bwrap's init reports a signal death of the program as 128 + signal
+    failure: str = ""  # who failed to start the program, for the error message
+
+
 def _classify(run: _Run, usage: resource.struct_rusage, started: bool, limits: Limits) -> ExecutionResult:
+    ending = Ending(
+        returncode=run.process.returncode,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        wall_seconds=run.wall_seconds,
+        out=run.out,
+        err=run.err,
+        isolation=run.isolation,
+        started=started,
+        timed_out=run.timed_out,
+        overflow=run.overflow,
+        exited=run.exited,
+        signal_as_exit_code=run.isolation == "bwrap",
+        failure="bwrap failed",
+    )
+    return judge(ending, limits)
+
+
+def judge(ending: Ending, limits: Limits) -> ExecutionResult:
     """The result: sandbox error, timeout (wall, RLIMIT_CPU kill, or CPU over the limit), overflow, or ok."""
-    cpu = usage.ru_utime + usage.ru_stime
-    returncode = run.process.returncode
-    # bwrap reports a signal death of the program as 128 + signal
-    bwrap_signal = returncode - 128 if run.isolation == "bwrap" and returncode > 128 else 0
+    cpu, returncode = ending.cpu_seconds, ending.returncode
+    bwrap_signal = returncode - 128 if ending.signal_as_exit_code and returncode > 128 else 0
     killed_by = -returncode if returncode < 0 else bwrap_signal
     cpu_limit_hit = killed_by in (signal.SIGKILL, signal.SIGXCPU) and cpu >= math.ceil(limits.cpu_seconds)
     result = ExecutionResult(
         status=OK,
         returncode=returncode,
-        stdout=run.out.text(),
-        stderr=run.err.text(),
-        wall_seconds=run.wall_seconds,
+        stdout=ending.out.text(),
+        stderr=ending.err.text(),
+        wall_seconds=ending.wall_seconds,
         cpu_seconds=cpu,
-        stdout_truncated=run.out.overflowed,
-        stderr_truncated=run.err.overflowed,
-        isolation=run.isolation,
+        stdout_truncated=ending.out.overflowed,
+        stderr_truncated=ending.err.overflowed,
+        isolation=ending.isolation,
     )
-    if not started and not run.timed_out:
+    if not ending.started and not ending.timed_out:
         result.status = SANDBOX_ERROR
-        result.error = f"bwrap failed (exit {returncode}): {result.stderr.strip()[:500]}"
-    elif run.timed_out or cpu_limit_hit or (run.exited and cpu > limits.cpu_seconds):
+        result.error = f"{ending.failure} (exit {returncode}): {result.stderr.strip()[:500]}"
+    elif ending.timed_out or cpu_limit_hit or (ending.exited and cpu > limits.cpu_seconds):
         result.status = TIMEOUT
-    elif run.overflow or run.out.overflowed:
+    elif ending.overflow or ending.out.overflowed:
         result.status = OUTPUT_EXCEEDED
     elif returncode != 0 and any(marker in result.stderr for marker in MEMORY_ERROR_MARKERS):
         result.memory_exceeded = True

@@ -4,15 +4,16 @@
     pool = get_pool()                       # one per process, sized to the usable cores
     verdicts = pool.run_programs([(program, "python", tests, limits)])  # list of per-program verdict lists
 
-Why threads and not processes: the work happens in sandboxed child processes; a pool thread only forks,
-waits in `select`/`wait4` and compares outputs, all of which release the GIL. Threads share the verdict cache
-and the compile cache without pickling, add no processes that could themselves be orphaned, and start in
-microseconds. Each thread leases its own unprivileged uid (see `execution.py`), so concurrent executions
-never share an RLIMIT_NPROC budget and cannot signal each other. Between fork and exec the child runs only
-`setrlimit`, `setgroups`, `setresgid` and `setresuid`, none of which take a lock another thread may hold,
-which is what makes forking from a threaded process safe here. A trainer that holds CUDA can still host the
-pool; if its address space is very large, fork cost grows with it, and the pool is better placed in a
-separate reward process.
+Why threads and not processes: the work happens in sandboxed child processes; a pool thread only sends a
+request to its slot's fork server, waits in `select` and compares outputs, all of which release the GIL.
+Threads share the verdict cache and the compile cache without pickling, add no processes that could
+themselves be orphaned, and start in microseconds. Each thread is a slot: it leases its own unprivileged uid
+(see `uids.py`) and keeps its own fork server (see `slots.py`), so concurrent executions never share an
+RLIMIT_NPROC budget and cannot signal each other. The executions are forked by the servers, which are small
+single-threaded interpreters; this process forks only to start a server (and, one-shot, for every
+execution), and between that fork and exec the child runs only `setrlimit`, `setgroups`, `setresgid` and
+`setresuid`, none of which take a lock another thread may hold. A trainer that holds CUDA can host the pool:
+its own address space no longer sets the cost of each execution's fork.
 
 The pool is sized to the usable cores by default: CPU-time limits assume each execution has a core to
 itself, and oversubscription turns slow-but-correct programs into false timeouts.

@@ -35,7 +35,6 @@ import shutil
 import threading
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 
 from . import assert_harness
 from .execution import OK, OUTPUT_EXCEEDED, SANDBOX_ERROR, TIMEOUT, ExecutionResult, Limits, Sandbox, source_hash
@@ -64,7 +63,6 @@ VERDICTS = (
 PYTHON_LANGUAGES = {"python", "python3", "py"}
 CPP_LANGUAGES = {"cpp", "c++", "cxx", "cpp17", "c++17"}
 CPP_FLAGS = ("-O2", "-std=gnu++17", "-pipe")
-HARNESS_SOURCE = Path(assert_harness.__file__).read_text(encoding="utf-8")
 COMPILE_LIMITS = Limits(
     cpu_seconds=20, wall_seconds=40, memory_mb=2048, max_processes=32, file_size_mb=64, stdout_bytes=64 << 10
 )
@@ -246,9 +244,7 @@ def run_assert_test(sandbox: Sandbox, program: str, test: TestCase, limits: Limi
     stdin, which it reads only after the program's process has been forked off without it.
     """
     nonce = secrets.token_hex(16)
-    argv = [sandbox.python, *sandbox.config.python_flags, "main.py"]
-    files = {"main.py": HARNESS_SOURCE, "solution.py": program}
-    result = sandbox.execute(argv, files=files, stdin=f"{nonce}\n{test.assert_code}", limits=limits)
+    result = sandbox.run_assert_harness(program, stdin=f"{nonce}\n{test.assert_code}", limits=limits)
     return result, nonce
 
 

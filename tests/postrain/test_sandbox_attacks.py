@@ -2,7 +2,8 @@
 
 Every test runs in both isolation modes (bwrap, and the rlimit fallback with a uid drop); the `sandbox`
 fixture proves containment with harmless probes first, and the `unharmed` fixture checks after each attack
-that a host sentinel process is alive and that no process of any sandbox uid is left (live or zombie).
+that a host sentinel process is alive and that no process of any sandbox uid is left (live or zombie) but the
+sandbox's own fork servers, each without any process of an execution left under it.
 """
 
 import os
@@ -26,6 +27,32 @@ from loopcoder.postrain.sandbox.runners import (
 from .conftest import ATTACK_LIMITS, sandbox_processes
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(child) for child in handle.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.fixture
+def unharmed(sandbox, sentinel):
+    """After the attack: the sentinel lives, and no process of any sandbox uid is left, live or zombie, except
+    the sandbox's idle fork servers (under bwrap, its monitor and the server; the server with no child)."""
+    yield
+    assert sentinel.poll() is None, "a host process was killed"
+    deadline = time.monotonic() + 5
+    while True:
+        servers = set(sandbox.fork_server_pids())
+        left = [line for line in sandbox_processes(sandbox.config) if int(line.split()[0]) not in servers]
+        under_servers = [child for pid in servers for child in children_of(pid) if child not in servers]
+        if not (left or under_servers) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"sandbox processes left behind: {left}"
+    assert not under_servers, f"processes left under a fork server: {under_servers}"
 
 
 def verdict_of(sandbox, program: str, limits=ATTACK_LIMITS, stdin: str | None = None):
@@ -133,7 +160,13 @@ def test_files_outside_the_work_directory_cannot_be_written_or_deleted(sandbox, 
     elif os.path.exists(f"/tmp/{marker}"):
         # the fallback cannot hide the host's world-writable /tmp (documented); clean up
         os.unlink(f"/tmp/{marker}")
-    assert not os.listdir(sandbox.work_root) or os.listdir(sandbox.work_root) == ["binaries"]
+    # no working directory is left behind, and a fork server's working directory is empty again
+    names = os.listdir(sandbox.work_root)
+    assert [name for name in names if name.startswith("run-")] == []
+    assert [os.listdir(os.path.join(sandbox.work_root, name)) for name in names if name.startswith("slot-")] in (
+        [],
+        [[]],
+    )
 
 
 def test_other_users_files_and_the_parents_environment_are_unreadable(sandbox, unharmed, monkeypatch):
@@ -189,8 +222,8 @@ def test_killing_the_parent_process_does_not_reach_the_supervisor(sandbox, unhar
     # the supervisor is not visible (bwrap) or not ours to signal (fallback)
     if sandbox.isolation == "bwrap":
         assert f"denied {os.getpid()} ProcessLookupError" in result.stdout
-        # the program is pid 1 of its namespace and getppid() is 0: the second kill goes to its own group,
-        # where init ignores SIGKILL from inside the namespace
+        # the parent is the fork server, PID 1 of the namespace, and PID 1 does not receive SIGKILL sent from
+        # inside its namespace (one-shot, the program is PID 1 itself and getppid() is 0: its own group)
         assert result.ok
     else:
         assert f"denied {os.getpid()} PermissionError" in result.stdout
