@@ -71,7 +71,8 @@ class JobFailed(RuntimeError):
 @dataclass
 class TaskSizes:
     files_per_task: int = 500  # directory and git inputs
-    rows_per_task: int = 2000  # Parquet inputs (a JSONL file is one task)
+    rows_per_task: int = 2000  # Parquet inputs, in whole row groups
+    bytes_per_task: int = 64 * 2**20  # JSONL inputs, in line-aligned byte ranges (a compressed file is one task)
 
 
 @dataclass

@@ -400,7 +400,9 @@ def run_job(job: JobConfig, output: str | Path | None = None) -> dict[str, Any]:
     plan_path = fs.join(work, "plan.json")
     plan = fs.read_json_if_exists(plan_path)
     if plan is None:
-        tasks, errors = plan_tasks(job.inputs, job.tasks.files_per_task, job.tasks.rows_per_task)
+        tasks, errors = plan_tasks(
+            job.inputs, job.tasks.files_per_task, job.tasks.rows_per_task, job.tasks.bytes_per_task
+        )
         if not tasks:
             # not saved as the plan: a rerun after the inputs are fixed plans again
             if errors:
