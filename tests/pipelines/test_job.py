@@ -74,6 +74,49 @@ def test_connected_components_match_union_find(ray_local):
         assert rounds > 1  # the 31-node chain needs several rounds
 
 
+def test_lsh_only_dedup_stages_equal_the_reference(ray_local, tmp_path, reference_dedup):
+    """`verify: false` (BigCode's bands, star edges) over tasks holding copies of each other's files."""
+    from loopcoder.pipelines.dedup import read_annotations, run_dedup, write_task_dedup_inputs
+    from loopcoder.pipelines.minhash import MinhashConfig, MinhashSignatures, tokens
+    from loopcoder.pipelines.runner import normalised_sha256
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    files = sorted((site / "pip" / "_vendor" / "packaging").glob("*.py")) + sorted((site / "packaging").glob("*.py"))
+    docs = [
+        {"id": f"{i:03d}-{p.name}", "license": "MIT" if i % 3 else None, "content": p.read_text()}
+        for i, p in enumerate(files)
+    ]
+    docs += [dict(d, id=f"copy-{d['id']}") for d in docs[:4]]  # exact copies, in another task
+    config = MinhashConfig(verify=False, bands=25, rows=10)
+    signer = MinhashSignatures(config)
+    tasks = [list(range(i, len(docs), 3)) for i in range(3)]
+    for task, members in enumerate(tasks):
+        hashes = []
+        for i in members:
+            token_list = tokens(docs[i]["content"])
+            enough = len(token_list) >= config.min_tokens
+            hashes.append(signer.band_hashes(signer.signature_from_tokens(token_list)) if enough else None)
+        columns = ([docs[i][key] for i in members] for key in ("license", "id"))
+        contents = [normalised_sha256(docs[i]["content"]) for i in members]
+        write_task_dedup_inputs(str(tmp_path), task, list(range(len(members))), *columns, contents, hashes)
+    run_dedup(str(tmp_path), exact=True, minhash=config, partitions=ShuffleSizing(partitions=2))
+    got: dict[int, tuple] = {}
+    for task, members in enumerate(tasks):
+        notes = read_annotations(str(tmp_path), task, len(members))
+        for row, i in enumerate(members):
+            reason = (
+                "exact_duplicate"
+                if notes.exact_duplicate[row]
+                else "near_duplicate"
+                if notes.near_duplicate[row]
+                else None
+            )
+            got[i] = (reason, notes.cluster[row].as_py())
+    expected = reference_dedup(docs, exact=True, minhash=config)
+    assert [got[i] for i in range(len(docs))] == expected
+    assert sum(r == "exact_duplicate" for r, _ in expected) >= 4 and any(r == "near_duplicate" for r, _ in expected)
+
+
 def git(repo: Path, *args: str) -> str:
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
