@@ -10,11 +10,13 @@ Stages (datatrove-style: files between stages, markers written last, a rerun ski
 2. documents: per task, read -> decode -> per-document steps; writes the task's rows with every
    decision (`_work/documents/task-N.parquet`), its exact-dedup keys and LSH band rows, its step
    statistics, then `task-N.done`;
-3. dedup: the global stages of `loopcoder.pipelines.dedup` (exact, edges, components, annotations);
-4. write: per task, the kept rows as zstd Parquet shards `files/part-N-of-M.parquet` (rolled over at
+3. dedup: the global stages of `loopcoder.pipelines.dedup` (ranks, exact, edges, verified, components,
+   annotations);
+4. write: per task, the dedup outcome joined to the task's rows in Arrow (`apply_dedup`), the kept
+   rows as zstd Parquet shards `files/part-N-of-M.parquet` (rolled over at
    `writer.max_shard_bytes`), rejected rows with their reason in `rejected/`, then
    `stats/task-N.json`, then `markers/task-N.done` naming the shards (only then do they count);
-5. `stats.json` (everything merged) and `_SUCCESS`.
+5. `stats.json` (everything merged) and `_SUCCESS`; then `_work/` is deleted unless `keep_work`.
 
 The output, the inputs and `_work/` may be local paths or object-store URIs: every read and write
 goes through `loopcoder.pipelines.filesystem`, and nothing relies on rename being atomic.
