@@ -59,7 +59,7 @@ from .filesystem import atomic_write_json, atomic_write_parquet
 from .job import GLOBAL_STEPS, JobConfig, JobFailed, RayConfig
 from .minhash import MinhashSignatures, tokens
 from .readers import plan_tasks, read_task
-from .stats import StepStats, merge_stats, table_shard_stats
+from .stats import StepStats, merge_stats, shard_stats
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class TaskRunner:
             for name, piece in self._pieces(number, part):
                 shard = fs.join(self.output, folder, name)
                 atomic_write_parquet(FILTERED_FILE.attach(piece), shard, self.job.writer.compression)
-                shards[f"{folder}/{name}"] = table_shard_stats(piece)
+                shards[f"{folder}/{name}"] = shard_stats(piece)
         reasons = pc.value_counts(rejected.column("rejection_reason")).to_pylist() if rejected.num_rows else []
         summary = {
             "task": number,

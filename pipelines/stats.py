@@ -56,26 +56,6 @@ class StepStats:
         }
 
 
-def length_bucket(length: int) -> str:
-    for bound in LENGTH_BUCKETS:
-        if length < bound:
-            return f"<{bound}"
-    return f">={LENGTH_BUCKETS[-1]}"
-
-
-def shard_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """rows, bytes (UTF-8 of `content`), files and bytes by language, histograms of chars and lines."""
-    rows = list(rows)
-    return table_shard_stats(
-        pa.table(
-            {
-                "content": pa.array([row["content"] for row in rows], pa.string()),
-                "language": pa.array([row["language"] for row in rows], pa.string()),
-            }
-        )
-    )
-
-
 def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Sums nested dicts of numbers key by key (order-independent)."""
     merged: dict[str, Any] = {}
@@ -100,8 +80,8 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-def table_shard_stats(table: pa.Table) -> dict[str, Any]:
-    """`shard_stats` of a table with `content` and `language` columns, computed with Arrow kernels."""
+def shard_stats(table: pa.Table) -> dict[str, Any]:
+    """rows, bytes (UTF-8 of `content`), files and bytes by language, histograms of chars and lines, from Arrow kernels."""
     content = table.column("content")
     sizes = pc.binary_length(content).to_numpy(zero_copy_only=False).astype(np.int64)
     by_language = (
