@@ -1,39 +1,57 @@
-"""Global dedup stages on Ray Data: exact groups, LSH buckets -> candidate pairs -> exact Jaccard, connected components.
+"""Global dedup stages on Ray Data: ranks, exact groups, LSH buckets -> candidate pairs -> exact Jaccard, components.
 
-No process holds the whole index. Every document is identified by a *rank key*
-`"{licence rank}|{id}|{task:06d}|{row:07d}"`, whose string order is the keep order: permissive
-licence first, then the smallest id, then the input position. The representative of a group or
-cluster is its smallest key, so the survivors do not depend on partitioning or scheduling.
+No process holds the whole index. The keep order of documents is permissive licence first, then
+the smallest id, then the input position `(task, row)`; the representative of a group or cluster
+is its first document in that order, so the survivors do not depend on partitioning or
+scheduling. Every stage after the first identifies a document by its *rank*, a uint64: its
+position in the keep order over the whole input. Comparing ranks is comparing keep order, and
+the rows that cross a shuffle are a few fixed-width integers instead of strings.
 
-Stages (each writes Parquet files between stages, then a `.done` marker, so each reruns alone; the
-files go through `loopcoder.pipelines.filesystem`, so `work` may be a local path or an object-store URI):
+Inputs, per task (`write_task_dedup_inputs`): `keys/task-N.parquet` with `(task, row,
+licence_rank, id, content_sha256, minhash)` for every kept document, and `bands/task-N.parquet`
+with `(row, band, band_hash)` for those with enough tokens for MinHash.
 
-1. `exact`: rows `(content_sha256, key)` are shuffled into parts by a hash of `content_sha256`;
-   each group of equal hashes keeps its smallest key and emits `(key, rep)` for the others.
-2. `edges`: rows `(band, band_hash, content_hash, key)` are shuffled into parts by `band_hash`,
-   so a bucket `(band, band_hash)` lies in one part. Copies of one content in a bucket are paired with their first copy (Jaccard 1);
-   the distinct contents, in key order, are each paired with the next `bucket_window` ones (all
-   pairs in buckets of up to `bucket_window + 1`), so a bucket of k costs at most k * window pairs.
-   Without verification a bucket emits k - 1 star edges (smallest key -> each other).
-3. `verified` (with `verify`): exact Jaccard of every distinct candidate pair, computed where the
-   documents are: pairs are shuffled by the task of `u`, whose worker reads that task's documents
-   and attaches u's shingle set once per task holding partners of u (duplicates of a pair from
-   several bands meet there and collapse), then by the task of `v`, whose worker computes the
-   Jaccard. Every candidate is kept with its
-   similarity and `duplicate = jaccard >= threshold`.
-4. `components`: connected components of the duplicate pairs by alternating large-star /
+Stages (each writes Parquet files, then a `.done` marker, so each reruns alone; the files go
+through `loopcoder.pipelines.filesystem`, so `work` may be a local path or an object-store URI):
+
+1. `ranks`: the keys are range-partitioned on (licence rank, first two bytes of the id), from an
+   exact histogram of those prefixes, so partition p holds a contiguous range of the keep order
+   and its size is known before the shuffle; each partition sorts its rows and numbers them from
+   its offset. `ranks/part-P.parquet` (rank, task, row, licence rank, id), sorted by rank, is also
+   the index from a rank back to its document (`ranks/_offsets.json` says which file).
+2. `exact`: rows `(content_sha256, rank)` shuffled by the hash; each group of equal hashes
+   names its smallest rank as the content's representative, and a second shuffle by task writes
+   `exact/task-N.parquet` (row, rank, content_rep, minhash) in row order. A document whose
+   rank is not its content's representative is a copy (`exact_duplicate` with exact dedup on).
+3. `edges`: band rows of content representatives only, `(band, band_hash, rank)`, shuffled by
+   `band_hash`, so a bucket `(band, band_hash)` lies in one part. A bucket's members, in rank
+   order, are each paired with the next `bucket_window` ones (all pairs in buckets of up to
+   `bucket_window + 1`), so a bucket of k costs at most k * window pairs; each copy is paired with
+   its representative (`same_content`, Jaccard 1) without a shuffle. Without verification a
+   bucket emits k - 1 star edges (smallest rank -> each other).
+4. `verified` (with `verify`): exact Jaccard of every distinct candidate pair, computed where the
+   documents are: pairs find their documents' positions in the rank index, are shuffled by the
+   task of `u`, whose worker attaches u's shingle set once per task holding partners of u
+   (duplicates of a pair from several bands meet there and collapse), then by the task of `v`,
+   whose worker computes the Jaccard. Every candidate is kept with its similarity and
+   `duplicate = jaccard >= threshold`.
+5. `components`: connected components of the duplicate pairs by alternating large-star /
    small-star rounds (Kiveris et al., "Connected Components in MapReduce and Beyond", 2014),
-   each round one shuffle by node; it stops when every component is a star around its smallest
-   key, so the result is `(node, root)` with root = smallest key of the component.
-5. `annotations`: exact removals and components, shuffled by task, written as one small file per
-   task: `(row, reason, cluster)`; the final per-task stage joins it to its own shard.
+   each round one shuffle by node, each part processed with numpy on its edge arrays; it stops
+   when every component is a star around its smallest rank, so the result is `(node, root)`.
+6. `annotations`: components with their documents' positions and the cluster id of their root,
+   shuffled by task: `annotations/task-N.parquet` (row, near_duplicate, cluster).
+
+Shuffle partitions are sized from the data unless fixed (`ShuffleSizing`): each shuffle's
+partition count is `max(cluster CPUs, ceil(bytes entering the shuffle / partition_bytes))`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,23 +72,198 @@ PERMISSIVE_LICENSES = {
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 MAX_COMPONENT_ROUNDS = 64
+DEFAULT_PARTITION_BYTES = 128 * 2**20
+# Rows per group handed to one call of a part function: buckets and exact groups are hashed into
+# parts of about this many rows, so the per-call cost of `map_groups` is paid per part.
+ROWS_PER_PART = 1_000_000
+_PREFIX_BINS = 2 * 65536  # licence rank x first two bytes of the id
+
+KEYS_SCHEMA = pa.schema(
+    [
+        ("task", pa.uint32()),
+        ("row", pa.uint32()),
+        ("licence_rank", pa.uint8()),
+        ("id", pa.string()),
+        ("content_sha256", pa.binary(32)),
+        ("minhash", pa.bool_()),
+    ]
+)
+BANDS_SCHEMA = pa.schema([("row", pa.uint32()), ("band", pa.uint8()), ("band_hash", pa.uint64())])
+_PAIR_SCHEMA = pa.schema([("u", pa.uint64()), ("v", pa.uint64()), ("same_content", pa.bool_())])
+_EDGE_SCHEMA = pa.schema([("u", pa.uint64()), ("v", pa.uint64())])
+_STAR_SCHEMA = pa.schema([("u", pa.uint64()), ("v", pa.uint64()), ("unstable", pa.int64())])
+_VERIFIED_SCHEMA = pa.schema(
+    [("u", pa.uint64()), ("v", pa.uint64()), ("jaccard", pa.float64()), ("duplicate", pa.bool_())]
+)
 
 
-def rank_key(license: str | None, doc_id: str, task: int, row: int) -> str:
-    licence_rank = 0 if (license or "").lower() in PERMISSIVE_LICENSES else 1
-    return f"{licence_rank}|{doc_id}|{task:06d}|{row:07d}"
+def licence_rank(license: str | None) -> int:
+    return 0 if (license or "").lower() in PERMISSIVE_LICENSES else 1
 
 
-def key_position(key: str) -> tuple[int, int]:
-    """(task, row) of a rank key."""
-    _, _, task, row = key.rsplit("|", 3)
-    return int(task), int(row)
+def cluster_id(rank_of_licence: int, doc_id: str) -> int:
+    """Cluster id from the representative's licence rank and id (not its position), so task sizes do not change it."""
+    return xxhash.xxh64_intdigest(f"{rank_of_licence}|{doc_id}".encode()) & 0x7FFFFFFFFFFFFFFF
 
 
-def cluster_id(root_key: str) -> int:
-    """Cluster id from the representative's licence rank and id (not its task), so task sizes do not change it."""
-    stable = root_key.rsplit("|", 2)[0]
-    return xxhash.xxh64_intdigest(stable.encode()) & 0x7FFFFFFFFFFFFFFF
+def task_dedup_tables(
+    task: int,
+    rows: list[int],
+    licenses: list[str | None],
+    ids: list[str],
+    content_sha256: list[str],
+    band_hashes: list[np.ndarray | None],
+) -> dict[str, pa.Table]:
+    """The `keys` and `bands` tables of one task's kept documents (layout in the module docstring).
+
+    `content_sha256` are hex digests; `band_hashes[i]` is None when document i has no MinHash bands.
+    """
+    keys = pa.table(
+        {
+            "task": pa.array(np.full(len(rows), task, dtype=np.uint32)),
+            "row": pa.array(np.asarray(rows, dtype=np.uint32)),
+            "licence_rank": pa.array([licence_rank(x) for x in licenses], pa.uint8()),
+            "id": pa.array(ids, pa.string()),
+            "content_sha256": pa.array([bytes.fromhex(h) for h in content_sha256], pa.binary(32)),
+            "minhash": pa.array([h is not None for h in band_hashes], pa.bool_()),
+        },
+        schema=KEYS_SCHEMA,
+    )
+    hashed = [(row, h) for row, h in zip(rows, band_hashes, strict=True) if h is not None]
+    if not hashed:
+        return {"keys": keys, "bands": BANDS_SCHEMA.empty_table()}
+    counts = [len(h) for _, h in hashed]
+    bands = pa.table(
+        {
+            "row": pa.array(np.repeat(np.array([r for r, _ in hashed], dtype=np.uint32), counts)),
+            "band": pa.array(np.concatenate([np.arange(c, dtype=np.uint8) for c in counts])),
+            "band_hash": pa.array(np.concatenate([h for _, h in hashed]).astype(np.uint64)),
+        },
+        schema=BANDS_SCHEMA,
+    )
+    return {"keys": keys, "bands": bands}
+
+
+def write_task_dedup_inputs(work: str, task: int, *columns) -> None:
+    """Writes one task's `keys` and `bands` files under `work` (arguments as `task_dedup_tables`)."""
+    for folder, table in task_dedup_tables(task, *columns).items():
+        if table.num_rows:
+            atomic_write_parquet(table, fs.join(work, folder, f"task-{task:06d}.parquet"))
+
+
+@dataclass(frozen=True)
+class ShuffleSizing:
+    """Partitions of a shuffle: `partitions` when fixed, else max(min_partitions, ceil(bytes / partition_bytes))."""
+
+    partitions: int | None = None
+    partition_bytes: int = DEFAULT_PARTITION_BYTES
+    min_partitions: int = 1
+
+    def for_bytes(self, nbytes: int) -> int:
+        if self.partitions:
+            return self.partitions
+        return max(self.min_partitions, -(-nbytes // self.partition_bytes), 1)
+
+
+class _Shuffles:
+    """Groups datasets by a computed `part` column and counts what crosses each shuffle."""
+
+    def __init__(self, sizing: ShuffleSizing):
+        self.sizing = sizing
+        self.bytes = 0
+        self.rows = 0
+        self.partitions: list[int] = []
+
+    def group(
+        self,
+        ds,
+        part_of: Callable,
+        part_args: tuple,
+        function,
+        args: tuple = (),
+        parts: int | None = None,
+        size: tuple[int, int] | None = None,
+    ):
+        """`function(part_table, *args)` on each part; `part_of(batch, parts, *part_args)` names a row's part.
+
+        The input is materialized first, unless its `size` (rows, bytes) is given: its size in bytes
+        sizes the shuffle, and is what is counted.
+        """
+        if size is None:
+            ds = ds.materialize()
+            size = ds.count(), ds.size_bytes()
+        rows, nbytes = size
+        partitions = self.sizing.for_bytes(nbytes)
+        parts = parts or max(partitions, -(-rows // ROWS_PER_PART))
+        self.rows += rows
+        self.bytes += nbytes + 4 * rows  # and the int32 part column
+        self.partitions.append(partitions)
+        return (
+            ds.map_batches(_with_part, fn_args=(part_of, parts, part_args), batch_format="pyarrow")
+            .groupby("part", num_partitions=partitions)
+            .map_groups(function, fn_args=args, batch_format="pyarrow")
+        )
+
+    def stats(self) -> dict[str, Any]:
+        stats = {
+            "shuffled_rows": self.rows,
+            "shuffled_bytes": self.bytes,
+            "partitions": max(self.partitions, default=0),
+        }
+        self.rows, self.bytes, self.partitions = 0, 0, []
+        return stats
+
+
+def _with_part(batch: pa.Table, part_of: Callable, parts: int, part_args: tuple) -> pa.Table:
+    return batch.append_column("part", pa.array(part_of(batch, parts, *part_args).astype(np.int32)))
+
+
+def _part_by_hash(batch: pa.Table, parts: int, column: str) -> np.ndarray:
+    """A uniform hash of `column` (uint64, or the first 8 bytes of a fixed-size binary) modulo `parts`."""
+    values = batch.column(column).combine_chunks()
+    if pa.types.is_fixed_size_binary(values.type):
+        width = values.type.byte_width
+        raw = np.frombuffer(values.buffers()[1], dtype=np.uint8)[
+            values.offset * width : (values.offset + len(values)) * width
+        ]
+        values = raw.reshape(-1, width)[:, :8].copy().view(np.uint64).ravel()
+    else:
+        values = values.to_numpy()
+    return (values % np.uint64(parts)).astype(np.int64)
+
+
+def _part_by_value(batch: pa.Table, _parts: int, column: str) -> np.ndarray:
+    return batch.column(column).to_numpy().astype(np.int64)
+
+
+def _part_by_rank(batch: pa.Table, _parts: int, column: str, offsets: list[int]) -> np.ndarray:
+    """The rank partition holding `column`'s rank (the file to look it up in)."""
+    ranks = batch.column(column).to_numpy()
+    return np.searchsorted(np.asarray(offsets, dtype=np.uint64), ranks, side="right") - 1
+
+
+def _id_prefix_bins(batch: pa.Table) -> np.ndarray:
+    """licence_rank * 65536 + the first two UTF-8 bytes of the id (0 when absent): monotone in the keep order."""
+    ids = batch.column("id").combine_chunks()
+    offset_type = np.int64 if pa.types.is_large_string(ids.type) else np.int32
+    offsets = np.frombuffer(ids.buffers()[1], dtype=offset_type)[ids.offset : ids.offset + len(ids) + 1]
+    data = ids.buffers()[2]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    padded = np.concatenate([data, np.zeros(2, np.uint8)]).astype(np.int64)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    first = np.where(lengths > 0, padded[starts], 0)
+    second = np.where(lengths > 1, padded[np.minimum(starts + 1, len(padded) - 1)], 0)
+    return batch.column("licence_rank").to_numpy().astype(np.int64) * 65536 + first * 256 + second
+
+
+def _part_by_prefix(batch: pa.Table, _parts: int, part_of_bin: np.ndarray) -> np.ndarray:
+    return part_of_bin[_id_prefix_bins(batch)]
+
+
+def _prefix_histogram(batch: pa.Table) -> pa.Table:
+    counts = np.bincount(_id_prefix_bins(batch), minlength=_PREFIX_BINS)
+    bins = np.flatnonzero(counts)
+    return pa.table({"bin": bins.astype(np.int64), "count": counts[bins].astype(np.int64)})
 
 
 def _stage(path: str, build) -> dict[str, Any]:
@@ -91,23 +284,26 @@ def _stage(path: str, build) -> dict[str, Any]:
     return stats
 
 
-def _load_files(batch: dict) -> pa.Table:
-    return pa.concat_tables([fs.read_parquet(path) for path in batch["path"]])
+def _load_files(batch: dict, columns: list[str] | None) -> pa.Table:
+    return pa.concat_tables([fs.read_parquet(path, columns=columns) for path in batch["path"]])
 
 
-def _read(files: list[str]):
+def _read(files: list[str], columns: list[str] | None = None):
     """A dataset over Parquet files, each read by a worker.
 
     Listing is done here rather than by `ray.data.read_parquet`, whose threaded path resolution
     races on the optional fsspec HTTP import when aiohttp is not installed.
     """
+    return _per_file(files, _load_files, (columns,)) if files else None
+
+
+def _per_file(files: list[str], function, args: tuple):
+    """A dataset of `function({"path": [file]}, *args)` over files, one file per call."""
     import ray.data
 
-    if not files:
-        return None
     items = [{"path": f} for f in files]
     return ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map_batches(
-        _load_files, batch_format="numpy", batch_size=1
+        function, fn_args=args, batch_format="numpy", batch_size=1
     )
 
 
@@ -135,99 +331,192 @@ def _write(ds, directory: str) -> int:
     return sum(int(row["rows"]) for row in written.iter_rows())
 
 
-# Rows per group handed to one call of a part function: buckets and exact groups are hashed into
-# parts of about this many rows, so the per-group cost of `map_groups` (a Python call and a table per
-# group) is paid per part, and singleton buckets, the vast majority, never reach Python.
-ROWS_PER_PART = 1_000_000
+def _runs(*columns: np.ndarray) -> np.ndarray:
+    """Start flags of the runs of equal values in sorted columns."""
+    n = len(columns[0])
+    start = np.zeros(n, dtype=bool)
+    start[:1] = True
+    for values in columns:
+        if values.ndim == 2:
+            start[1:] |= (values[1:] != values[:-1]).any(axis=1)
+        else:
+            start[1:] |= values[1:] != values[:-1]
+    return start
 
 
-def _num_parts(files: list[str], partitions: int) -> int:
-    rows = sum(fs.parquet_file(f).metadata.num_rows for f in files)
-    return max(partitions, -(-rows // ROWS_PER_PART))
+def _rank_partition(part: pa.Table, offsets: list[int], directory: str) -> pa.Table:
+    """Sorts one range of the keep order and numbers it from the range's offset (stage 1)."""
+    number = int(part.column("part")[0].as_py())
+    part = part.sort_by(
+        [("licence_rank", "ascending"), ("id", "ascending"), ("task", "ascending"), ("row", "ascending")]
+    )
+    ranks = np.uint64(offsets[number]) + np.arange(part.num_rows, dtype=np.uint64)
+    table = pa.table(
+        {
+            "rank": pa.array(ranks),
+            "task": part.column("task"),
+            "row": part.column("row"),
+            "licence_rank": part.column("licence_rank"),
+            "id": part.column("id"),
+            "content_sha256": part.column("content_sha256"),
+            "minhash": part.column("minhash"),
+        }
+    )
+    atomic_write_parquet(table, fs.join(directory, f"part-{number:05d}.parquet"))
+    return pa.table({"part": [number], "rows": [part.num_rows]})
 
 
-def _with_part(batch: pa.Table, column: str, parts: int) -> pa.Table:
-    """Adds `part`, a hash of `column` modulo `parts`, so that equal values share a part."""
-    values = batch.column(column)
-    if pa.types.is_unsigned_integer(values.type):
-        part = values.to_numpy() % np.uint64(parts)
-    else:
-        part = np.array([int(v[:15], 16) % parts for v in values.to_pylist()], dtype=np.uint64)
-    return batch.append_column("part", pa.array(part.astype(np.int64)))
+def _sha_words(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    raw = np.frombuffer(values.buffers()[1], dtype=np.uint8)[values.offset * 32 : (values.offset + len(values)) * 32]
+    return raw.reshape(-1, 32).copy().view(np.uint64)
 
 
-def _shared_groups(table: pa.Table, columns: list[str]) -> Iterator[pa.Table]:
-    """The groups of rows equal on `columns` that have two or more rows, each sorted by key."""
-    if table.num_rows < 2:
-        return
-    table = table.sort_by([(c, "ascending") for c in [*columns, "key"]])
-    change = np.zeros(table.num_rows, dtype=bool)
-    change[0] = True
-    for column in columns:
-        values = table.column(column).to_numpy(zero_copy_only=False)
-        change[1:] |= values[1:] != values[:-1]
-    starts = np.flatnonzero(change)
-    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), table.num_rows], strict=True):
-        if end - start >= 2:
-            yield table.slice(start, end - start)
-
-
-def _exact_part(part: pa.Table) -> pa.Table:
-    keys, reps = [], []
-    for group in _shared_groups(part, ["content_sha256"]):
-        members = group.column("key").to_pylist()
-        keys += members[1:]
-        reps += [members[0]] * (len(members) - 1)
-    return pa.table({"key": keys, "rep": reps}, schema=_PAIR_SCHEMA_EXACT)
-
-
-def _bucket_part(part: pa.Table, window: int, verify: bool) -> pa.Table:
-    """Candidate pairs of every bucket of a part (stage 2); without `verify`, star edges."""
-    if not verify:
-        u, v = [], []
-        for group in _shared_groups(part, ["band", "band_hash"]):
-            keys = sorted(set(group.column("key").to_pylist()))
-            u += keys[1:]
-            v += [keys[0]] * (len(keys) - 1)
-        return pa.table({"u": u, "v": v}, schema=_EDGE_SCHEMA)
-    pairs = []
-    for group in _shared_groups(part, ["band", "band_hash"]):
-        pairs += bucket_pairs(group.column("key").to_pylist(), group.column("content_hash").to_pylist(), window)
+def _content_groups(part: pa.Table) -> pa.Table:
+    """Each document with the smallest rank of its content (stage 2)."""
+    words = _sha_words(part.column("content_sha256"))
+    ranks = part.column("rank").to_numpy()
+    order = np.lexsort((ranks, words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
+    words, ranks = words[order], ranks[order]
+    start = _runs(words)
+    first = np.maximum.accumulate(np.where(start, np.arange(len(ranks)), 0))
     return pa.table(
-        {"u": [p[0] for p in pairs], "v": [p[1] for p in pairs], "same_content": [p[2] for p in pairs]},
-        schema=_PAIR_SCHEMA,
+        {
+            "task": part.column("task").take(order),
+            "row": part.column("row").take(order),
+            "rank": pa.array(ranks),
+            "content_rep": pa.array(ranks[first]),
+            "minhash": part.column("minhash").take(order),
+        }
     )
 
 
-def bucket_pairs(keys: list[str], content_hashes: list[int], window: int) -> list[tuple[str, str, bool]]:
-    """Candidate pairs `(u, v, same_content)` with u < v from one LSH bucket (see stage 2)."""
-    first_copy: dict[int, str] = {}
-    pairs, distinct = [], []
-    for key, content in sorted(set(zip(keys, content_hashes, strict=True))):
-        if content in first_copy:
-            pairs.append((first_copy[content], key, True))
-        else:
-            first_copy[content] = key
-            distinct.append(key)
-    for i, u in enumerate(distinct):
-        pairs.extend((u, v, False) for v in distinct[i + 1 : i + 1 + window])
-    return pairs
+def _write_task_ranks(group: pa.Table, directory: str) -> pa.Table:
+    task = int(group.column("task")[0].as_py())
+    table = group.sort_by("row").select(["row", "rank", "content_rep", "minhash"])
+    atomic_write_parquet(table, fs.join(directory, f"task-{task:06d}.parquet"))
+    copies = int(pc.sum(pc.not_equal(table.column("rank"), table.column("content_rep"))).as_py() or 0)
+    return pa.table({"task": [task], "copies": [copies]})
 
 
-def _with_task_of(batch: pa.Table, column: str) -> pa.Table:
-    tasks = [key_position(key)[0] for key in batch.column(column).to_pylist()]
-    return batch.append_column("task", pa.array(tasks, pa.int64()))
+def _representative_bands(batch: dict, work: str) -> pa.Table:
+    """A task's band rows keyed by rank, for content representatives only (stage 3)."""
+    tables = []
+    for path in batch["path"]:
+        bands = fs.read_parquet(path)
+        ranked = fs.read_parquet(fs.join(work, "dedup", "exact", fs.basename(path)))
+        rank = np.zeros(int(pc.max(ranked.column("row")).as_py()) + 1, dtype=np.uint64)
+        representative = np.zeros(len(rank), dtype=bool)
+        rows = ranked.column("row").to_numpy()
+        rank[rows] = ranked.column("rank").to_numpy()
+        representative[rows] = ranked.column("rank").to_numpy() == ranked.column("content_rep").to_numpy()
+        band_rows = bands.column("row").to_numpy()
+        keep = representative[band_rows]
+        tables.append(
+            pa.table(
+                {
+                    "band": bands.column("band").filter(pa.array(keep)),
+                    "band_hash": bands.column("band_hash").filter(pa.array(keep)),
+                    "key": pa.array(rank[band_rows[keep]]),
+                }
+            )
+        )
+    return pa.concat_tables(tables)
 
 
-def _shingle_sets(work: str, ngram: int, task: int, keys: list[str]) -> dict[str, np.ndarray]:
-    """key -> shingle set, for some rows of one task, computed from the task's documents file."""
-    rows = sorted({key_position(key)[1] for key in keys})
-    if not rows:
+def _copy_edges(batch: dict, verify: bool) -> pa.Table:
+    """Each MinHash-sized copy paired with its content's representative (Jaccard 1, no shuffle)."""
+    tables = []
+    for path in batch["path"]:
+        ranked = fs.read_parquet(path)
+        copies = ranked.filter(
+            pc.and_(ranked.column("minhash"), pc.not_equal(ranked.column("rank"), ranked.column("content_rep")))
+        )
+        columns = {"u": copies.column("content_rep"), "v": copies.column("rank")}
+        if verify:
+            columns["same_content"] = pa.array(np.ones(copies.num_rows, dtype=bool))
+        tables.append(pa.table(columns, schema=_PAIR_SCHEMA if verify else _EDGE_SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def bucket_pairs(
+    band: np.ndarray, band_hash: np.ndarray, key: np.ndarray, window: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs `(u, v)`, u < v, of every bucket: each member with the next `window` members in rank order."""
+    members, start = _shared_buckets(band, band_hash, key)
+    if not len(members):
+        return np.empty(0, np.uint64), np.empty(0, np.uint64)
+    bucket = np.cumsum(start) - 1
+    ends = np.append(np.flatnonzero(start)[1:], len(members))[bucket]
+    positions = np.arange(len(members))
+    us, vs = [], []
+    for distance in range(1, window + 1):
+        ok = positions + distance < ends
+        if not ok.any():
+            break
+        us.append(members[positions[ok]])
+        vs.append(members[positions[ok] + distance])
+    return np.concatenate(us), np.concatenate(vs)
+
+
+def _shared_buckets(band: np.ndarray, band_hash: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of the buckets with two or more members, sorted by bucket then key, and the bucket start flags."""
+    order = np.lexsort((key, band_hash, band))
+    band, band_hash, key = band[order], band_hash[order], key[order]
+    start = _runs(band, band_hash)
+    bucket = np.cumsum(start) - 1
+    sizes = np.bincount(bucket)
+    shared = sizes[bucket] >= 2
+    return key[shared], start[shared]
+
+
+def _bucket_part(part: pa.Table, window: int, verify: bool) -> pa.Table:
+    """Candidate pairs of every bucket of a part (stage 3); without `verify`, star edges."""
+    band, band_hash = part.column("band").to_numpy(), part.column("band_hash").to_numpy()
+    key = part.column("key").to_numpy()
+    if not verify:
+        members, start = _shared_buckets(band, band_hash, key)
+        first = np.maximum.accumulate(np.where(start, np.arange(len(members)), 0))
+        return pa.table({"u": members[~start], "v": members[first][~start]}, schema=_EDGE_SCHEMA)
+    u, v = bucket_pairs(band, band_hash, key, window)
+    return pa.table({"u": u, "v": v, "same_content": np.zeros(len(u), dtype=bool)}, schema=_PAIR_SCHEMA)
+
+
+def _attach_positions(
+    group: pa.Table, column: str, ranks_dir: str, offsets: list[int], with_cluster: bool
+) -> pa.Table:
+    """Adds `{column}_task` and `{column}_row` (and `{column}_cluster`) from the rank index file of this part."""
+    number = int(group.column("part")[0].as_py())
+    wanted = ["task", "row"] + (["licence_rank", "id"] if with_cluster else [])
+    index = fs.read_parquet(fs.join(ranks_dir, f"part-{number:05d}.parquet"), columns=wanted)
+    at = pa.array((group.column(column).to_numpy() - np.uint64(offsets[number])).astype(np.int64))
+    group = group.drop_columns(["part"])
+    group = group.append_column(f"{column}_task", index.column("task").take(at))
+    group = group.append_column(f"{column}_row", index.column("row").take(at))
+    if with_cluster:
+        distinct, inverse = np.unique(at.to_numpy(), return_inverse=True)
+        picked = index.select(["licence_rank", "id"]).take(pa.array(distinct))
+        clusters = np.array(
+            [
+                cluster_id(lr, doc_id)
+                for lr, doc_id in zip(
+                    picked.column("licence_rank").to_pylist(), picked.column("id").to_pylist(), strict=True
+                )
+            ],
+            dtype=np.int64,
+        )
+        group = group.append_column(f"{column}_cluster", pa.array(clusters[inverse]))
+    return group
+
+
+def _shingle_sets(work: str, ngram: int, task: int, rows: np.ndarray) -> dict[int, np.ndarray]:
+    """row -> shingle set, for some rows of one task, computed from the task's documents file."""
+    rows = np.unique(rows)
+    if not len(rows):
         return {}
     table = fs.read_parquet(fs.join(work, "documents", f"task-{task:06d}.parquet"), columns=["content"])
-    contents = table.column("content").take(pa.array(rows, pa.int64())).to_pylist()
-    by_row = {row: shingle_set(content, ngram) for row, content in zip(rows, contents, strict=True)}
-    return {key: by_row[key_position(key)[1]] for key in keys}
+    contents = table.column("content").take(pa.array(rows.astype(np.int64))).to_pylist()
+    return {row: shingle_set(content, ngram) for row, content in zip(rows.tolist(), contents, strict=True)}
 
 
 def _attach_first_sets(group: pa.Table, work: str, ngram: int) -> pa.Table:
@@ -236,47 +525,57 @@ def _attach_first_sets(group: pa.Table, work: str, ngram: int) -> pa.Table:
     A pair found in several bands arrives several times and is kept once. u's set travels once to
     each task holding partners of u, not once per pair.
     """
-    task = group.column("task")[0].as_py()
-    same: dict[tuple[str, str], bool] = {}
-    for u, v, flag in zip(*(group.column(c).to_pylist() for c in ("u", "v", "same_content")), strict=True):
-        same[(u, v)] = same.get((u, v), False) or flag
-    partners: dict[tuple[str, int], list[str]] = {}
-    for u, v in sorted(same):
-        partners.setdefault((u, key_position(v)[0]), []).append(v)
-    needs_set = {u for (u, _), flag in same.items() if not flag}
-    sets = _shingle_sets(work, ngram, task, sorted(needs_set))
-    rows = sorted(partners)
+    task = int(group.column("u_task")[0].as_py())
+    u, v = group.column("u").to_numpy(), group.column("v").to_numpy()
+    same = group.column("same_content").to_numpy(zero_copy_only=False)
+    u_row, v_task, v_row = (group.column(c).to_numpy().astype(np.int64) for c in ("u_row", "v_task", "v_row"))
+    order = np.lexsort((v, v_task, u))
+    u, v, same, u_row, v_task, v_row = (a[order] for a in (u, v, same, u_row, v_task, v_row))
+    pair_start = _runs(u, v)
+    pair = np.cumsum(pair_start) - 1
+    same = np.bincount(pair, weights=same, minlength=pair[-1] + 1 if len(pair) else 0) > 0
+    u, v, u_row, v_task, v_row = (a[pair_start] for a in (u, v, u_row, v_task, v_row))
+    sets = _shingle_sets(work, ngram, task, u_row[~same])
+    row_start = _runs(u, v_task)
+    starts = np.flatnonzero(row_start)
+    offsets = pa.array(np.append(starts, len(u)).astype(np.int32))
+    # u's set is needed when one of its pairs in this row is not a copy
+    needs = np.logical_or.reduceat(~same, starts) if len(starts) else np.zeros(0, bool)
+    u_sets = [
+        sets[r].tobytes() if need else b"" for r, need in zip(u_row[starts].tolist(), needs.tolist(), strict=True)
+    ]
     return pa.table(
         {
-            "u": [u for u, _ in rows],
-            "task": pa.array([v_task for _, v_task in rows], pa.int64()),
-            "v": pa.array([partners[r] for r in rows], pa.list_(pa.string())),
-            "same_content": pa.array([[same[(r[0], v)] for v in partners[r]] for r in rows], pa.list_(pa.bool_())),
-            "u_set": pa.array([sets[u].tobytes() if u in needs_set else b"" for u, _ in rows], pa.large_binary()),
+            "u": pa.array(u[starts]),
+            "task": pa.array(v_task[starts]),
+            "v": pa.ListArray.from_arrays(offsets, pa.array(v)),
+            "v_row": pa.ListArray.from_arrays(offsets, pa.array(v_row)),
+            "same_content": pa.ListArray.from_arrays(offsets, pa.array(same)),
+            "u_set": pa.array(u_sets, pa.large_binary()),
         }
     )
 
 
 def _verify_pairs(group: pa.Table, work: str, ngram: int, threshold: float) -> pa.Table:
     """Rows grouped by the task of `v`: exact Jaccard of each pair and whether it reaches the threshold."""
-    task = group.column("task")[0].as_py()
-    rows = list(zip(*(group.column(c).to_pylist() for c in ("u", "v", "same_content", "u_set")), strict=True))
-    needed = {v for _, partners, flags, _ in rows for v, flag in zip(partners, flags, strict=True) if not flag}
-    sets = _shingle_sets(work, ngram, task, sorted(needed))
-    us, vs, similarity = [], [], []
-    for u, partners, flags, u_set in rows:
-        u_shingles = np.frombuffer(u_set, dtype=np.uint32)
-        for v, flag in zip(partners, flags, strict=True):
-            us.append(u)
-            vs.append(v)
-            similarity.append(1.0 if flag else jaccard(u_shingles, sets[v]))
+    task = int(group.column("task")[0].as_py())
+    partners = group.column("v").combine_chunks()
+    parent = pc.list_parent_indices(partners).to_numpy()
+    v = pc.list_flatten(partners).to_numpy()
+    v_row = pc.list_flatten(group.column("v_row").combine_chunks()).to_numpy()
+    same = pc.list_flatten(group.column("same_content").combine_chunks()).to_numpy(zero_copy_only=False)
+    u = group.column("u").to_numpy()[parent]
+    sets = _shingle_sets(work, ngram, task, v_row[~same])
+    u_sets = [np.frombuffer(s, dtype=np.uint32) for s in group.column("u_set").to_pylist()]
+    similarity = np.array(
+        [
+            1.0 if flag else jaccard(u_sets[p], sets[r])
+            for p, r, flag in zip(parent.tolist(), v_row.tolist(), same.tolist(), strict=True)
+        ],
+        dtype=np.float64,
+    )
     return pa.table(
-        {
-            "u": us,
-            "v": vs,
-            "jaccard": pa.array(similarity, pa.float64()),
-            "duplicate": [s >= threshold for s in similarity],
-        },
+        {"u": pa.array(u), "v": pa.array(v), "jaccard": similarity, "duplicate": similarity >= threshold},
         schema=_VERIFIED_SCHEMA,
     )
 
@@ -297,19 +596,21 @@ def _jaccard_histogram(batch: pa.Table) -> pa.Table:
     )
 
 
-_PAIR_SCHEMA_EXACT = pa.schema([("key", pa.string()), ("rep", pa.string())])
-_EDGE_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string())])
-_PAIR_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string()), ("same_content", pa.bool_())])
-_VERIFIED_SCHEMA = pa.schema(
-    [("u", pa.string()), ("v", pa.string()), ("jaccard", pa.float64()), ("duplicate", pa.bool_())]
-)
-_STAR_SCHEMA = pa.schema([("u", pa.string()), ("v", pa.string()), ("unstable", pa.int64())])
-
-
 def _both_directions(batch: pa.Table) -> pa.Table:
-    u, v = batch.column("u"), batch.column("v")
-    return pa.table({"u": pa.concat_arrays([u.combine_chunks(), v.combine_chunks()]),
-                     "v": pa.concat_arrays([v.combine_chunks(), u.combine_chunks()])})  # fmt: skip
+    u, v = batch.column("u").combine_chunks(), batch.column("v").combine_chunks()
+    return pa.table({"u": pa.concat_arrays([u, v]), "v": pa.concat_arrays([v, u])}, schema=_EDGE_SCHEMA)
+
+
+def _neighbourhoods(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct edges without self-loops sorted by (u, v), each edge's node index, and each node's first edge."""
+    keep = u != v
+    u, v = u[keep], v[keep]
+    order = np.lexsort((v, u))
+    u, v = u[order], v[order]
+    distinct = _runs(u, v)
+    u, v = u[distinct], v[distinct]
+    start = _runs(u) if len(u) else np.zeros(0, bool)
+    return u, v, np.cumsum(start) - 1, np.flatnonzero(start)
 
 
 def _large_star(group: pa.Table) -> pa.Table:
@@ -318,20 +619,23 @@ def _large_star(group: pa.Table) -> pa.Table:
     `unstable` is 1 when u is not a local minimum yet has several neighbours: the graph is not
     yet a set of stars around their minima. A self-loop carries the flag when no edge is emitted.
     """
-    u = group.column("u")[0].as_py()
-    neighbours = set(group.column("v").to_pylist()) - {u}
-    if not neighbours:
+    u, v, node, first = _neighbourhoods(group.column("u").to_numpy(), group.column("v").to_numpy())
+    if not len(u):
         return _STAR_SCHEMA.empty_table()
-    m = min(min(neighbours), u)
-    unstable = int(m != u and len(neighbours) > 1)
-    larger = sorted(v for v in neighbours if v > u)
-    if not larger:
-        return (
-            pa.table({"u": [u], "v": [u], "unstable": [unstable]}, schema=_STAR_SCHEMA)
-            if unstable
-            else _STAR_SCHEMA.empty_table()
-        )
-    return pa.table({"u": larger, "v": [m] * len(larger), "unstable": [unstable] * len(larger)}, schema=_STAR_SCHEMA)
+    nodes = u[first]
+    degree = np.diff(np.append(first, len(u)))
+    smallest = np.minimum(v[first], nodes)  # neighbours are sorted: the first is the smallest
+    unstable = ((smallest != nodes) & (degree > 1)).astype(np.int64)
+    larger = v > u
+    lone = (unstable == 1) & (np.bincount(node[larger], minlength=len(nodes)) == 0)
+    return pa.table(
+        {
+            "u": np.concatenate([v[larger], nodes[lone]]),
+            "v": np.concatenate([smallest[node[larger]], nodes[lone]]),
+            "unstable": np.concatenate([unstable[node[larger]], unstable[lone]]),
+        },
+        schema=_STAR_SCHEMA,
+    )
 
 
 def _drop_self_loops(batch: pa.Table) -> pa.Table:
@@ -341,118 +645,163 @@ def _drop_self_loops(batch: pa.Table) -> pa.Table:
 
 def _orient_down(batch: pa.Table) -> pa.Table:
     """Each edge as (larger, smaller), self-loops dropped."""
-    u, v = batch.column("u").to_pylist(), batch.column("v").to_pylist()
-    pairs = [(a, b) if a > b else (b, a) for a, b in zip(u, v, strict=True) if a != b]
-    return pa.table({"u": [p[0] for p in pairs], "v": [p[1] for p in pairs]}, schema=_EDGE_SCHEMA)
+    u, v = batch.column("u").to_numpy(), batch.column("v").to_numpy()
+    keep = u != v
+    u, v = u[keep], v[keep]
+    return pa.table({"u": np.maximum(u, v), "v": np.minimum(u, v)}, schema=_EDGE_SCHEMA)
 
 
 def _small_star(group: pa.Table) -> pa.Table:
     """Node u with smaller neighbours N: m = min(N + u); connect every node of N + u except m to m."""
-    u = group.column("u")[0].as_py()
-    nodes = set(group.column("v").to_pylist()) | {u}
-    m = min(nodes)
-    others = sorted(nodes - {m})
-    return pa.table({"u": others, "v": [m] * len(others)}, schema=_EDGE_SCHEMA)
+    u, v, node, first = _neighbourhoods(group.column("u").to_numpy(), group.column("v").to_numpy())
+    if not len(u):
+        return _EDGE_SCHEMA.empty_table()
+    smallest = v[first]
+    others = v != smallest[node]
+    return pa.table(
+        {"u": np.concatenate([v[others], u[first]]), "v": np.concatenate([smallest[node[others]], smallest])},
+        schema=_EDGE_SCHEMA,
+    )
 
 
-def connected_components(edges, partitions: int) -> tuple[Any, int]:
-    """(dataset of star edges (u, v=root of u's component), rounds) from an edge dataset (u, v)."""
+def connected_components(edges, shuffles: _Shuffles | ShuffleSizing) -> tuple[Any, int]:
+    """(dataset of star edges (u, v=root of u's component), rounds) from an edge dataset (u, v) of uint64 nodes."""
+    if isinstance(shuffles, ShuffleSizing):
+        shuffles = _Shuffles(shuffles)
     rounds = 0
+    edges = edges.materialize()
+    edge_count = edges.count()
     while True:
         rounds += 1
-        star = (
-            edges.map_batches(_both_directions, batch_format="pyarrow")
-            .groupby("u", num_partitions=partitions)
-            .map_groups(_large_star, batch_format="pyarrow")
-            .materialize()
-        )
-        unstable = star.sum("unstable") if star.count() else 0
+        # both directions of every edge: twice the rows and bytes of the (materialized) edges
+        star = shuffles.group(
+            edges.map_batches(_both_directions, batch_format="pyarrow"),
+            _part_by_hash,
+            ("u",),
+            _large_star,
+            size=(2 * edge_count, 2 * 16 * edge_count),
+        ).materialize()
+        star_count = star.count()
+        unstable = star.sum("unstable") if star_count else 0
         if not unstable or rounds >= MAX_COMPONENT_ROUNDS:
             if unstable:
                 raise RuntimeError(f"connected components did not converge in {MAX_COMPONENT_ROUNDS} rounds")
             return star.map_batches(_drop_self_loops, batch_format="pyarrow"), rounds
-        edges = (
-            star.select_columns(["u", "v"])
-            .map_batches(_orient_down, batch_format="pyarrow")
-            .groupby("u", num_partitions=partitions)
-            .map_groups(_small_star, batch_format="pyarrow")
-            .materialize()
-        )
+        edges = shuffles.group(
+            star.select_columns(["u", "v"]).map_batches(_orient_down, batch_format="pyarrow"),
+            _part_by_hash,
+            ("u",),
+            _small_star,
+            size=(star_count, 16 * star_count),
+        ).materialize()
+        edge_count = edges.count()
 
 
-def _annotation_rows(batch: pa.Table, reason: str) -> pa.Table:
-    """(key, rep) -> (task, row, reason, cluster) for the removed key, plus the representative's own row."""
-    keys, reps = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-    rows = []
-    for key, rep in zip(keys, reps, strict=True):
-        cluster = cluster_id(rep) if reason == NEAR_DUPLICATE else None
-        rows.append((*key_position(key), reason, cluster))
-        if reason == NEAR_DUPLICATE:
-            rows.append((*key_position(rep), None, cluster))
+def _annotation_rows(batch: pa.Table) -> pa.Table:
+    """(node, root) with positions -> (task, row, near_duplicate, cluster) for the node and for its root."""
+    cluster = batch.column("v_cluster")
     return pa.table(
         {
-            "task": pa.array([r[0] for r in rows], pa.int64()),
-            "row": pa.array([r[1] for r in rows], pa.int64()),
-            "reason": pa.array([r[2] for r in rows], pa.string()),
-            "cluster": pa.array([r[3] for r in rows], pa.int64()),
+            "task": pa.concat_arrays(
+                [batch.column("u_task").combine_chunks(), batch.column("v_task").combine_chunks()]
+            ),
+            "row": pa.concat_arrays([batch.column("u_row").combine_chunks(), batch.column("v_row").combine_chunks()]),
+            "near_duplicate": np.repeat([True, False], batch.num_rows),
+            "cluster": pa.concat_arrays([cluster.combine_chunks(), cluster.combine_chunks()]),
         }
     )
 
 
 def _write_task_annotations(group: pa.Table, directory: str) -> pa.Table:
-    """One Parquet file per task: its rows' dedup reason and cluster (exact removal wins)."""
-    task = group.column("task")[0].as_py()
-    merged: dict[int, tuple[str | None, int | None]] = {}
-    for row, reason, cluster in zip(
-        group.column("row").to_pylist(),
-        group.column("reason").to_pylist(),
-        group.column("cluster").to_pylist(),
-        strict=True,
-    ):
-        old_reason, old_cluster = merged.get(row, (None, None))
-        new_reason = EXACT_DUPLICATE if EXACT_DUPLICATE in (reason, old_reason) else (reason or old_reason)
-        merged[row] = (new_reason, cluster if cluster is not None else old_cluster)
-    rows = sorted(merged)
+    """One Parquet file per task: its rows in near-duplicate clusters, removed or representative."""
+    task = int(group.column("task")[0].as_py())
+    rows = group.column("row").to_numpy().astype(np.int64)
+    order = np.lexsort((~group.column("near_duplicate").to_numpy(zero_copy_only=False), rows))
+    rows = rows[order]
+    first = _runs(rows)
     table = pa.table(
         {
-            "row": pa.array(rows, pa.int64()),
-            "reason": pa.array([merged[r][0] for r in rows], pa.string()),
-            "cluster": pa.array([merged[r][1] for r in rows], pa.int64()),
+            "row": pa.array(rows[first]),
+            "near_duplicate": group.column("near_duplicate").take(order).filter(pa.array(first)),
+            "cluster": group.column("cluster").take(order).filter(pa.array(first)),
         }
     )
     atomic_write_parquet(table, fs.join(directory, f"task-{task:06d}.parquet"))
-    return pa.table({"task": [task], "rows": [len(rows)]})
+    return pa.table({"task": [task], "rows": [table.num_rows]})
 
 
-def run_dedup(work: str, exact: bool, minhash: MinhashConfig | None, partitions: int) -> dict[str, Any]:
-    """Runs the enabled global stages over the stage-1 files under `work` (a path or URI); returns their statistics."""
+def run_dedup(
+    work: str, exact: bool, minhash: MinhashConfig | None, partitions: int | ShuffleSizing | None = None
+) -> dict[str, Any]:
+    """Runs the enabled global stages over the per-task files under `work` (a path or URI); returns their statistics.
+
+    `partitions`: a fixed partition count for every shuffle, or a `ShuffleSizing`; None sizes them from the data.
+    """
+    import ray
+
     work = str(work)
     dedup = fs.join(work, "dedup")
     fs.make_dirs(dedup)
+    if not isinstance(partitions, ShuffleSizing):
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        partitions = ShuffleSizing(partitions=partitions, min_partitions=cpus)
+    shuffles = _Shuffles(partitions)
     stats: dict[str, Any] = {}
+    ranks_dir = fs.join(dedup, "ranks")
 
-    def grouped_by_part(files: list[str], column: str, function, args: tuple):
-        parts = _num_parts(files, partitions)
-        return (
-            _read(files)
-            .map_batches(_with_part, fn_args=(column, parts), batch_format="pyarrow")
-            .groupby("part", num_partitions=partitions)
-            .map_groups(function, fn_args=args, batch_format="pyarrow")
-        )
+    def offsets() -> list[int]:
+        return fs.read_json(fs.join(ranks_dir, "_offsets.json"))
+
+    def build_ranks(tmp: str) -> dict[str, Any]:
+        files = _parquet_files(fs.join(work, "keys"))
+        histogram = np.zeros(_PREFIX_BINS, dtype=np.int64)
+        if files:
+            for batch in (
+                _read(files, ["licence_rank", "id"])
+                .map_batches(_prefix_histogram, batch_format="pyarrow")
+                .iter_batches(batch_format="numpy", batch_size=None)
+            ):
+                np.add.at(histogram, batch["bin"], batch["count"])
+        total = int(histogram.sum())
+        if not total:
+            atomic_write_json(fs.join(tmp, "_offsets.json"), [0])
+            return {"documents": 0}
+        keys = _read(files).materialize()
+        count = min(partitions.for_bytes(keys.size_bytes()), total)
+        before = np.cumsum(histogram) - histogram
+        part_of_bin = np.minimum(before * count // total, count - 1)
+        sizes = np.bincount(part_of_bin, weights=histogram, minlength=count).astype(np.int64)
+        starts = (np.cumsum(sizes) - sizes).tolist()
+        atomic_write_json(fs.join(tmp, "_offsets.json"), starts)
+        ranked = shuffles.group(keys, _part_by_prefix, (part_of_bin,), _rank_partition, (starts, tmp), parts=count)
+        ranked.materialize()
+        return {"documents": total, "rank_partitions": count} | shuffles.stats()
 
     def build_exact(tmp: str) -> dict[str, Any]:
-        files = _parquet_files(fs.join(work, "keys"))
+        files = _parquet_files(ranks_dir)
         if not files:
-            return {"removed": 0}
-        return {"removed": _write(grouped_by_part(files, "content_sha256", _exact_part, ()), tmp)}
+            return {"removed": 0, "copies": 0}
+        rows = _read(files, ["rank", "task", "row", "content_sha256", "minhash"])
+        grouped = shuffles.group(rows, _part_by_hash, ("content_sha256",), _content_groups)
+        written = shuffles.group(grouped, _part_by_value, ("task",), _write_task_ranks, (tmp,), parts=1)
+        copies = sum(int(row["copies"]) for row in written.iter_rows())
+        return {"removed": copies if exact else 0, "copies": copies} | shuffles.stats()
 
     def build_edges(tmp: str) -> dict[str, Any]:
-        files = _parquet_files(fs.join(work, "bands"))
-        if not files:
-            return {"pair_rows": 0}
-        edges = grouped_by_part(files, "band_hash", _bucket_part, (minhash.bucket_window, minhash.verify))
+        band_files = _parquet_files(fs.join(work, "bands"))
+        ranked_files = _parquet_files(fs.join(dedup, "exact"))
+        copies = 0
+        if ranked_files:
+            copies = _write(_per_file(ranked_files, _copy_edges, (minhash.verify,)), tmp)
+        pairs = 0
+        if band_files:
+            bands = _per_file(band_files, _representative_bands, (work,))
+            grouped = shuffles.group(
+                bands, _part_by_hash, ("band_hash",), _bucket_part, (minhash.bucket_window, minhash.verify)
+            )
+            pairs = _write(grouped, tmp)
         # a pair sharing several bands is written once per band (`verified` counts distinct pairs)
-        return {"pair_rows": _write(edges, tmp)}
+        return {"pair_rows": pairs + copies, "copy_pairs": copies} | shuffles.stats()
 
     def verified_stats(candidates: int, duplicates: int, histogram: list[int]) -> dict[str, Any]:
         return {
@@ -463,16 +812,27 @@ def run_dedup(work: str, exact: bool, minhash: MinhashConfig | None, partitions:
             "jaccard_histogram": {f"{b / 10:.1f}-{(b + 1) / 10:.1f}": n for b, n in enumerate(histogram)},
         }
 
+    def with_positions(ds, column: str, with_cluster: bool = False):
+        starts = offsets()
+        return shuffles.group(
+            ds,
+            _part_by_rank,
+            (column, starts),
+            _attach_positions,
+            (column, ranks_dir, starts, with_cluster),
+            parts=len(starts),
+        )
+
     def build_verified(tmp: str) -> dict[str, Any]:
         pairs = _read(_parquet_files(fs.join(dedup, "edges")))
         if pairs is None:  # no bucket holds two documents
             return verified_stats(0, 0, [0] * 10)
-        verified = (
-            pairs.map_batches(_with_task_of, fn_args=("u",), batch_format="pyarrow")
-            .groupby("task", num_partitions=partitions)
-            .map_groups(_attach_first_sets, fn_args=(work, minhash.ngram), batch_format="pyarrow")
-            .groupby("task", num_partitions=partitions)
-            .map_groups(_verify_pairs, fn_args=(work, minhash.ngram, minhash.threshold), batch_format="pyarrow")
+        located = with_positions(with_positions(pairs, "u"), "v")
+        attached = shuffles.group(
+            located, _part_by_value, ("u_task",), _attach_first_sets, (work, minhash.ngram), parts=1
+        )
+        verified = shuffles.group(
+            attached, _part_by_value, ("task",), _verify_pairs, (work, minhash.ngram, minhash.threshold), parts=1
         )
         written = _write(verified, tmp)
         scored = _read(_parquet_files(tmp))
@@ -481,7 +841,7 @@ def run_dedup(work: str, exact: bool, minhash: MinhashConfig | None, partitions:
             for row in scored.map_batches(_jaccard_histogram, batch_format="pyarrow").iter_rows():
                 histogram[int(row["bin"])] += int(row["count"])
                 duplicates += int(row["duplicates"])
-        return verified_stats(written, duplicates, histogram)
+        return verified_stats(written, duplicates, histogram) | shuffles.stats()
 
     def build_components(tmp: str) -> dict[str, Any]:
         if minhash.verify:
@@ -491,48 +851,55 @@ def run_dedup(work: str, exact: bool, minhash: MinhashConfig | None, partitions:
             edges = _read(_parquet_files(fs.join(dedup, "edges")))
         if edges is None:
             return {"rounds": 0, "removed": 0}
-        components, rounds = connected_components(edges, partitions)
-        return {"rounds": rounds, "removed": _write(components, tmp)}
+        components, rounds = connected_components(edges, shuffles)
+        return {"rounds": rounds, "removed": _write(components, tmp)} | shuffles.stats()
 
     def build_annotations(tmp: str) -> dict[str, Any]:
-        parts = []
-        if exact and (files := _parquet_files(fs.join(dedup, "exact"))):
-            parts.append(
-                _read(files).map_batches(_annotation_rows, fn_args=(EXACT_DUPLICATE,), batch_format="pyarrow")
-            )
-        if minhash and (files := _parquet_files(fs.join(dedup, "components"))):
-            parts.append(_read(files).map_batches(_annotation_rows, fn_args=(NEAR_DUPLICATE,), batch_format="pyarrow"))
-        if not parts:
+        files = _parquet_files(fs.join(dedup, "components"))
+        if not files:
             return {"tasks": 0}
-        rows = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-        written = rows.groupby("task", num_partitions=partitions).map_groups(
-            _write_task_annotations, fn_args=(tmp,), batch_format="pyarrow"
-        )
-        return {"tasks": written.count()}
+        located = with_positions(with_positions(_read(files), "u"), "v", with_cluster=True)
+        rows = located.map_batches(_annotation_rows, batch_format="pyarrow")
+        written = shuffles.group(rows, _part_by_value, ("task",), _write_task_annotations, (tmp,), parts=1)
+        return {"tasks": written.count()} | shuffles.stats()
 
-    if exact:
+    if exact or minhash:
+        stats["ranks"] = _stage(ranks_dir, build_ranks)
         stats["exact"] = _stage(fs.join(dedup, "exact"), build_exact)
     if minhash:
         stats["edges"] = _stage(fs.join(dedup, "edges"), build_edges)
         if minhash.verify:
             stats["verified"] = _stage(fs.join(dedup, "verified"), build_verified)
         stats["components"] = _stage(fs.join(dedup, "components"), build_components)
-    stats["annotations"] = _stage(fs.join(dedup, "annotations"), build_annotations)
+        stats["annotations"] = _stage(fs.join(dedup, "annotations"), build_annotations)
     return stats
 
 
-def read_annotations(work: str, task: int) -> dict[int, tuple[str | None, int | None]]:
-    """row -> (reason, cluster) for one task (empty when no row of the task is in a group)."""
-    path = fs.join(work, "dedup", "annotations", f"task-{task:06d}.parquet")
-    if not fs.exists(path):
-        return {}
-    table = fs.read_parquet(path)
-    return {
-        row: (reason, cluster)
-        for row, reason, cluster in zip(
-            table.column("row").to_pylist(),
-            table.column("reason").to_pylist(),
-            table.column("cluster").to_pylist(),
-            strict=True,
-        )
-    }
+@dataclass
+class TaskAnnotations:
+    """Per row of one task: removed as an exact copy, removed as a near duplicate, near-duplicate cluster (or null)."""
+
+    exact_duplicate: np.ndarray
+    near_duplicate: np.ndarray
+    cluster: pa.Array
+
+
+def read_annotations(work: str, task: int, num_rows: int, exact: bool = True) -> TaskAnnotations:
+    """The dedup outcome of every row of one task, as arrays of `num_rows` (rows in no group: False, null)."""
+    exact_duplicate = np.zeros(num_rows, dtype=bool)
+    near_duplicate = np.zeros(num_rows, dtype=bool)
+    cluster = np.zeros(num_rows, dtype=np.int64)
+    clustered = np.zeros(num_rows, dtype=bool)
+    ranked = fs.join(work, "dedup", "exact", f"task-{task:06d}.parquet")
+    if exact and fs.exists(ranked):
+        table = fs.read_parquet(ranked)
+        copy = table.column("rank").to_numpy() != table.column("content_rep").to_numpy()
+        exact_duplicate[table.column("row").to_numpy()[copy]] = True
+    annotated = fs.join(work, "dedup", "annotations", f"task-{task:06d}.parquet")
+    if fs.exists(annotated):
+        table = fs.read_parquet(annotated)
+        rows = table.column("row").to_numpy()
+        near_duplicate[rows] = table.column("near_duplicate").to_numpy(zero_copy_only=False)
+        cluster[rows] = table.column("cluster").to_numpy()
+        clustered[rows] = True
+    return TaskAnnotations(exact_duplicate, near_duplicate, pa.array(cluster, mask=~clustered))

@@ -71,7 +71,8 @@ class JobFailed(RuntimeError):
 @dataclass
 class TaskSizes:
     files_per_task: int = 500  # directory and git inputs
-    rows_per_task: int = 2000  # Parquet inputs (a JSONL file is one task)
+    rows_per_task: int = 2000  # Parquet inputs, in whole row groups
+    bytes_per_task: int = 64 * 2**20  # JSONL inputs, in line-aligned byte ranges (a compressed file is one task)
 
 
 @dataclass
@@ -85,7 +86,10 @@ class WriterConfig:
 class RayConfig:
     num_cpus: int | None = None  # local Ray only; default: every core of the machine
     workers: int | None = None  # concurrent task workers; default: the cluster's CPUs
-    shuffle_partitions: int = 4  # shuffle partitions of the dedup stages (the result does not depend on it)
+    # Partitions of each dedup shuffle; null sizes each from the data: max(cluster CPUs, ceil(bytes entering the
+    # shuffle / shuffle_partition_bytes)). The result does not depend on it.
+    shuffle_partitions: int | None = None
+    shuffle_partition_bytes: int = 128 * 2**20
     # Ray Data's shuffle for the dedup stages: `sort` (pull-based, cheap to start) or `hash` (actor aggregators,
     # for very large shuffles); measured here on a small groupby: 0.12 s vs 4.6 s.
     shuffle_strategy: str = "sort"
@@ -100,6 +104,7 @@ class JobConfig:
     tasks: TaskSizes = field(default_factory=TaskSizes)
     writer: WriterConfig = field(default_factory=WriterConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    keep_work: bool = False  # keep `_work/` (documents, dedup index) after success; by default it is removed
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> JobConfig:
@@ -122,6 +127,7 @@ class JobConfig:
             tasks=_sub(TaskSizes, raw.get("tasks"), f"{source}: tasks"),
             writer=_sub(WriterConfig, raw.get("writer"), f"{source}: writer"),
             ray=_sub(RayConfig, raw.get("ray"), f"{source}: ray"),
+            keep_work=bool(raw.get("keep_work", False)),
         )
         config.build_steps()  # validates every step's parameters now, not on a worker
         return config
@@ -139,8 +145,8 @@ class JobConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the output (not the Ray sizing)."""
-        relevant = {k: v for k, v in self.to_dict().items() if k not in ("ray", "output")}
+        """Hash of everything that changes the output (not the Ray sizing, nor whether `_work/` is kept)."""
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ("ray", "output", "keep_work")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def step_names(self) -> list[str]:

@@ -3,7 +3,8 @@
 Reading happens in two steps so that a job can resume:
 
 1. `plan_tasks(inputs, ...)` runs on the driver and lists the work: sorted file lists (directories),
-   blobs at one revision (git), files (JSONL) and row ranges (Parquet). It depends only on the
+   blobs at one revision (git), line-aligned byte ranges (JSONL; a compressed file whole) and
+   runs of whole row groups (Parquet). A table without a content column is an input error here. It depends only on the
    inputs and the task sizes, never on the number of workers. An input that cannot be listed at
    all (missing directory, truncated checkout, corrupt Parquet footer) becomes an entry in
    `input_errors` with a one-line message; the other inputs are still planned.
@@ -21,12 +22,14 @@ Input kinds and their keys (YAML `inputs:` entries):
 |---|---|
 | `directory` | `path`, `repo` (default: folder name), `include`/`exclude` globs, `license`, `revision` |
 | `git` | `path` (a checkout), `repo`, `revision` (default `HEAD`), `include`/`exclude`, `license` |
-| `jsonl` | `path` (file or folder of `*.jsonl[.gz]`), `columns` (our name -> column), `repo`, `license` |
-| `parquet` | `path` (file or folder of `*.parquet`), `columns`, `repo`, `license` |
+| `jsonl` | `path` (file or folder of `*.jsonl[.gz]`), `columns` (our name -> column), `repo`, `license`, `keep_vendor`, `keep_generated` |
+| `parquet` | `path` (file or folder of `*.parquet`), `columns`, `repo`, `license`, `keep_vendor`, `keep_generated` |
 | `warc` | `path` (file or folder of `*.warc[.gz]`, `*.wet[.gz]`), `repo`, `main_content`, `code_blocks` (see `warc.py`) |
 
-Table columns default to The Stack's names where ours are absent (`max_stars_repo_name`,
-`max_stars_repo_path`, `lang`, `max_stars_repo_licenses`, `hexsha`).
+Table columns default to The Stack's names where ours are absent (v1: `max_stars_repo_name`,
+`max_stars_repo_path`, `lang`, `max_stars_repo_licenses`, `hexsha`; v2: `blob_id`, `repo_name`,
+`detected_licenses`, `revision_id`); v2's `is_vendor` and `is_generated` reject a row as `vendor`
+or `generated` unless the input sets `keep_vendor` or `keep_generated`.
 """
 
 from __future__ import annotations
@@ -50,14 +53,19 @@ from .warc import WARC_SUFFIXES, warc_documents
 
 GIT_TIMEOUT_SECONDS = 120
 TABLE_COLUMNS = {
-    "id": ("id",),
+    "id": ("id", "blob_id"),
     "content": ("content", "text"),
     "path": ("path", "max_stars_repo_path", "file_path", "filepath"),
     "repo": ("repo", "max_stars_repo_name", "repo_name", "repository"),
     "language": ("language", "lang"),
     "license": ("license", "max_stars_repo_licenses", "licenses", "detected_licenses"),
-    "revision": ("revision", "max_stars_repo_head_hexsha", "hexsha", "commit"),
+    "revision": ("revision", "max_stars_repo_head_hexsha", "revision_id", "hexsha", "commit"),
+    "is_vendor": ("is_vendor",),
+    "is_generated": ("is_generated",),
 }
+# The Stack v2's flags: a true value is a counted rejection under this reason unless the input sets `keep_<flag>`.
+FLAG_REASONS = {"is_vendor": "vendor", "is_generated": "generated"}
+JSONL_LINE_PROBE_BYTES = 1 << 20  # bytes read from the head of a JSONL file to find its columns at planning
 SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__"}
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 
@@ -76,9 +84,14 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def plan_tasks(
-    inputs: list[dict[str, Any]], files_per_task: int = 500, rows_per_task: int = 2000
+    inputs: list[dict[str, Any]], files_per_task: int = 500, rows_per_task: int = 2000, bytes_per_task: int = 64 << 20
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """(tasks, input_errors): tasks are JSON-able dicts `{"input": i, "kind": ..., ...}` in a fixed order."""
+    """(tasks, input_errors): tasks are JSON-able dicts `{"input": i, "kind": ..., ...}` in a fixed order.
+
+    `files_per_task` sizes directory and git tasks, `rows_per_task` Parquet tasks (whole row
+    groups), `bytes_per_task` JSONL tasks (byte ranges of uncompressed files).
+    """
+    sizes = {"files": files_per_task, "rows": rows_per_task, "bytes": bytes_per_task}
     tasks: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
     for index, spec in enumerate(inputs):
@@ -87,7 +100,7 @@ def plan_tasks(
         if planner is None:
             raise ValueError(f"input {index}: unknown kind '{kind}'; known: {', '.join(PLANNERS)}")
         try:
-            for task in planner(spec, files_per_task, rows_per_task):
+            for task in planner(spec, sizes):
                 tasks.append({"input": index, "kind": kind} | task)
         except (OSError, ValueError, RuntimeError, subprocess.TimeoutExpired) as error:
             errors[f"{index}:{spec.get('path')}"] = f"{type(error).__name__}: {error}"
@@ -96,7 +109,8 @@ def plan_tasks(
     return tasks, errors
 
 
-def _plan_directory(spec, files_per_task, _rows):
+def _plan_directory(spec, sizes):
+    files_per_task = sizes["files"]
     if not fs.is_local(spec["path"]):
         yield from _plan_remote_directory(spec, files_per_task)
         return
@@ -141,7 +155,8 @@ def _git(path: Path, *args: str, input: bytes | None = None) -> bytes:
     return result.stdout
 
 
-def _plan_git(spec, files_per_task, _rows):
+def _plan_git(spec, sizes):
+    files_per_task = sizes["files"]
     if not fs.is_local(spec["path"]):
         raise ValueError(f"{spec['path']}: a git input is a local checkout, not an object-store location")
     path = Path(spec["path"])
@@ -172,22 +187,68 @@ def _table_files(spec, suffixes) -> list[str]:
     return fs.discover_shards(location, suffixes)
 
 
-def _plan_jsonl(spec, _files, _rows):
+def _check_content_column(names, spec: dict[str, Any], location: str) -> None:
+    """A table input without a content column is an input error at planning, not a failure inside a worker."""
+    if _column(list(names), spec, "content") is None:
+        mapped = (spec.get("columns") or {}).get("content")
+        looked_for = f"'{mapped}' (columns.content)" if mapped else ", ".join(TABLE_COLUMNS["content"])
+        raise ValueError(
+            f"{location}: no content column (looked for {looked_for}; found {', '.join(sorted(names)) or 'none'}); "
+            "map one with `columns: {content: NAME}`, or join the file contents first (The Stack v2 lists blob ids)"
+        )
+
+
+def _plan_jsonl(spec, sizes):
+    """Uncompressed files in byte ranges of about `bytes_per_task`; a compressed file is one task.
+
+    A range `[start, end)` holds the lines whose first byte lies in it (see `_read_jsonl`), so
+    consecutive ranges hold every line exactly once whatever the cut points.
+    """
     for path in _table_files(spec, JSONL_SUFFIXES):
-        yield {"path": path}
+        columns = _jsonl_columns(path)
+        if columns:  # a file whose head holds no JSON object has no columns to check
+            _check_content_column(columns, spec, path)
+        if path.endswith(".gz"):
+            yield {"path": path}
+            continue
+        size = fs.size(path) or 0
+        for start in range(0, max(size, 1), sizes["bytes"]):
+            yield {"path": path, "bytes": [start, min(start + sizes["bytes"], size)]}
 
 
-def _plan_parquet(spec, _files, rows_per_task):
+def _jsonl_columns(path: str) -> set[str]:
+    """The keys of the first JSON object in a JSONL file's first megabyte."""
+    with fs.open_input_file(path) as stream:
+        head = stream.read(JSONL_LINE_PROBE_BYTES)
+    if path.endswith(".gz"):
+        head = gzip.GzipFile(fileobj=io.BytesIO(head)).read1(JSONL_LINE_PROBE_BYTES) if head else b""
+    for line in head.splitlines():
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(row, dict):
+            return set(row)
+    return set()
+
+
+def _plan_parquet(spec, sizes):
+    """Whole row groups, gathered into tasks of about `rows_per_task` rows: each row group is read by one task, once."""
     for path in _table_files(spec, (".parquet",)):
         try:
-            rows = fs.parquet_file(path).metadata.num_rows
+            metadata = fs.parquet_file(path).metadata
         except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a corrupt footer
             raise ValueError(f"cannot read Parquet file {path}: {error}") from None
-        for start in range(0, rows, rows_per_task):
-            yield {"path": path, "rows": [start, min(start + rows_per_task, rows)]}
+        _check_content_column(metadata.schema.to_arrow_schema().names, spec, path)
+        first_group, first_row, rows = 0, 0, 0
+        for index in range(metadata.num_row_groups):
+            rows += metadata.row_group(index).num_rows
+            if rows - first_row >= sizes["rows"] or index == metadata.num_row_groups - 1:
+                yield {"path": path, "row_groups": [first_group, index + 1], "rows": [first_row, rows]}
+                first_group, first_row = index + 1, rows
 
 
-def _plan_warc(spec, _files, _rows):
+def _plan_warc(spec, _sizes):
     for path in _table_files(spec, WARC_SUFFIXES):
         yield {"path": str(path)}
 
@@ -325,7 +386,7 @@ def _column(names: list[str], spec: dict[str, Any], field: str) -> str | None:
 
 def _table_docs(rows: list[dict[str, Any]], names: list[str], spec: dict[str, Any], max_bytes, source: str):
     columns = {field: _column(names, spec, field) for field in TABLE_COLUMNS}
-    if columns["content"] is None:
+    if columns["content"] is None and names:  # a range of only unparsable lines has no columns: bad records
         raise ValueError(f"{source}: no content column (looked for {', '.join(TABLE_COLUMNS['content'])})")
     default_repo = spec.get("repo", Path(fs.basename(spec["path"])).stem)
     for number, row in enumerate(rows):
@@ -344,6 +405,9 @@ def _table_docs(rows: list[dict[str, Any]], names: list[str], spec: dict[str, An
             yield _doc(spec, path, repo=str(value["repo"] or default_repo), reason="bad_record")
             continue
         size = len(content.encode("utf-8", "surrogatepass"))
+        flagged = next(
+            (reason for flag, reason in FLAG_REASONS.items() if value[flag] and not spec.get(f"keep_{flag[3:]}")), None
+        )
         yield _doc(
             spec,
             path,
@@ -355,14 +419,49 @@ def _table_docs(rows: list[dict[str, Any]], names: list[str], spec: dict[str, An
             id=value["id"],
             language=value["language"],
             licenses=licenses,
+            reason=flagged,
         )
+
+
+def _jsonl_range(path: str, start: int, end: int) -> bytes:
+    """The lines whose first byte lies in `[start, end)`: from the first line start at or after `start`
+    (the byte before it is a newline, or it is 0) through the end of the line holding byte `end - 1`."""
+    chunk = 1 << 20
+    with fs.open_input_file(path) as stream:
+        if start > 0:
+            stream.seek(start - 1)
+            while True:  # skip the rest of the line the previous range holds
+                block = stream.read(chunk)
+                newline = block.find(b"\n")
+                if not block:
+                    return b""
+                if newline >= 0:
+                    stream.seek(stream.tell() - len(block) + newline + 1)
+                    break
+        begin = stream.tell()
+        if begin >= end:
+            return b""
+        data = bytearray(stream.read(end - begin))
+        while data and not data.endswith(b"\n"):  # finish the last line started in the range
+            block = stream.read(chunk)
+            if not block:
+                break
+            newline = block.find(b"\n")
+            data += block if newline < 0 else block[: newline + 1]
+            if newline >= 0:
+                break
+        return bytes(data)
 
 
 def _read_jsonl(task, spec, max_bytes):
     path = task["path"]
-    data = fs.read_bytes(path)
-    if path.endswith(".gz"):
-        data = gzip.decompress(data)
+    if "bytes" in task:
+        start, end = task["bytes"]
+        data = _jsonl_range(path, start, end)
+    else:
+        start, data = 0, fs.read_bytes(path)
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
     rows, names = [], set()
     # a text stream splits lines as reading the file did (\n, \r, \r\n), not on every Unicode separator
     for line in io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace"):
@@ -377,25 +476,31 @@ def _read_jsonl(task, spec, max_bytes):
         else:
             row = None
         rows.append(row)
-    yield from _table_docs(rows, sorted(names), spec, max_bytes, path)
+    # rows without a path are named `file#n`; a later range of the file is `file@offset#n`
+    source = path if not start else f"{path}@{start}"
+    yield from _table_docs(rows, sorted(names), spec, max_bytes, source)
 
 
 def _read_parquet(task, spec, max_bytes):
     path = task["path"]
-    start, stop = task["rows"]
     handle = fs.parquet_file(path)
     names = handle.schema_arrow.names
     wanted = sorted({c for f in TABLE_COLUMNS if (c := _column(names, spec, f))})
-    groups, offset = [], 0
-    for index in range(handle.num_row_groups):
-        size = handle.metadata.row_group(index).num_rows
-        if offset < stop and offset + size > start:
-            groups.append((index, offset))
-        offset += size
-    if not groups:
-        return
-    table = handle.read_row_groups([g for g, _ in groups], columns=wanted)
-    table = table.slice(start - groups[0][1], stop - start)
+    if "row_groups" in task:
+        first, last = task["row_groups"]
+        table = handle.read_row_groups(list(range(first, last)), columns=wanted)
+    else:  # a plan written before tasks were whole row groups: the row groups overlapping its rows
+        start, stop = task["rows"]
+        groups, offset = [], 0
+        for index in range(handle.num_row_groups):
+            size = handle.metadata.row_group(index).num_rows
+            if offset < stop and offset + size > start:
+                groups.append((index, offset))
+            offset += size
+        if not groups:
+            return
+        table = handle.read_row_groups([g for g, _ in groups], columns=wanted)
+        table = table.slice(start - groups[0][1], stop - start)
     yield from _table_docs(table.to_pylist(), names, spec, max_bytes, path)
 
 

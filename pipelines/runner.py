@@ -10,11 +10,13 @@ Stages (datatrove-style: files between stages, markers written last, a rerun ski
 2. documents: per task, read -> decode -> per-document steps; writes the task's rows with every
    decision (`_work/documents/task-N.parquet`), its exact-dedup keys and LSH band rows, its step
    statistics, then `task-N.done`;
-3. dedup: the global stages of `loopcoder.pipelines.dedup` (exact, edges, components, annotations);
-4. write: per task, the kept rows as zstd Parquet shards `files/part-N-of-M.parquet` (rolled over at
+3. dedup: the global stages of `loopcoder.pipelines.dedup` (ranks, exact, edges, verified, components,
+   annotations);
+4. write: per task, the dedup outcome joined to the task's rows in Arrow (`apply_dedup`), the kept
+   rows as zstd Parquet shards `files/part-N-of-M.parquet` (rolled over at
    `writer.max_shard_bytes`), rejected rows with their reason in `rejected/`, then
    `stats/task-N.json`, then `markers/task-N.done` naming the shards (only then do they count);
-5. `stats.json` (everything merged) and `_SUCCESS`.
+5. `stats.json` (everything merged) and `_SUCCESS`; then `_work/` is deleted unless `keep_work`.
 
 The output, the inputs and `_work/` may be local paths or object-store URIs: every read and write
 goes through `loopcoder.pipelines.filesystem`, and nothing relies on rename being atomic.
@@ -39,11 +41,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from loopcoder.schemas import FILTERED_FILE
 
 from . import filesystem as fs
-from .dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, rank_key, read_annotations, run_dedup
+from .dedup import (
+    EXACT_DUPLICATE,
+    NEAR_DUPLICATE,
+    ShuffleSizing,
+    read_annotations,
+    run_dedup,
+    write_task_dedup_inputs,
+)
 from .filesystem import atomic_write_json, atomic_write_parquet
 from .job import GLOBAL_STEPS, JobConfig, JobFailed, RayConfig
 from .minhash import MinhashSignatures, tokens
@@ -94,7 +105,8 @@ class TaskRunner:
         _inject_worker_fault(number)
         for step in self.steps:
             step.stats = StepStats(step.name)
-        records, keys, bands = [], [], []
+        records: list[dict[str, Any]] = []
+        dedup_inputs: tuple[list, ...] = ([], [], [], [], [])  # rows, licences, ids, hashes, band hashes
         spec = self.job.inputs[task["input"]]
         for row, doc in enumerate(read_task(task, spec, self.max_bytes)):
             doc["decisions"], doc["ast_status"] = [], None
@@ -125,29 +137,17 @@ class TaskRunner:
             }
             records.append(record)
             if reason is None:
-                key = rank_key(doc["license"], doc["id"], number, row)
-                keys.append((record["content_sha256"], key))
+                band_hashes = None
                 if self.signer is not None:
                     token_list = tokens(content)
                     if len(token_list) >= self.signer.config.min_tokens:
-                        hashes = self.signer.band_hashes(self.signer.signature_from_tokens(token_list))
-                        content_hash = int(record["content_sha256"][:16], 16)
-                        bands.extend((band, value, content_hash, key) for band, value in enumerate(hashes.tolist()))
-        import pyarrow as pa
-
-        if keys:
-            table = pa.table({"content_sha256": [k[0] for k in keys], "key": [k[1] for k in keys]})
-            atomic_write_parquet(table, fs.join(self.work, "keys", f"task-{number:06d}.parquet"))
-        if bands:
-            table = pa.table(
-                {
-                    "band": pa.array([b[0] for b in bands], pa.int32()),
-                    "band_hash": pa.array([b[1] for b in bands], pa.uint64()),
-                    "content_hash": pa.array([b[2] for b in bands], pa.uint64()),
-                    "key": pa.array([b[3] for b in bands], pa.string()),
-                }
-            )
-            atomic_write_parquet(table, fs.join(self.work, "bands", f"task-{number:06d}.parquet"))
+                        band_hashes = self.signer.band_hashes(self.signer.signature_from_tokens(token_list))
+                for column, value in zip(
+                    dedup_inputs, (row, doc["license"], doc["id"], record["content_sha256"], band_hashes), strict=True
+                ):
+                    column.append(value)
+        if dedup_inputs[0]:
+            write_task_dedup_inputs(self.work, number, *dedup_inputs)
         atomic_write_parquet(FILTERED_FILE.from_records(records), base + ".parquet")
         summary = {"task": number, "rows": len(records), "steps": {s.name: s.stats.to_dict() for s in self.steps}}
         atomic_write_json(base + ".json", summary)
@@ -159,62 +159,135 @@ class TaskRunner:
         stats_path = fs.join(self.output, "stats", f"task-{number:06d}.json")
         if fs.read_marker(self.output, f"task-{number:06d}") is not None:
             return fs.read_json(stats_path)
-        rows = fs.read_parquet(fs.join(self.work, "documents", f"task-{number:06d}.parquet")).to_pylist()
+        table = fs.read_parquet(fs.join(self.work, "documents", f"task-{number:06d}.parquet"))
         global_steps = [name for name in self.job.step_names() if name in GLOBAL_STEPS]
-        annotations = read_annotations(self.work, number) if global_steps else {}
-        step_stats = {name: StepStats(name) for name in global_steps}
-        for index, row in enumerate(rows):
-            if not row["kept"]:
-                continue
-            reason, cluster = annotations.get(index, (None, None))
-            row["near_dup_cluster"] = cluster
-            for name in global_steps:
-                expected = EXACT_DUPLICATE if name == "exact_dedup" else NEAR_DUPLICATE
-                step_reason = reason if reason == expected else None
-                step_stats[name].record(row["size_bytes"], step_reason)
-                row["decisions"].append({"step": name, "kept": step_reason is None, "reason": step_reason})
-                if step_reason is not None:
-                    row["kept"], row["rejection_reason"] = False, step_reason
-                    break
-        kept = [r for r in rows if r["kept"]]
-        rejected = [r for r in rows if not r["kept"]]
+        table, step_stats = apply_dedup(table, self.work, number, global_steps)
+        kept_mask = table.column("kept")
+        kept = table.filter(kept_mask)
+        rejected = table.filter(pc.invert(kept_mask))
         shards = {}
-        for folder, part in (("files", kept), ("rejected", rejected if self.job.writer.write_rejected else [])):
+        for folder, part in (("files", kept), ("rejected", rejected if self.job.writer.write_rejected else None)):
+            if part is None:
+                continue
             for name, piece in self._pieces(number, part):
                 shard = fs.join(self.output, folder, name)
-                atomic_write_parquet(FILTERED_FILE.from_records(piece), shard, self.job.writer.compression)
+                atomic_write_parquet(FILTERED_FILE.attach(piece), shard, self.job.writer.compression)
                 shards[f"{folder}/{name}"] = shard_stats(piece)
-        by_reason: dict[str, int] = {}
-        for r in rejected:
-            by_reason[r["rejection_reason"]] = by_reason.get(r["rejection_reason"], 0) + 1
+        reasons = pc.value_counts(rejected.column("rejection_reason")).to_pylist() if rejected.num_rows else []
         summary = {
             "task": number,
             "steps": {name: s.to_dict() for name, s in step_stats.items()},
             "shards": shards,
-            "rejected": {"rows": len(rejected), "by_reason": by_reason},
+            "rejected": {"rows": rejected.num_rows, "by_reason": {r["values"]: r["counts"] for r in reasons}},
         }
         atomic_write_json(stats_path, summary)
         # the marker lists the task's shards: only now do readers and the shard tools count them
         fs.write_marker(self.output, f"task-{number:06d}", {"task": number}, shards=list(shards))
         return summary
 
-    def _pieces(self, number: int, rows: list[dict]) -> Iterator[tuple[str, list[dict]]]:
+    def _pieces(self, number: int, table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
         """Deterministic shard names; a new piece starts when content bytes would pass the cap."""
-        piece: list[dict] = []
-        size, index = 0, 0
-        for row in rows:
-            row_bytes = len(row["content"].encode("utf-8", "surrogatepass"))
-            if piece and size + row_bytes > self.job.writer.max_shard_bytes:
-                yield self._shard_name(number, index), piece
-                piece, size, index = [], 0, index + 1
-            piece.append(row)
-            size += row_bytes
-        if piece:
-            yield self._shard_name(number, index), piece
+        sizes = pc.binary_length(table.column("content")).to_numpy(zero_copy_only=False).astype(np.int64)
+        cap = self.job.writer.max_shard_bytes
+        starts = [0]
+        if sizes.sum() > cap:  # greedy roll-over, only walked when the task's output exceeds one shard
+            size = 0
+            for index, row_bytes in enumerate(sizes.tolist()):
+                if index > starts[-1] and size + row_bytes > cap:
+                    starts.append(index)
+                    size = 0
+                size += row_bytes
+        ends = [*starts[1:], table.num_rows]
+        for piece, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            if end > start:
+                yield self._shard_name(number, piece), table.slice(start, end - start)
 
     def _shard_name(self, number: int, piece: int) -> str:
         suffix = f"-{piece:02d}" if piece else ""
         return f"part-{number:05d}-of-{self.num_tasks:05d}{suffix}.parquet"
+
+
+def apply_dedup(
+    table: pa.Table, work: str, task: int, global_steps: list[str]
+) -> tuple[pa.Table, dict[str, StepStats]]:
+    """One task's documents with the dedup outcome joined in as columns, and each global step's statistics.
+
+    Every row kept by the per-document steps goes through the global steps in order (`exact_dedup`
+    then `minhash_dedup`); a removed row stops there. `kept`, `rejection_reason`, `decisions` and
+    `near_dup_cluster` are rebuilt from boolean masks and Arrow kernels, with no Python object per row.
+    """
+    step_stats = {name: StepStats(name) for name in global_steps}
+    if not global_steps:
+        return table, step_stats
+    notes = read_annotations(work, task, table.num_rows, exact="exact_dedup" in global_steps)
+    passed = table.column("kept").to_numpy(zero_copy_only=False)
+    active = passed.copy()
+    sizes = table.column("size_bytes").to_numpy(zero_copy_only=False).astype(np.int64)
+    rejection = table.column("rejection_reason").combine_chunks()
+    outcomes = []
+    for name in global_steps:
+        reason = EXACT_DUPLICATE if name == "exact_dedup" else NEAR_DUPLICATE
+        removed = active & (notes.exact_duplicate if name == "exact_dedup" else notes.near_duplicate)
+        _record_masks(step_stats[name], sizes, active, removed, reason)
+        outcomes.append((name, reason, active.copy(), removed))
+        rejection = pc.if_else(pa.array(removed), pa.scalar(reason), rejection)
+        active &= ~removed
+    cluster = pc.if_else(pa.array(passed), notes.cluster, pa.nulls(table.num_rows, pa.int64()))
+    decisions = _append_decisions(table.column("decisions").combine_chunks(), outcomes)
+    for name, column in (
+        ("kept", pa.array(active)),
+        ("rejection_reason", rejection),
+        ("decisions", decisions),
+        ("near_dup_cluster", cluster),
+    ):
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, table.schema.field(index), column)
+    return table, step_stats
+
+
+def _record_masks(stats: StepStats, sizes: np.ndarray, recorded: np.ndarray, removed: np.ndarray, reason: str) -> None:
+    """`StepStats.record` for every row of `recorded` at once."""
+    kept = recorded & ~removed
+    stats.docs_in, stats.bytes_in = int(recorded.sum()), int(sizes[recorded].sum())
+    stats.kept, stats.bytes_kept = int(kept.sum()), int(sizes[kept].sum())
+    if removed.any():
+        stats.dropped[reason], stats.dropped_bytes[reason] = int(removed.sum()), int(sizes[removed].sum())
+
+
+def _append_decisions(
+    decisions: pa.ListArray, outcomes: list[tuple[str, str, np.ndarray, np.ndarray]]
+) -> pa.ListArray:
+    """Appends `{step, kept, reason}` to the decision list of every row a global step saw, in step order."""
+    rows = len(decisions)
+    old_offsets = decisions.offsets.to_numpy().astype(np.int64)
+    old_lengths = np.diff(old_offsets)
+    added = sum(recorded.astype(np.int64) for _, _, recorded, _ in outcomes)
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(old_lengths + added)
+    take = np.empty(offsets[-1], dtype=np.int64)
+    owner = np.repeat(np.arange(rows), old_lengths)
+    old = np.arange(old_offsets[0], old_offsets[-1])
+    take[offsets[owner] + old - old_offsets[owner]] = old
+    cursor = offsets[:-1] + old_lengths
+    values, base = [decisions.values], len(decisions.values)
+    for name, reason, recorded, removed in outcomes:
+        seen = np.flatnonzero(recorded)
+        take[cursor[seen]] = base + np.arange(len(seen))
+        cursor = cursor + recorded
+        dropped = pa.array(removed[seen])
+        values.append(
+            pa.StructArray.from_arrays(
+                [
+                    pa.repeat(pa.scalar(name), len(seen)),
+                    pc.invert(dropped),
+                    pc.if_else(dropped, pa.scalar(reason), pa.scalar(None, pa.string())),
+                ],
+                fields=list(decisions.type.value_type),
+            )
+        )
+        base += len(seen)
+    entries = pa.concat_arrays(values).take(pa.array(take))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), entries, type=decisions.type)
 
 
 def _inject_worker_fault(task: int) -> None:
@@ -250,7 +323,8 @@ def ray_session(settings: RayConfig):
             )
         started = True
     context = DataContext.get_current()
-    context.default_hash_shuffle_parallelism = settings.shuffle_partitions
+    if settings.shuffle_partitions:
+        context.default_hash_shuffle_parallelism = settings.shuffle_partitions
     strategies = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}
     if settings.shuffle_strategy not in strategies:
         raise ValueError(
@@ -321,13 +395,16 @@ def run_job(job: JobConfig, output: str | Path | None = None) -> dict[str, Any]:
         )
     atomic_write_json(config_path, resolved)
     if fs.exists(fs.join(output, "_SUCCESS")):
+        _remove_work(job, output)  # a crash may have come between `_SUCCESS` and the removal
         return fs.read_json(fs.join(output, "stats.json"))
     _clean_temporaries(output)
     work = fs.join(output, WORK)
     plan_path = fs.join(work, "plan.json")
     plan = fs.read_json_if_exists(plan_path)
     if plan is None:
-        tasks, errors = plan_tasks(job.inputs, job.tasks.files_per_task, job.tasks.rows_per_task)
+        tasks, errors = plan_tasks(
+            job.inputs, job.tasks.files_per_task, job.tasks.rows_per_task, job.tasks.bytes_per_task
+        )
         if not tasks:
             # not saved as the plan: a rerun after the inputs are fixed plans again
             if errors:
@@ -341,6 +418,8 @@ def run_job(job: JobConfig, output: str | Path | None = None) -> dict[str, Any]:
     timings: dict[str, float] = {}
     names = job.step_names()
     with ray_session(job.ray):
+        import ray
+
         start = time.perf_counter()
         finished = set(fs.list_files(fs.join(work, "documents"), suffixes=(".done",)))
         pending = [t for t in tasks if f"task-{t['task']:06d}.done" not in finished]
@@ -351,7 +430,12 @@ def run_job(job: JobConfig, output: str | Path | None = None) -> dict[str, Any]:
         dedup_stats = {}
         if "exact_dedup" in names or "minhash_dedup" in names:
             logger.info("dedup stages")
-            dedup_stats = run_dedup(work, "exact_dedup" in names, job.minhash_config(), job.ray.shuffle_partitions)
+            sizing = ShuffleSizing(
+                partitions=job.ray.shuffle_partitions,
+                partition_bytes=job.ray.shuffle_partition_bytes,
+                min_partitions=int(ray.cluster_resources().get("CPU", 1)),
+            )
+            dedup_stats = run_dedup(work, "exact_dedup" in names, job.minhash_config(), sizing)
         timings["dedup"] = time.perf_counter() - start
         start = time.perf_counter()
         finished = set(fs.list_files(fs.join(output, fs.MARKERS), suffixes=(fs.MARKER_SUFFIX,)))
@@ -371,7 +455,14 @@ def run_job(job: JobConfig, output: str | Path | None = None) -> dict[str, Any]:
             f"see {fs.join(output, 'stats.json')}"
         )
     atomic_write_json(fs.join(output, "_SUCCESS"), {"job": job.name, "fingerprint": job.fingerprint()})
+    _remove_work(job, output)
     return stats
+
+
+def _remove_work(job: JobConfig, output: str) -> None:
+    """Deletes `_work/` (a copy of the whole corpus and the dedup index) once the job succeeded, unless `keep_work`."""
+    if not job.keep_work:
+        fs.delete_tree(fs.join(output, WORK))
 
 
 def _one_line(errors: dict[str, str]) -> str:

@@ -8,13 +8,12 @@ shingles (`minhash.py`). Per task (any batch of conversations with a task number
 `write_dedup_inputs` writes the files the stages read under a work folder:
 
     WORK/documents/task-N.parquet   content (the conversation text), for exact Jaccard verification
-    WORK/keys/task-N.parquet        content_sha256, key
-    WORK/bands/task-N.parquet       band, band_hash, content_hash, key
+    WORK/keys/task-N.parquet        task, row, licence_rank, id, content_sha256, minhash
+    WORK/bands/task-N.parquet       row, band, band_hash
 
 then `dedup.run_dedup(WORK, exact=True, minhash=MinhashConfig(...), partitions)` runs once over
-all tasks, and `drop_duplicates(records, WORK, N)` keeps a task's survivors. Keys are
-`dedup.rank_key(None, id, task, row)`: of a group, the conversation with the smallest id stays,
-whatever the partitioning. Reasons: `exact_duplicate`, `near_duplicate`.
+all tasks, and `drop_duplicates(records, WORK, N)` keeps a task's survivors. No conversation has a
+licence, so of a group the conversation with the smallest id stays, whatever the partitioning. Reasons: `exact_duplicate`, `near_duplicate`.
 
 **Decontamination** (`SftDecontaminator`) removes a conversation that holds a benchmark problem.
 Each problem of the benchmark registry (`benchmarks.py`) gives its reference units: each of its
@@ -43,7 +42,7 @@ import pyarrow as pa
 from . import filesystem as fs
 from .benchmarks import benchmark_specs, load_benchmark
 from .conversations import fenced_code_blocks
-from .dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, rank_key, read_annotations
+from .dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, read_annotations, task_dedup_tables
 from .filesystem import atomic_write_parquet
 from .minhash import MinhashConfig, MinhashSignatures, shingle_hashes, tokens
 from .runner import normalised_sha256
@@ -59,29 +58,20 @@ def conversation_text(record: dict[str, Any]) -> str:
 def dedup_tables(records: list[dict[str, Any]], task: int, signer: MinhashSignatures | None) -> dict[str, pa.Table]:
     """The `documents`, `keys` and (with a signer) `bands` tables of one task, row i = records[i]."""
     texts = [conversation_text(r) for r in records]
-    hashes = [normalised_sha256(t) for t in texts]
-    keys = [rank_key(None, r["id"], task, row) for row, r in enumerate(records)]
-    tables = {
-        "documents": pa.table({"content": pa.array(texts, pa.large_string())}),
-        "keys": pa.table({"content_sha256": hashes, "key": keys}),
-    }
-    if signer is not None:
-        bands: list[tuple[int, int, int, str]] = []
-        for text, digest, key in zip(texts, hashes, keys, strict=True):
-            token_list = tokens(text)
-            if len(token_list) < signer.config.min_tokens:
-                continue  # too short for a shingle: exact dedup only
-            values = signer.band_hashes(signer.signature_from_tokens(token_list)).tolist()
-            bands.extend((band, value, int(digest[:16], 16), key) for band, value in enumerate(values))
-        tables["bands"] = pa.table(
-            {
-                "band": pa.array([b[0] for b in bands], pa.int32()),
-                "band_hash": pa.array([b[1] for b in bands], pa.uint64()),
-                "content_hash": pa.array([b[2] for b in bands], pa.uint64()),
-                "key": pa.array([b[3] for b in bands], pa.string()),
-            }
-        )
-    return tables
+    band_hashes = []
+    for text in texts:
+        token_list = tokens(text) if signer is not None else []
+        too_short = signer is None or len(token_list) < signer.config.min_tokens  # exact dedup only
+        band_hashes.append(None if too_short else signer.band_hashes(signer.signature_from_tokens(token_list)))
+    tables = task_dedup_tables(
+        task,
+        list(range(len(records))),
+        [None] * len(records),
+        [r["id"] for r in records],
+        [normalised_sha256(t) for t in texts],
+        band_hashes,
+    )
+    return {"documents": pa.table({"content": pa.array(texts, pa.large_string())})} | tables
 
 
 def write_dedup_inputs(
@@ -97,16 +87,13 @@ def drop_duplicates(
     records: list[dict[str, Any]], work: str | Path, task: int, removed: Counter | None = None
 ) -> list[dict[str, Any]]:
     """A task's records minus those `run_dedup` marked; `removed` counts them by reason."""
-    annotations = read_annotations(str(work), task)
+    notes = read_annotations(str(work), task, len(records))
     removed = removed if removed is not None else Counter()
-    kept = []
-    for row, record in enumerate(records):
-        reason = annotations.get(row, (None, None))[0]
-        if reason in (EXACT_DUPLICATE, NEAR_DUPLICATE):
-            removed[reason] += 1
-        else:
-            kept.append(record)
-    return kept
+    for reason, flags in ((EXACT_DUPLICATE, notes.exact_duplicate), (NEAR_DUPLICATE, notes.near_duplicate)):
+        if count := int((flags & ~notes.exact_duplicate if reason == NEAR_DUPLICATE else flags).sum()):
+            removed[reason] += count
+    dropped = notes.exact_duplicate | notes.near_duplicate
+    return [record for record, drop in zip(records, dropped.tolist(), strict=True) if not drop]
 
 
 @dataclass

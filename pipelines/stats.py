@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 # Upper bounds (in characters) of the length-histogram buckets; the last bucket is open.
 LENGTH_BUCKETS = (100, 1_000, 10_000, 100_000, 1_000_000)
 
@@ -52,37 +56,6 @@ class StepStats:
         }
 
 
-def length_bucket(length: int) -> str:
-    for bound in LENGTH_BUCKETS:
-        if length < bound:
-            return f"<{bound}"
-    return f">={LENGTH_BUCKETS[-1]}"
-
-
-def shard_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """rows, bytes (UTF-8 of `content`), files and bytes by language, histograms of chars and lines."""
-    stats: dict[str, Any] = {
-        "rows": 0,
-        "bytes": 0,
-        "languages": {},
-        "language_bytes": {},
-        "chars_histogram": {},
-        "lines_histogram": {},
-    }
-    for row in rows:
-        content = row["content"]
-        size = len(content.encode("utf-8", "surrogatepass"))
-        stats["rows"] += 1
-        stats["bytes"] += size
-        language = row["language"]
-        stats["languages"][language] = stats["languages"].get(language, 0) + 1
-        stats["language_bytes"][language] = stats["language_bytes"].get(language, 0) + size
-        for key, value in (("chars_histogram", len(content)), ("lines_histogram", content.count("\n") + 1)):
-            bucket = length_bucket(value)
-            stats[key][bucket] = stats[key].get(bucket, 0) + 1
-    return stats
-
-
 def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Sums nested dicts of numbers key by key (order-independent)."""
     merged: dict[str, Any] = {}
@@ -105,3 +78,28 @@ def _sorted(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _sorted(value[k]) for k in sorted(value)}
     return value
+
+
+def shard_stats(table: pa.Table) -> dict[str, Any]:
+    """rows, bytes (UTF-8 of `content`), files and bytes by language, histograms of chars and lines, from Arrow kernels."""
+    content = table.column("content")
+    sizes = pc.binary_length(content).to_numpy(zero_copy_only=False).astype(np.int64)
+    by_language = (
+        pa.table({"language": table.column("language"), "bytes": sizes})
+        .group_by("language", use_threads=False)
+        .aggregate([("bytes", "count"), ("bytes", "sum")])
+        .to_pydict()
+    )
+    stats: dict[str, Any] = {
+        "rows": table.num_rows,
+        "bytes": int(sizes.sum()),
+        "languages": dict(zip(by_language["language"], by_language["bytes_count"], strict=True)),
+        "language_bytes": dict(zip(by_language["language"], by_language["bytes_sum"], strict=True)),
+    }
+    lines = pc.add(pc.count_substring(content, "\n"), 1)
+    for key, values in (("chars_histogram", pc.utf8_length(content)), ("lines_histogram", lines)):
+        buckets = np.searchsorted(LENGTH_BUCKETS, values.to_numpy(zero_copy_only=False), side="right")
+        labels = [f"<{bound}" for bound in LENGTH_BUCKETS] + [f">={LENGTH_BUCKETS[-1]}"]
+        counts = np.bincount(buckets, minlength=len(labels))
+        stats[key] = {labels[i]: int(counts[i]) for i in np.flatnonzero(counts)}
+    return stats

@@ -6,7 +6,16 @@ The corpus is the Python source of large installed packages (transformers, torch
 more until `--min-mb` is reached), read as directory inputs by a job on local Ray using every
 core. Reported: MB read per second of wall time, and per core, with the load average (on a
 machine shared with other work, wall time per core understates what a core does). The output
-folder is removed first.
+folder is removed first, and again at the end.
+
+Shuffled bytes per document: what the dedup stages send through their shuffles (the Arrow bytes
+each stage records as `shuffled_bytes`), per document entering dedup. The string-keyed rows the
+previous stages shuffled at the same points are rebuilt from the same `_work/keys` and
+`_work/bands` files and measured the same way (Arrow `nbytes`, with their int64 part column):
+`(content_sha256 hex, "licence|id|task|row" key)` per document for the exact stage and `(band
+int32, band_hash, content_hash, key)` per band row for the bucket stage. The ratio compares these
+index shuffles (ranks, exact and edges now); the pair, component and annotation shuffles are
+printed beside it (they carry shingle sets and scale with the duplicate pairs, not the corpus).
 """
 
 from __future__ import annotations
@@ -17,6 +26,10 @@ import shutil
 import sysconfig
 import time
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from loopcoder.pipelines.job import JobConfig
 from loopcoder.pipelines.runner import run_job
@@ -39,6 +52,38 @@ def corpus_inputs(min_mb: float) -> tuple[list[dict], float]:
     return inputs, total
 
 
+def previous_index_bytes(work: Path) -> int:
+    """Arrow bytes of the string-keyed exact and band rows (with their int64 part) for the same documents."""
+    total = 0
+    for path in sorted((work / "keys").glob("task-*.parquet")):
+        keys = pq.read_table(path)
+        task = keys.column("task").to_numpy()
+        row = keys.column("row").to_numpy()
+        rank = keys.column("licence_rank").to_numpy()
+        ids = keys.column("id").to_pylist()
+        string_keys = [f"{r}|{i}|{t:06d}|{w:07d}" for r, i, t, w in zip(rank, ids, task, row, strict=True)]
+        hashes = [h.hex() for h in keys.column("content_sha256").to_pylist()]
+        exact = pa.table({"content_sha256": hashes, "key": string_keys, "part": np.zeros(len(ids), np.int64)})
+        total += exact.nbytes
+        key_of_row = dict(zip(row.tolist(), string_keys, strict=True))
+        hash_of_row = dict(zip(row.tolist(), (int(h[:16], 16) for h in hashes), strict=True))
+        band_path = work / "bands" / path.name
+        if band_path.exists():
+            bands = pq.read_table(band_path)
+            rows = bands.column("row").to_pylist()
+            previous = pa.table(
+                {
+                    "band": bands.column("band").cast(pa.int32()),
+                    "band_hash": bands.column("band_hash"),
+                    "content_hash": pa.array([hash_of_row[r] for r in rows], pa.uint64()),
+                    "key": pa.array([key_of_row[r] for r in rows], pa.string()),
+                    "part": np.zeros(len(rows), np.int64),
+                }
+            )
+            total += previous.nbytes
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-mb", type=float, default=100)
@@ -56,7 +101,8 @@ def main() -> None:
             "inputs": inputs,
             "steps": ["decode", "quality", "ast", "exact_dedup", "minhash_dedup"],
             "tasks": {"files_per_task": args.files_per_task},
-            "ray": {"num_cpus": cores, "shuffle_partitions": cores * 2},
+            "ray": {"num_cpus": cores},
+            "keep_work": True,
         }
     )
     shutil.rmtree(args.output, ignore_errors=True)
@@ -82,6 +128,20 @@ def main() -> None:
     print("|---:|---:|")
     print(f"| {read_mb / wall:.2f} | {read_mb / wall / cores:.2f} |")
     print(f"output: {stats['output']['rows']:,} files, {stats['output']['bytes'] / 1e6:.1f} MB in {args.output}")
+    print()
+    dedup = stats["dedup"]
+    documents = dedup["ranks"]["documents"]
+    index = sum(dedup[name].get("shuffled_bytes", 0) for name in ("ranks", "exact", "edges"))
+    previous = previous_index_bytes(args.output / "_work")
+    print(f"| dedup shuffles, bytes per document ({documents:,} documents) | now | string keys | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| index (exact + buckets; now ranks + exact + edges) | {index / documents:,.0f} | "
+          f"{previous / documents:,.0f} | {index / previous:.3f} |")  # fmt: skip
+    for name in ("verified", "components", "annotations"):
+        if name in dedup:
+            print(f"| {name} | {dedup[name].get('shuffled_bytes', 0) / documents:,.0f} | | |")
+    print("partitions per stage:", {name: stage.get("partitions") for name, stage in dedup.items()})
+    shutil.rmtree(args.output, ignore_errors=True)
 
 
 if __name__ == "__main__":

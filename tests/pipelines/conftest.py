@@ -81,3 +81,94 @@ def s3_server():
 @pytest.fixture
 def s3_bucket(s3_server) -> str:
     return s3_server.bucket()
+
+
+def _reference_dedup(docs: list[dict], exact: bool, minhash) -> list[tuple[str | None, int | None]]:
+    """The dedup stages' outcome computed in one process, as the string-keyed implementation defined it.
+
+    `docs` are the documents the per-document steps kept (`id`, `license`, `content`), in input
+    order. The keep order is (licence rank, id, input position); an exact group keeps its first
+    document; LSH buckets pair each copy with its bucket's first copy and each distinct content
+    with the next `bucket_window` ones; pairs at exact Jaccard >= threshold join clusters (union
+    find) whose first document stays. Returns per document (removal reason or None, cluster id).
+    """
+    import xxhash
+
+    from loopcoder.pipelines.dedup import PERMISSIVE_LICENSES
+    from loopcoder.pipelines.minhash import MinhashSignatures, jaccard, shingle_set, tokens
+    from loopcoder.pipelines.runner import normalised_sha256
+
+    def order(i: int) -> tuple:
+        return (0 if (docs[i]["license"] or "").lower() in PERMISSIVE_LICENSES else 1, docs[i]["id"], i)
+
+    hashes = [normalised_sha256(d["content"]) for d in docs]
+    outcome: list[list] = [[None, None] for _ in docs]
+    if exact:
+        first: dict[str, int] = {}
+        for i in sorted(range(len(docs)), key=order):
+            if hashes[i] in first:
+                outcome[i][0] = "exact_duplicate"
+            first.setdefault(hashes[i], i)
+    if minhash is None:
+        return [tuple(o) for o in outcome]
+    signer = MinhashSignatures(minhash)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, doc in enumerate(docs):
+        token_list = tokens(doc["content"])
+        if len(token_list) >= minhash.min_tokens:
+            for band, value in enumerate(signer.band_hashes(signer.signature_from_tokens(token_list)).tolist()):
+                buckets.setdefault((band, value), []).append(i)
+    parent = list(range(len(docs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            low, high = sorted((ra, rb), key=order)
+            parent[high] = low
+
+    pairs = set()
+    for members in buckets.values():
+        first_copy: dict[str, int] = {}
+        distinct = []
+        for i in sorted(members, key=order):
+            if hashes[i] in first_copy:
+                pairs.add((first_copy[hashes[i]], i, True))
+            else:
+                first_copy[hashes[i]] = i
+                distinct.append(i)
+        for a, u in enumerate(distinct):
+            pairs.update((u, v, False) for v in distinct[a + 1 : a + 1 + minhash.bucket_window])
+    sets: dict[int, object] = {}
+    for u, v, same in pairs:
+        if not minhash.verify or same:
+            union(u, v)
+            continue
+        for i in (u, v):
+            if i not in sets:
+                sets[i] = shingle_set(docs[i]["content"], minhash.ngram)
+        if jaccard(sets[u], sets[v]) >= minhash.threshold:
+            union(u, v)
+    members_of: dict[int, list[int]] = {}
+    for i in range(len(docs)):
+        members_of.setdefault(find(i), []).append(i)
+    for root, members in members_of.items():
+        if len(members) < 2:
+            continue
+        rank = 0 if (docs[root]["license"] or "").lower() in PERMISSIVE_LICENSES else 1
+        cluster = xxhash.xxh64_intdigest(f"{rank}|{docs[root]['id']}".encode()) & 0x7FFFFFFFFFFFFFFF
+        for i in members:
+            outcome[i][1] = cluster
+            if i != root and outcome[i][0] is None:
+                outcome[i][0] = "near_duplicate"
+    return [tuple(o) for o in outcome]
+
+
+@pytest.fixture(scope="session")
+def reference_dedup():
+    """The string-keyed, single-process dedup the distributed stages must agree with (`_reference_dedup`)."""
+    return _reference_dedup

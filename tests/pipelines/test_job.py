@@ -13,11 +13,12 @@ import yaml
 
 from loopcoder.jobs.commands.data import print_job_summary
 from loopcoder.pipelines import filesystem as fs
-from loopcoder.pipelines.dedup import connected_components
+from loopcoder.pipelines.dedup import ShuffleSizing, connected_components
 from loopcoder.pipelines.job import JobConfig
 from loopcoder.pipelines.runner import run_job
 from loopcoder.schemas import FILTERED_FILE
 
+EDGE_SCHEMA = pa.schema([("u", pa.uint64()), ("v", pa.uint64())])
 STEPS = ["decode", "quality", "ast", "decontamination", "exact_dedup", "minhash_dedup"]
 
 
@@ -40,13 +41,9 @@ def step(stats: dict, name: str) -> dict:
     return next(s for s in stats["steps"] if s["step"] == name)
 
 
-def test_connected_components_match_union_find(ray_local):
-    import ray.data
-
-    rng = random.Random(0)
-    nodes = [f"n{i:03d}" for i in range(120)]
-    edges = [tuple(rng.sample(nodes, 2)) for _ in range(90)] + [(f"c{i:02d}", f"c{i + 1:02d}") for i in range(30)]
-    parent: dict[str, str] = {}
+def union_find_roots(edges: list[tuple[int, int]]) -> dict[int, int]:
+    """node -> smallest node of its component, for every node that is not that smallest node."""
+    parent: dict[int, int] = {}
 
     def find(x):
         while parent.setdefault(x, x) != x:
@@ -56,13 +53,68 @@ def test_connected_components_match_union_find(ray_local):
     for a, b in edges:
         ra, rb = find(a), find(b)
         parent[max(ra, rb)] = min(ra, rb)
-    expected = {node: find(node) for node in parent if find(node) != node}
+    return {node: find(node) for node in parent if find(node) != node}
+
+
+def test_connected_components_match_union_find(ray_local):
+    import ray.data
+
+    rng = random.Random(0)
+    nodes = [rng.randrange(2**64) for _ in range(120)]
+    chain = [rng.randrange(2**64) for _ in range(31)]
+    edges = [tuple(rng.sample(nodes, 2)) for _ in range(90)] + list(zip(chain, chain[1:], strict=False))
+    edges += [(nodes[0], nodes[0]), (nodes[1], nodes[2]), (nodes[2], nodes[1])]  # a self-loop, a repeated edge
+    expected = union_find_roots([(a, b) for a, b in edges if a != b])
     for partitions in (1, 3):
-        ds = ray.data.from_items([{"u": a, "v": b} for a, b in edges], override_num_blocks=partitions)
-        star, rounds = connected_components(ds, partitions)
+        table = pa.table({"u": [a for a, _ in edges], "v": [b for _, b in edges]}, schema=EDGE_SCHEMA)
+        ds = ray.data.from_arrow(table).repartition(partitions)
+        star, rounds = connected_components(ds, ShuffleSizing(partitions=partitions))
         got = {row["u"]: row["v"] for row in star.take_all()}
         assert got == expected
         assert rounds > 1  # the 31-node chain needs several rounds
+
+
+def test_lsh_only_dedup_stages_equal_the_reference(ray_local, tmp_path, reference_dedup):
+    """`verify: false` (BigCode's bands, star edges) over tasks holding copies of each other's files."""
+    from loopcoder.pipelines.dedup import read_annotations, run_dedup, write_task_dedup_inputs
+    from loopcoder.pipelines.minhash import MinhashConfig, MinhashSignatures, tokens
+    from loopcoder.pipelines.runner import normalised_sha256
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    files = sorted((site / "pip" / "_vendor" / "packaging").glob("*.py")) + sorted((site / "packaging").glob("*.py"))
+    docs = [
+        {"id": f"{i:03d}-{p.name}", "license": "MIT" if i % 3 else None, "content": p.read_text()}
+        for i, p in enumerate(files)
+    ]
+    docs += [dict(d, id=f"copy-{d['id']}") for d in docs[:4]]  # exact copies, in another task
+    config = MinhashConfig(verify=False, bands=25, rows=10)
+    signer = MinhashSignatures(config)
+    tasks = [list(range(i, len(docs), 3)) for i in range(3)]
+    for task, members in enumerate(tasks):
+        hashes = []
+        for i in members:
+            token_list = tokens(docs[i]["content"])
+            enough = len(token_list) >= config.min_tokens
+            hashes.append(signer.band_hashes(signer.signature_from_tokens(token_list)) if enough else None)
+        columns = ([docs[i][key] for i in members] for key in ("license", "id"))
+        contents = [normalised_sha256(docs[i]["content"]) for i in members]
+        write_task_dedup_inputs(str(tmp_path), task, list(range(len(members))), *columns, contents, hashes)
+    run_dedup(str(tmp_path), exact=True, minhash=config, partitions=ShuffleSizing(partitions=2))
+    got: dict[int, tuple] = {}
+    for task, members in enumerate(tasks):
+        notes = read_annotations(str(tmp_path), task, len(members))
+        for row, i in enumerate(members):
+            reason = (
+                "exact_duplicate"
+                if notes.exact_duplicate[row]
+                else "near_duplicate"
+                if notes.near_duplicate[row]
+                else None
+            )
+            got[i] = (reason, notes.cluster[row].as_py())
+    expected = reference_dedup(docs, exact=True, minhash=config)
+    assert [got[i] for i in range(len(docs))] == expected
+    assert sum(r == "exact_duplicate" for r, _ in expected) >= 4 and any(r == "near_duplicate" for r, _ in expected)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -149,12 +201,22 @@ def near_duplicate_inputs() -> list[dict]:
     return [i for i in inputs if Path(i["path"]).is_dir()]
 
 
-def test_dedup_survivors_do_not_depend_on_partitions_and_runs_repeat(ray_local, tmp_path):
+def dedup_outcome(output: Path) -> tuple[list[dict], list[tuple]]:
+    """The rows the per-document steps kept, and per row (dedup removal reason, near-duplicate cluster)."""
+    rows = output_rows(output) + output_rows(output, "rejected")
+    before = [r for r in rows if r["kept"] or r["rejection_reason"] in ("exact_duplicate", "near_duplicate")]
+    return before, [(None if r["kept"] else r["rejection_reason"], r["near_dup_cluster"]) for r in before]
+
+
+def test_dedup_survivors_do_not_depend_on_partitions_and_runs_repeat(ray_local, tmp_path, reference_dedup):
     inputs = near_duplicate_inputs()
     one = run_job(make_job(inputs, tmp_path / "one", files_per_task=1000, partitions=1), tmp_path / "one")
-    many = run_job(make_job(inputs, tmp_path / "many", files_per_task=7, partitions=3), tmp_path / "many")
+    many_job = make_job(inputs, tmp_path / "many", files_per_task=7, partitions=3, keep_work=True)
+    many = run_job(many_job, tmp_path / "many")
     run_job(make_job(inputs, tmp_path / "again", files_per_task=7, partitions=3), tmp_path / "again")
     assert one["tasks"] < many["tasks"]
+    # `_work/` is removed after success unless kept
+    assert not (tmp_path / "one" / "_work").exists() and (tmp_path / "many" / "_work" / "documents").is_dir()
     survivors = {(r["repo"], r["path"]): r["near_dup_cluster"] for r in output_rows(tmp_path / "one")}
     assert survivors == {(r["repo"], r["path"]): r["near_dup_cluster"] for r in output_rows(tmp_path / "many")}
     assert output_rows(tmp_path / "many") == output_rows(tmp_path / "again")
@@ -167,6 +229,9 @@ def test_dedup_survivors_do_not_depend_on_partitions_and_runs_repeat(ray_local, 
     # every cluster keeps exactly one representative
     clusters = [c for c in survivors.values() if c is not None]
     assert len(clusters) == len(set(clusters)) > 0
+    # the same removals and clusters as the string-keyed single-process definition
+    before, outcome = dedup_outcome(tmp_path / "one")
+    assert outcome == reference_dedup(before, exact=True, minhash=many_job.minhash_config())
 
     # a crash after some tasks were written (their markers exist, the job's do not), then a rerun
     for name in ("_SUCCESS", "stats.json"):
@@ -174,7 +239,7 @@ def test_dedup_survivors_do_not_depend_on_partitions_and_runs_repeat(ray_local, 
     for marker in sorted((tmp_path / "many" / "markers").iterdir())[1:]:
         marker.unlink()
     (tmp_path / "many" / "_work" / "dedup" / "annotations.done").unlink()
-    resumed = run_job(make_job(inputs, tmp_path / "many", files_per_task=7, partitions=3), tmp_path / "many")
+    resumed = run_job(many_job, tmp_path / "many")
     assert output_rows(tmp_path / "many") == output_rows(tmp_path / "again")
     assert resumed["steps"] == many["steps"] and resumed["output"] == many["output"]
     other = make_job(inputs, tmp_path / "many", files_per_task=7, steps=["decode"])

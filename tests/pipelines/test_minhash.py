@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from datasketch import MinHash
 
 from loopcoder.jobs.commands.data import print_job_summary
-from loopcoder.pipelines.dedup import bucket_pairs, key_position
+from loopcoder.pipelines.dedup import bucket_pairs
 from loopcoder.pipelines.inspection.plots import plot_stats
 from loopcoder.pipelines.inspection.stats import collect_stats
 from loopcoder.pipelines.job import JobConfig
@@ -121,17 +121,20 @@ def test_jaccard_is_exact_on_shingle_sets():
     assert list(a) == sorted(set(a.tolist()))
 
 
-def test_bucket_pairs_collapse_copies_and_stay_within_the_window():
-    keys = [f"0|doc{i}|000000|{i:07d}" for i in range(6)]
-    # docs 0 and 3 have one content: 3 pairs with 0 only; the 5 distinct contents pair within a window of 2
-    pairs = bucket_pairs(keys[::-1], [7, 5, 4, 7, 2, 1][::-1], window=2)
-    assert (keys[0], keys[3], True) in pairs and sum(p[2] for p in pairs) == 1
-    distinct = [keys[i] for i in (0, 1, 2, 4, 5)]
-    expected = {(distinct[i], distinct[j], False) for i in range(5) for j in range(i + 1, min(i + 3, 5))}
-    assert {p for p in pairs if not p[2]} == expected
-    assert all(u < v for u, v, _ in pairs)
-    everything = bucket_pairs(keys, list(range(6)), window=32)
-    assert {(u, v) for u, v, _ in everything} == set(combinations(keys, 2))
+def test_bucket_pairs_stay_within_the_window_and_their_bucket():
+    rng = np.random.default_rng(0)
+    keys = rng.permutation(np.arange(100, 106, dtype=np.uint64))  # members of one bucket, in no order
+    one_bucket = (np.zeros(6, np.uint8), np.full(6, 42, np.uint64), keys)
+    u, v = bucket_pairs(*one_bucket, window=2)
+    ordered = sorted(keys.tolist())
+    expected = {(ordered[i], ordered[j]) for i in range(6) for j in range(i + 1, min(i + 3, 6))}
+    assert set(zip(u.tolist(), v.tolist(), strict=True)) == expected and len(u) == len(expected)
+    u, v = bucket_pairs(*one_bucket, window=32)
+    assert set(zip(u.tolist(), v.tolist(), strict=True)) == set(combinations(ordered, 2))
+    # the same hash in another band, and a bucket of one, pair nothing across buckets
+    band = np.array([0, 0, 0, 1, 1, 2], np.uint8)
+    u, v = bucket_pairs(band, np.full(6, 42, np.uint64), np.arange(6, dtype=np.uint64), window=32)
+    assert set(zip(u.tolist(), v.tolist(), strict=True)) == {(0, 1), (0, 2), (1, 2), (3, 4)}
 
 
 def test_candidate_probability_matches_the_measured_band_collisions(signer):
@@ -161,7 +164,7 @@ def write_corpus(texts: list[str], folder: Path) -> list[Path]:
     return paths
 
 
-def test_dedup_quality_on_real_near_duplicates(ray_local, tmp_path, capsys):
+def test_dedup_quality_on_real_near_duplicates(ray_local, tmp_path, capsys, reference_dedup):
     """Pair precision and recall of the job's near-duplicate pairs against exact Jaccard over all pairs."""
     texts = near_duplicate_corpus()
     assert len(texts) > 300, "the corpus needs pip, setuptools and the packages they vendor"
@@ -170,6 +173,7 @@ def test_dedup_quality_on_real_near_duplicates(ray_local, tmp_path, capsys):
         "name": "quality", "output": str(tmp_path / "out"),
         "inputs": [{"kind": "directory", "path": str(tmp_path / "corpus"), "repo": "corpus", "include": ["*.py"]}],
         "steps": ["decode", "minhash_dedup"], "tasks": {"files_per_task": 150}, "ray": {"shuffle_partitions": 2},
+        "keep_work": True,
     })  # fmt: skip
     stats = run_job(job, tmp_path / "out")
     work = tmp_path / "out" / "_work"
@@ -180,9 +184,11 @@ def test_dedup_quality_on_real_near_duplicates(ray_local, tmp_path, capsys):
             documents[(task, row)] = int(name[4:8])
     assert sorted(documents.values()) == list(range(len(texts)))
     scored = pq.read_table(work / "dedup" / "verified").to_pylist()
+    ranks = pq.read_table(work / "dedup" / "ranks", columns=["rank", "task", "row"]).to_pylist()
+    position = {r["rank"]: (r["task"], r["row"]) for r in ranks}
 
-    def index(key: str) -> int:
-        return documents[key_position(key)]
+    def index(rank: int) -> int:
+        return documents[position[rank]]
 
     # copies of one content are one point: a bucket pairs a copy with its first copy only, and a pair found
     # for one copy holds for all of them
@@ -232,3 +238,7 @@ def test_dedup_quality_on_real_near_duplicates(ray_local, tmp_path, capsys):
     removed = [r for r in output_rows(tmp_path / "out", "rejected") if r["rejection_reason"] == "near_duplicate"]
     assert removed and {r["near_dup_cluster"] for r in removed} <= set(kept.values())
     assert len(removed) + len(kept) == len(texts)
+    # the same removals and clusters as the string-keyed single-process definition
+    rows = output_rows(tmp_path / "out") + removed
+    expected = reference_dedup(rows, exact=False, minhash=MinhashConfig())
+    assert [(None if r["kept"] else r["rejection_reason"], r["near_dup_cluster"]) for r in rows] == expected

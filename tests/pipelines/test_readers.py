@@ -116,3 +116,97 @@ def test_table_readers_understand_the_stack_columns(tmp_path):
     _, _, docs = read_all([{"kind": "jsonl", "path": str(tmp_path / "data.jsonl")}])
     assert [d["reader_reason"] for d in docs] == [None, None, "bad_record"]
     assert docs[0]["size_bytes"] == len(rows[0]["content"])
+
+
+def test_stack_v2_columns_flags_and_licences(tmp_path):
+    rows = [
+        {"blob_id": "b1", "content": "def f():\n    return 1\n", "repo_name": "o/r", "path": "src/f.py",
+         "language": "Python", "detected_licenses": ["Apache-2.0", "MIT"], "revision_id": "r1",
+         "is_vendor": False, "is_generated": False},
+        {"blob_id": "b2", "content": "x = 2\n", "repo_name": "o/r", "path": "third_party/x.py",
+         "language": "Python", "detected_licenses": [], "revision_id": "r1", "is_vendor": True, "is_generated": False},
+        {"blob_id": "b3", "content": "y = 3\n", "repo_name": "o/r", "path": "gen/y.py",
+         "language": "Python", "detected_licenses": [], "revision_id": "r1", "is_vendor": False, "is_generated": True},
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "v2.parquet")
+    _, errors, docs = read_all([{"kind": "parquet", "path": str(tmp_path / "v2.parquet")}])
+    assert errors == {}
+    assert [(d["id"], d["revision"], d["reader_reason"]) for d in docs] == [
+        ("b1", "r1", None), ("b2", "r1", "vendor"), ("b3", "r1", "generated")
+    ]  # fmt: skip
+    assert docs[0]["license"] == "Apache-2.0" and docs[0]["licenses"] == ["Apache-2.0", "MIT"]
+    kept = read_all([{"kind": "parquet", "path": str(tmp_path / "v2.parquet"), "keep_vendor": True}])[2]
+    assert [d["reader_reason"] for d in kept] == [None, None, "generated"]
+
+
+def test_a_table_without_content_is_a_one_line_input_error_at_planning(tmp_path):
+    listing = [{"blob_id": "b1", "path": "a.py", "repo_name": "o/r"}]  # The Stack v2 as published: ids, no content
+    pq.write_table(pa.Table.from_pylist(listing), tmp_path / "ids.parquet")
+    (tmp_path / "ids.jsonl").write_text(json.dumps(listing[0]) + "\n")
+    (tmp_path / "good.jsonl").write_text(json.dumps({"content": "x = 1\n"}) + "\n")
+    inputs = [
+        {"kind": "parquet", "path": str(tmp_path / "ids.parquet")},
+        {"kind": "jsonl", "path": str(tmp_path / "ids.jsonl")},
+        {"kind": "jsonl", "path": str(tmp_path / "good.jsonl"), "columns": {"content": "code"}},
+        {"kind": "jsonl", "path": str(tmp_path / "good.jsonl")},
+    ]
+    tasks, errors = plan_tasks(inputs)
+    assert [t["input"] for t in tasks] == [3]
+    assert set(errors) == {f"{i}:{inputs[i]['path']}" for i in range(3)}
+    for message in errors.values():
+        assert "\n" not in message and "no content column" in message
+    assert "found blob_id, path, repo_name" in errors[f"0:{tmp_path / 'ids.parquet'}"]
+    assert "'code' (columns.content)" in errors[f"2:{tmp_path / 'good.jsonl'}"]
+
+
+def test_jsonl_is_split_by_bytes_on_line_boundaries_without_losing_or_doubling_a_line(tmp_path):
+    lines = [
+        json.dumps({"content": f"v{i} = '{'é' * (i % 7)}{'x' * (i * 13 % 41)}'\n", "id": f"d{i}"}) for i in range(60)
+    ]
+    lines[10], lines[30] = "", "not json"  # a blank line (skipped) and a bad record (counted)
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    size = path.stat().st_size
+    expected = [line for line in lines if line.strip()]
+    for bytes_per_task in (1, 2, 37, 100, 1000, size, 10 * size):
+        tasks, errors, docs = read_all([{"kind": "jsonl", "path": str(path)}], bytes_per_task=bytes_per_task)
+        assert errors == {} and len(tasks) == -(-size // bytes_per_task)
+        got = [d["id"] if d["reader_reason"] is None else "bad" for d in docs]
+        assert got == [json.loads(line)["id"] if line != "not json" else "bad" for line in expected], bytes_per_task
+    unterminated = tmp_path / "tail.jsonl"
+    unterminated.write_bytes(b'{"content": "a = 1"}\n{"content": "b = 2"}')  # no final newline
+    for bytes_per_task in (1, 5, 25, 100):
+        docs = read_all([{"kind": "jsonl", "path": str(unterminated)}], bytes_per_task=bytes_per_task)[2]
+        assert [d["content"] for d in docs] == ["a = 1", "b = 2"]
+
+
+def test_each_parquet_row_group_is_read_once_by_one_task(tmp_path, monkeypatch):
+    from loopcoder.pipelines import filesystem as fs
+
+    rows = [{"content": f"x = {i}\n", "path": f"f{i}.py"} for i in range(23)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet", row_group_size=3)
+    reads: list[tuple[int, int]] = []  # (task, row group)
+    current = {"task": -1}
+
+    class CountingParquetFile(pq.ParquetFile):
+        def read_row_group(self, i, *args, **kwargs):
+            reads.append((current["task"], i))
+            return super().read_row_group(i, *args, **kwargs)
+
+        def read_row_groups(self, row_groups, *args, **kwargs):
+            reads.extend((current["task"], i) for i in row_groups)
+            return super().read_row_groups(row_groups, *args, **kwargs)
+
+    # every Parquet read of the readers goes through `filesystem.parquet_file`
+    monkeypatch.setattr(fs, "parquet_file", lambda location: CountingParquetFile(fs.open_input_file(location)))
+    for rows_per_task in (1, 3, 4, 7, 100):
+        reads.clear()
+        spec = {"kind": "parquet", "path": str(tmp_path / "t.parquet")}
+        tasks, errors = plan_tasks([spec], rows_per_task=rows_per_task)
+        docs = []
+        for task in tasks:
+            current["task"] = task["task"]
+            docs += list(read_task(task, spec))
+        assert errors == {} and [d["path"] for d in docs] == [r["path"] for r in rows]
+        assert sorted(group for _, group in reads) == list(range(8)), rows_per_task  # 8 row groups, each read once
+        assert all(task["rows"][1] - task["rows"][0] >= min(rows_per_task, 3) for task in tasks[:-1])
