@@ -20,18 +20,9 @@ from loopcoder.postrain.grpo.loss import group_advantages
 from loopcoder.postrain.grpo.rollout import encode_prompts
 from loopcoder.postrain.grpo.synthetic import supervised_warm_start
 from loopcoder.postrain.grpo.trainer import GRPOTrainer
+from loopcoder.postrain.sft.sample_data import TINY_MODEL
 
-TINY = dict(
-    vocab_size=8192,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    num_loops=2,
-    loop_window=64,
-    max_position_embeddings=512,
-)
+TINY = dict(TINY_MODEL, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +59,7 @@ def tiny_config(model_dir, out_dir, **overrides) -> GRPOConfig:
         save_interval=0,
         save_final_model=False,
         progress_bar=False,
-        tensorboard=False,
+        report_to=[],
         cpu_threads=1,
     )
     fields.update(overrides)
@@ -286,3 +277,4 @@ def test_held_out_pass_at_1_and_sandbox_verdicts_are_logged(warm_model, tmp_path
         assert r["sandbox/passed"] == pytest.approx(r["reward_mean"] * 32)  # one test per problem (max_tests 1)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "eval/pass@1" in line] == [0, 2, 3]
+
