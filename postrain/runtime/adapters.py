@@ -92,24 +92,12 @@ def apply_lora(model, settings: PeftSettings, base_model_name_or_path: str | Non
     return get_peft_model(model, settings.lora_config(base_model_name_or_path))
 
 
-def is_peft_model(model) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-
-
 def save_adapter(model, state: dict[str, torch.Tensor], out_dir: Path, tokenizer=None) -> Path:
     """Writes the adapter part of `state` (the full PEFT module's state dict, e.g. gathered under ZeRO-3) as a
     PEFT directory. Rank 0 only."""
-    import shutil
+    from .checkpoint import write_pretrained
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=state)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    return write_pretrained(model, out_dir, tokenizer, state_dict=state)
 
 
 def merged_state_dict(adapter_dir: Path, base_model_name_or_path: str) -> dict[str, torch.Tensor]:
@@ -127,7 +115,6 @@ __all__ = [
     "DEFAULT_TARGET_MODULES",
     "PeftSettings",
     "apply_lora",
-    "is_peft_model",
     "merged_state_dict",
     "save_adapter",
 ]
