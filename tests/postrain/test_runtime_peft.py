@@ -11,6 +11,7 @@ from loopcoder.model.tokenizer import load_tokenizer
 from loopcoder.postrain.grpo import GRPOConfig
 from loopcoder.postrain.grpo.trainer import GRPOTrainer
 from loopcoder.postrain.runtime.adapters import DEFAULT_TARGET_MODULES, PeftSettings
+from loopcoder.postrain.runtime.logprobs import causal_lm
 from loopcoder.postrain.sft import SFTConfig
 from loopcoder.postrain.sft.sample_data import TINY_MODEL, build_stdlib_shards, tiny_run_config
 from loopcoder.postrain.sft.trainer import SFTTrainer
@@ -113,11 +114,20 @@ def test_grpo_lora_trains_adapters_only_with_the_base_as_reference(base_dir, tmp
         progress_bar=False,
         cpu_threads=1,
         peft={"r": 4, "alpha": 8, "dropout": 0.0},
+        logprob_chunk_size=5,
     )
     trainer = GRPOTrainer(config, reward_fns=[length_reward])
     assert trainer.ref_model is None  # no copy of the model: the base without adapters is the reference
     before = split_weights(trainer.engine.module)
+    trained_logits = []
+    head = causal_lm(trainer.engine).lm_head
+    hook = head.register_forward_hook(
+        lambda m, a, out: trained_logits.append(out.shape) if out.requires_grad else None
+    )
     result = trainer.train()
+    hook.remove()
+    # the update's logits (forward and recomputation in backward) never exceed 5 tokens at a time
+    assert trained_logits and max(shape.numel() for shape in trained_logits) <= 5 * 8192
     assert all("kl" in r for r in result.history if "loss" in r)
     kls = [r["kl"] for r in result.history if "kl" in r]
     assert kls[0] == pytest.approx(0.0, abs=1e-7) and kls[-1] > 0  # policy = base until the adapters move
