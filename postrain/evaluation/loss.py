@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
+from loopcoder.postrain.runtime.logprobs import token_log_probs
 from loopcoder.schemas import PACKED_SEQUENCE
 
 logger = logging.getLogger(__name__)
@@ -83,9 +83,15 @@ def collate_rows(rows: list[dict], mode: str, pad_id: int = 0) -> dict[str, torc
 
 @torch.no_grad()
 def evaluate_loss(
-    model, data: str | Path | list[dict], batch_size: int = 4, max_rows: int | None = None, mode: str = "sft"
+    model,
+    data: str | Path | list[dict],
+    batch_size: int = 4,
+    max_rows: int | None = None,
+    mode: str = "sft",
+    logprob_chunk_size: int = 1024,
 ) -> dict:
-    """Token-mean loss and perplexity per category and overall; `data` is a shard directory or rows."""
+    """Token-mean loss and perplexity per category and overall; `data` is a shard directory or rows. The per-token
+    losses are the SFT trainer's (`runtime.logprobs`, `logprob_chunk_size` tokens of fp32 logits at a time)."""
     if mode not in LOSS_MODES:
         raise ValueError(f"mode must be one of {LOSS_MODES}, got {mode!r}")
     rows = read_packed_rows(data, max_rows) if isinstance(data, str | Path) else list(data)[:max_rows]
@@ -103,14 +109,14 @@ def evaluate_loss(
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch = collate_rows(chunk, mode)
-        logits = model(
+        scores = token_log_probs(
+            model,
+            batch["targets"].to(model.device),
+            chunk_size=logprob_chunk_size,
             input_ids=batch["input_ids"].to(model.device),
             position_ids=batch["position_ids"].to(model.device),
-            use_cache=False,
-        ).logits
-        targets = batch["targets"].to(model.device)
-        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        losses = losses.view(targets.shape) * batch["weights"].to(model.device)
+        )
+        losses = -scores.log_probs * batch["weights"].to(model.device)
         for row, loss, count in zip(chunk, losses.sum(-1).tolist(), batch["weights"].sum(-1).tolist(), strict=True):
             entry = sums.setdefault(row["category"], [0.0, 0.0])
             entry[0] += loss

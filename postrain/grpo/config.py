@@ -126,6 +126,8 @@ class GRPOConfig(TrainerConfig):
         precision (str, defaults to "auto"): "fp32", "bf16", or "auto" (bf16 on GPU, fp32 on CPU).
         cpu_threads (int | None, defaults to None): torch threads per process on CPU (None = cores / processes).
         deterministic (bool, defaults to False): deterministic kernels (`torch.use_deterministic_algorithms`).
+        logprob_chunk_size (int, defaults to 1024): completion tokens whose fp32 logits exist at once when the
+            rollout, reference and update log-probabilities (and the entropy) are computed; 0 = a micro-batch at once.
 
     Parameters that control the run:
         max_steps (int, defaults to 500): generation batches (RL steps); the recipe's ~500.
@@ -135,7 +137,9 @@ class GRPOConfig(TrainerConfig):
         "never"; or a checkpoint directory), save_final_model (bool, defaults to True, `output_dir/final`),
         released_format (bool, defaults to False: the final model as `iquestpltcoder`).
         log_interval (int, defaults to 1), log_completions (int, defaults to 2: completions printed to
-            `completions.jsonl` per step), tensorboard (bool, defaults to True), progress_bar (bool, defaults to True).
+            `completions.jsonl` per step), report_to (list[str], defaults to ["tensorboard"]: "tensorboard", "wandb",
+            "mlflow" or none), run_name (str | None, defaults to None: the name of `output_dir`), progress_bar (bool,
+            defaults to True).
 
     Defaults that differ from TRL's `GRPOConfig`: `steps_per_generation=4` (TRL: the accumulation steps, hence one
     optimizer step and no clipping), `epsilon_high=0.28` (TRL: `epsilon`), `num_generations=16` (TRL: 8).

@@ -16,8 +16,7 @@ from collections.abc import Callable
 
 from loopcoder.postrain.runtime import collectives
 
-from .data import render_prompt
-from .rollout import generate_rollouts, score_completions
+from .rollout import sample_problems, score_completions
 
 
 class PassAtOneEvaluator:
@@ -38,21 +37,13 @@ class PassAtOneEvaluator:
         passed = scored = rate_sum = unscored = 0.0
         with trainer.generation_context():
             if mine:
-                prompts = [
-                    render_prompt(trainer.tokenizer, p, config.system_prompt, config.prompt_suffix) for p in mine
-                ]
-                rollout = generate_rollouts(
+                rollout = sample_problems(
                     trainer.engine.module,
                     trainer.tokenizer,
-                    prompts,
-                    num_generations=config.eval_samples,
-                    max_new_tokens=config.max_completion_length,
-                    max_prompt_length=config.max_prompt_length,
-                    temperature=config.eval_temperature,
-                    top_p=config.top_p,
-                    top_k=config.top_k,
-                    batch_size=config.generation_batch_size,
-                    decode_schedule=config.decode_schedule,
+                    mine,
+                    config,
+                    config.eval_samples,
+                    config.eval_temperature,
                 )
         if mine:
             per_completion = [p for p in mine for _ in range(config.eval_samples)]

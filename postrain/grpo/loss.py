@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from loopcoder.postrain.runtime.logprobs import scores_from_hidden
+
 
 def group_advantages(
     rewards: torch.Tensor, group_size: int, scale: str = "group", epsilon: float = 1e-4
@@ -126,20 +128,15 @@ def aggregate_loss(
 
 
 def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """[B, T] log π(token) from [B, T, V] logits (fp32; divided by the sampling temperature)."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return torch.gather(torch.log_softmax(logits, -1), -1, tokens[..., None]).squeeze(-1)
+    """[B, T] log π(token) from [B, T, V] logits (fp32; divided by the sampling temperature). The trainer scores
+    from hidden states a chunk at a time (`runtime.logprobs`); this is the same computation on given logits."""
+    return scores_from_hidden(torch.nn.Identity(), logits, tokens, 0, temperature).log_probs
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """[B, T] entropy of the sampling distribution at each position."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, -1)
-    return -(logp.exp() * logp).sum(-1)
+    """[B, T] entropy of the sampling distribution at each position (no gradient)."""
+    targets = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    return scores_from_hidden(torch.nn.Identity(), logits, targets, 0, temperature, entropy=True).entropy
 
 
 __all__ = [

@@ -6,7 +6,7 @@
 Generation is batched and left-padded, runs with the model's cache and its cross-loop-parallel decode
 schedule (`decode_schedule="parallel"`), and samples at the given temperature / top-p / top-k (temperature 0:
 greedy). The trainer scores the sampled tokens with the same temperature-scaled distribution
-(`loss.token_log_probs(logits, tokens, temperature)`), for both the old and the new policy. A reward call
+(`runtime.logprobs.token_log_probs(..., temperature=...)`), for both the old and the new policy. A reward call
 runs on a daemon thread with a deadline, so a call that hangs or crashes costs at most its timeout and its
 completions come back as `None` (the trainer then applies `infra_error_reward`).
 """
@@ -148,6 +148,30 @@ def generate_rollouts(
     return Rollout(ids, mask, completions, completion_mask, truncated, texts)
 
 
+def sample_problems(
+    model, tokenizer, problems: Sequence[dict], config, num_generations: int, temperature: float
+) -> Rollout:
+    """`num_generations` completions of each problem's chat prompt (`system_prompt`, `prompt_suffix`) with the run's
+    generation settings (`max_completion_length`, `max_prompt_length`, `top_p`, `top_k`, `generation_batch_size`,
+    `decode_schedule`): the rollouts of training and the completions of evaluation alike."""
+    from .data import render_prompt
+
+    prompts = [render_prompt(tokenizer, p, config.system_prompt, config.prompt_suffix) for p in problems]
+    return generate_rollouts(
+        model,
+        tokenizer,
+        prompts,
+        num_generations=num_generations,
+        max_new_tokens=config.max_completion_length,
+        max_prompt_length=config.max_prompt_length,
+        temperature=temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        batch_size=config.generation_batch_size,
+        decode_schedule=config.decode_schedule,
+    )
+
+
 def _call_with_deadline(fn: Callable, timeout: float, *args, **kwargs) -> tuple[Any, str | None]:
     """(result, None) or (None, reason) when `fn` raised or did not return within `timeout` seconds.
 
@@ -220,5 +244,6 @@ __all__ = [
     "encode_prompts",
     "eos_ids",
     "generate_rollouts",
+    "sample_problems",
     "score_completions",
 ]

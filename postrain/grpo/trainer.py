@@ -37,12 +37,13 @@ from typing import Any
 import torch
 
 from loopcoder.postrain.runtime import collectives
+from loopcoder.postrain.runtime.logprobs import TokenScores, token_log_probs
 from loopcoder.postrain.runtime.model import build_model, build_tokenizer
 from loopcoder.postrain.runtime.trainer import Callback, Trainer, TrainResult
 from loopcoder.postrain.sandbox.runners import VERDICTS
 
 from .config import GRPOConfig
-from .data import ProblemStream, load_problems, render_prompt, split_heldout
+from .data import ProblemStream, load_problems, split_heldout
 from .evaluation import PassAtOneEvaluator
 from .loss import (
     clipped_surrogate,
@@ -51,12 +52,10 @@ from .loss import (
     loss_denominator,
     loss_numerator,
     overlong_penalty,
-    token_entropy,
-    token_log_probs,
     zero_variance_groups,
 )
 from .metrics import Collected, step_metrics
-from .rollout import generate_rollouts, score_completions
+from .rollout import sample_problems, score_completions
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +187,11 @@ class GRPOTrainer(Trainer):
             self.evaluator = PassAtOneEvaluator(eval_set, pass_rate_function(config, self.sandbox_pool), config)
 
         model = build_model(config, self.accumulation)
-        # beta = 0: no reference model exists at all (nothing loaded, nothing kept in memory)
+        # beta = 0: no reference model exists at all (nothing loaded, nothing kept in memory); with LoRA the
+        # reference is the frozen base itself, the policy with its adapters switched off
+        self.use_reference = config.beta > 0
         self.ref_model = None
-        if config.beta > 0:
+        if self.use_reference and config.peft is None:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.device)
         self.setup_engine(model, self.accumulation)
         self.optimizer_steps = 0
@@ -221,17 +222,27 @@ class GRPOTrainer(Trainer):
             return config.learning_rate * (self.optimizer_steps + 1) / config.warmup_steps
         return config.learning_rate
 
-    def _forward_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, C, V] logits predicting each completion token."""
-        width_c = batch["targets"].shape[1]
-        out = model(
+    def _scores(self, model, batch: dict[str, torch.Tensor], entropy: bool = False) -> TokenScores:
+        """Log-probabilities (and entropies) of each completion token, `logprob_chunk_size` tokens at a time."""
+        width_p = int(batch["prompt_width"])
+        return token_log_probs(
+            model,
+            batch["targets"].to(self.device),
+            chunk_size=self.config.logprob_chunk_size,
+            temperature=self.config.temperature,
+            entropy=entropy,
+            positions=slice(width_p - 1, -1),
             input_ids=batch["input_ids"].to(self.device),
             attention_mask=batch["attention_mask"].to(self.device),
             position_ids=batch["position_ids"].to(self.device),
-            use_cache=False,
-            logits_to_keep=width_c + 1,
         )
-        return out.logits[:, :-1]
+
+    def reference_scores(self, batch: dict[str, torch.Tensor]) -> TokenScores:
+        """Log-probabilities under the reference policy: the frozen copy, or with LoRA the base without adapters."""
+        if self.ref_model is not None:
+            return self._scores(self.ref_model, batch)
+        with self.engine.module.disable_adapter():
+            return self._scores(self.engine.module, batch)
 
     def generation_context(self):
         """Around `generate`: under ZeRO-3 the weights are gathered (a collective: every rank enters it)."""
@@ -244,21 +255,10 @@ class GRPOTrainer(Trainer):
     def _rollout_round(self, problems: list[dict]) -> tuple[list[Sample], dict[str, float], float, float]:
         """(samples, the reward calls' info, generation seconds, reward seconds) of one round on this rank."""
         config = self.config
-        prompts = [render_prompt(self.tokenizer, p, config.system_prompt, config.prompt_suffix) for p in problems]
         started = time.perf_counter()
         with self.generation_context():
-            rollout = generate_rollouts(
-                self.engine.module,
-                self.tokenizer,
-                prompts,
-                num_generations=config.num_generations,
-                max_new_tokens=config.max_completion_length,
-                max_prompt_length=config.max_prompt_length,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                top_k=config.top_k,
-                batch_size=config.generation_batch_size,
-                decode_schedule=config.decode_schedule,
+            rollout = sample_problems(
+                self.engine.module, self.tokenizer, problems, config, config.num_generations, config.temperature
             )
         generation_time = time.perf_counter() - started
         per_completion = [p for p in problems for _ in range(config.num_generations)]
@@ -341,19 +341,18 @@ class GRPOTrainer(Trainer):
         log-probabilities of its completion tokens under the temperature-scaled distribution it was sampled from."""
         config = self.config
         need_old = config.optimizer_steps_per_generation > 1
-        if not need_old and self.ref_model is None:
+        if not need_old and not self.use_reference:
             return
         self.engine.module.eval()
         for start in range(0, len(samples), config.micro_batch_size):
             chunk = samples[start : start + config.micro_batch_size]
             batch = collate(chunk, self.pad)
-            targets = batch["targets"].to(self.device)
             if need_old:
-                logp = token_log_probs(self._forward_logits(self.engine.module, batch), targets, config.temperature)
+                logp = self._scores(self.engine.module, batch).log_probs
                 for row, s in enumerate(chunk):
                     s.old_logp = logp[row, : len(s.completion)].cpu()
-            if self.ref_model is not None:
-                logp = token_log_probs(self._forward_logits(self.ref_model, batch), targets, config.temperature)
+            if self.use_reference:
+                logp = self.reference_scores(batch).log_probs
                 for row, s in enumerate(chunk):
                     s.ref_logp = logp[row, : len(s.completion)].cpu()
         self.engine.module.train()
@@ -388,16 +387,15 @@ class GRPOTrainer(Trainer):
                 grad_norm = float("nan")
                 for micro, (chunk, mask) in enumerate(zip(micro_batches, masks, strict=True)):
                     batch = collate(chunk, self.pad)
-                    logits = self._forward_logits(self.engine, batch)
-                    targets = batch["targets"].to(self.device)
-                    logp = token_log_probs(logits, targets, config.temperature)
-                    width = targets.shape[1]
+                    scores = self._scores(self.engine, batch, entropy=True)
+                    logp = scores.log_probs
+                    width = logp.shape[1]
                     old = logp.detach() if chunk[0].old_logp is None else self._padded(chunk, "old_logp", width)
                     advantages = torch.tensor([s.advantage for s in chunk], dtype=torch.float32)
                     per_token, low, high = clipped_surrogate(
                         logp, old.to(self.device), advantages.to(self.device), config.epsilon, config.clip_high
                     )
-                    if self.ref_model is not None:
+                    if self.use_reference:
                         kl = kl_k3(logp, self._padded(chunk, "ref_logp", width).to(self.device))
                         per_token = per_token + config.beta * kl
                         sums["kl"] += float((kl.detach().cpu() * mask).sum())
@@ -413,7 +411,7 @@ class GRPOTrainer(Trainer):
                         sums["tokens"] += float(m.sum())
                         sums["clip_low"] += float((low.cpu().float() * m).sum())
                         sums["clip_high"] += float((high.cpu().float() * m).sum())
-                        sums["entropy"] += float((token_entropy(logits.detach(), config.temperature).cpu() * m).sum())
+                        sums["entropy"] += float((scores.entropy.cpu() * m).sum())
                         sums["loss"] += float(numerator.detach()) / denominator
                         sums["ratio_dev"] += float(
                             ((logp.detach() - old.to(logp.device)).exp().cpu() - 1).abs().mul(m).sum()
@@ -435,7 +433,7 @@ class GRPOTrainer(Trainer):
             "lr": self._lr(),
             "optimizer_steps": float(self.optimizer_steps),
         }
-        if self.ref_model is not None:
+        if self.use_reference:
             record["kl"] = reduced["kl"] / tokens
         return record
 

@@ -8,7 +8,10 @@
 | `model.py` | the one model builder and tokenizer loader |
 | `trainer.py` | `Trainer`: resume, the step loop with callbacks, logging, checkpoints, gradient norm, final model |
 | `checkpoint.py` | atomic checkpoints, exact resume, the final Hugging Face model |
-| `metrics.py` | `metrics.jsonl`, TensorBoard, the progress bar |
+| `metrics.py` | `metrics.jsonl`, the trackers of `report_to`, the progress bar |
+| `trackers.py` | `report_to`: TensorBoard, Weights & Biases, MLflow (rank 0) |
+| `adapters.py` | LoRA (`peft:` block): the wrapped model, the adapter export, the merged model |
+| `logprobs.py` | per-token log-probabilities and entropy, a chunk of fp32 logits at a time |
 
 Nothing here imports deepspeed at module import time except `trainer.py` (through `distributed`), so
 that `DS_ACCELERATOR` can be set first.

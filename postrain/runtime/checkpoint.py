@@ -202,9 +202,15 @@ def save_hf_model(state: dict[str, torch.Tensor], model_config, out_dir: Path, r
         model_class = IQuestPLTCoderForCausalLM
     model = model_class(config)
     model.load_state_dict(state, strict=True)
+    return write_pretrained(model, out_dir, tokenizer)
+
+
+def write_pretrained(model, out_dir: Path, tokenizer=None, **save_kwargs) -> Path:
+    """`model.save_pretrained` (a model or a PEFT adapter) and the tokenizer into a temporary directory, renamed to
+    `out_dir` when complete."""
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **save_kwargs)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if out_dir.exists():
@@ -223,4 +229,5 @@ __all__ = [
     "full_state_dict",
     "save_hf_model",
     "step_name",
+    "write_pretrained",
 ]

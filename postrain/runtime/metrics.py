@@ -3,18 +3,19 @@
 Keys: `step`, `phase`, `loss` (token mean over the global batch), `lr`, `grad_norm`, `tokens_per_s`
 (non-padding tokens of all ranks per second), `step_time_s`, `loss/<category>`, `gate_mean/loop<r>`
 (mean gate of loop r over layers, heads and tokens: the share of the global branch), `eval_loss` and
-`eval_loss/<set>` when evaluated. TensorBoard events are written only when the `tensorboard`
-package is installed (torch's writer needs it); otherwise this is logged once and the JSONL remains.
+`eval_loss/<set>` when evaluated. The trackers of `report_to` (TensorBoard, W&B, MLflow: `trackers.py`)
+get the same records' finite numbers at their step.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from .trackers import open_trackers, scalars
 
 logger = logging.getLogger(__name__)
 
@@ -24,19 +25,15 @@ class MetricsLogger:
         self.enabled = enabled
         self.history: list[dict[str, Any]] = []
         self._file = None
-        self._tensorboard = None
+        self._trackers: list = []
         self._bar = None
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(output_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
-            except ImportError:
-                logger.warning("tensorboard is not installed: metrics go to metrics.jsonl only")
+        if config.report_to:
+            run_name = config.run_name or output_dir.resolve().name
+            self._trackers = open_trackers(config.report_to, output_dir, run_name, config.to_dict())
         if config.progress_bar:
             from tqdm import tqdm
 
@@ -48,10 +45,9 @@ class MetricsLogger:
             return
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
-        if self._tensorboard is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                    self._tensorboard.add_scalar(key, value, record["step"])
+        values = scalars(record)
+        for tracker in self._trackers:
+            tracker.log(values, record["step"])
         if self._bar is not None:
             shown = {k: record[k] for k in ("loss", "lr", "tokens_per_s", "eval_loss") if k in record}
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
@@ -63,8 +59,9 @@ class MetricsLogger:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []
         if self._file is not None:
             self._file.close()
 

@@ -13,7 +13,9 @@ def build_model(config, gradient_accumulation_steps: int = 1):
 
     Under ZeRO-3 a checkpoint is loaded partitioned (`sharded_model.build_model_for_zero`): no rank ever holds the
     whole model on the host (the process group must exist already). A fresh model from `model_config` is built
-    whole and seeded, then partitioned by the engine, so that its initial weights equal a one-process run's."""
+    whole and seeded, then partitioned by the engine, so that its initial weights equal a one-process run's.
+    With a `peft` block the model is returned inside a PEFT wrapper whose only trainable parameters are the
+    adapters (`adapters.apply_lora`)."""
     from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
 
     from .distributed import deepspeed_config
@@ -47,6 +49,10 @@ def build_model(config, gradient_accumulation_steps: int = 1):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    if config.peft is not None:
+        from .adapters import apply_lora
+
+        model = apply_lora(model, config.peft, config.model_name_or_path)
     return model
 
 

@@ -8,7 +8,7 @@
 `Trainer.train()` resumes from the newest complete checkpoint, then for each step runs the callbacks,
 `train_step`, logs the record every `log_interval` steps (and the last step), calls `after_step`, saves
 every `save_interval` steps, and at the end saves (when it advanced since the resume) and writes
-`output_dir/final`. `engine_step` steps DeepSpeed and returns the gradient norm (before clipping) at the
+`output_dir/final` (the model, or with LoRA the adapter: `adapters.py`). `engine_step` steps DeepSpeed and returns the gradient norm (before clipping) at the
 accumulation boundary: where DeepSpeed's bf16 or ZeRO optimizer holds the gradients, DeepSpeed clips and
 the norm is its own (`get_global_grad_norm`); with the plain torch optimizer of fp32 ZeRO-0, where `p.grad`
 is the whole gradient, the trainer clips it (`deepspeed_config` sets DeepSpeed's clipping to 0 there).
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from . import collectives
+from .adapters import merged_state_dict, save_adapter
 from .checkpoint import full_state_dict, load_checkpoint, prepare_run, save_checkpoint, save_hf_model
 from .distributed import (
     device,
@@ -193,12 +194,21 @@ class Trainer:
         )
 
     def export(self) -> Path:
-        """Collective: the full model (and the tokenizer) as a Hugging Face directory `output_dir/final`."""
+        """Collective: the full model (and the tokenizer) as a Hugging Face directory `output_dir/final`; with LoRA
+        the adapter there, and with `merge_on_export` the merged model in `output_dir/final_merged`."""
         state = full_state_dict(self.engine, self.zero_stage)
         out = self.output_dir / "final"
         if self.rank == 0:
             tokenizer = self.tokenizer if self.tokenizer is not None else build_tokenizer(self.config)
-            save_hf_model(state, self.model_config, out, self.config.released_format, tokenizer)
+            if self.config.peft is None:
+                save_hf_model(state, self.model_config, out, self.config.released_format, tokenizer)
+            else:
+                save_adapter(self.engine.module, state, out, tokenizer)
+                if self.config.peft.merge_on_export:
+                    merged = merged_state_dict(out, self.config.model_name_or_path)
+                    merged_dir = self.output_dir / "final_merged"
+                    save_hf_model(merged, self.model_config, merged_dir, self.config.released_format, tokenizer)
+                    (merged_dir / "training_config.yaml").write_text(self.resolved_config(), encoding="utf-8")
             (out / "training_config.yaml").write_text(self.resolved_config(), encoding="utf-8")
         collectives.barrier()
         return out

@@ -89,8 +89,11 @@ class SFTConfig(TrainerConfig):
             directory's, else the bundled one), "bundled", a directory, or None.
         released_format (bool, defaults to False): write the final model in the released LoopCoder-V2 format
             (`model_type: iquestpltcoder`).
-        log_interval (int, defaults to 1): steps between metric records (JSONL, TensorBoard, progress bar).
-        tensorboard (bool, defaults to True): also write TensorBoard events (when `tensorboard` is installed).
+        log_interval (int, defaults to 1): steps between metric records (JSONL, trackers, progress bar).
+        report_to (list[str], defaults to ["tensorboard"]): trackers that get every metric record besides
+            `metrics.jsonl`: "tensorboard", "wandb", "mlflow" (rank 0 only; docs/training.md); "none" or [] for
+            none. A tracker whose package is missing is an error when the config is built.
+        run_name (str | None, defaults to None): the trackers' run name (None: the name of `output_dir`).
         progress_bar (bool, defaults to True): a tqdm bar on rank 0.
         log_gate_means (bool, defaults to True): record the per-loop mean gate at each log step.
 
@@ -105,6 +108,11 @@ class SFTConfig(TrainerConfig):
             workspace config set before CUDA starts), so that a GPU recomputation is bitwise equal and the
             default tolerance is 0. Slower on GPU; CPU runs are bitwise reproducible without it.
         silent_error_action (str, defaults to "stop"): "stop" raises with a report, "warn" logs it and goes on.
+
+    Parameters of memory:
+        logprob_chunk_size (int, defaults to 1024): tokens (of the flattened micro-batch) whose fp32 logits exist at
+            once when the loss is computed, in training and evaluation; each chunk is recomputed in the backward
+            pass. 0 = the whole micro-batch at once.
     """
 
     output_dir: str = field(default="runs/sft", metadata={"help": "checkpoints, metrics, final model"})

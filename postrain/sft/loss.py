@@ -10,19 +10,23 @@ process and many see the same gradient for the same global batch.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from loopcoder.postrain.runtime.logprobs import token_log_probs
 
 from .data import MicroBatch
 
 
-def token_losses(model, batch: MicroBatch, device: torch.device) -> torch.Tensor:
-    """`[B, T]` float32 cross entropy of each token's next-token prediction, 0 where not trained on."""
-    logits = model(
-        input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device), use_cache=False
-    ).logits
-    targets = batch.targets.to(device)
-    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
-    return losses * batch.weights.to(device)
+def token_losses(model, batch: MicroBatch, device: torch.device, chunk_size: int = 1024) -> torch.Tensor:
+    """`[B, T]` float32 cross entropy of each token's next-token prediction, 0 where not trained on; the logits
+    are made `chunk_size` tokens at a time (`runtime.logprobs`), for training and evaluation alike."""
+    scores = token_log_probs(
+        model,
+        batch.targets.to(device),
+        chunk_size=chunk_size,
+        input_ids=batch.input_ids.to(device),
+        position_ids=batch.position_ids.to(device),
+    )
+    return -scores.log_probs * batch.weights.to(device)
 
 
 def category_sums(losses: torch.Tensor, batch: MicroBatch) -> dict[str, list[float]]:

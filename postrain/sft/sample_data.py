@@ -192,7 +192,7 @@ def tiny_run_config(shards: str | Path, output_dir: str | Path, **overrides: Any
         resume="never",
         cpu_threads=1,
         progress_bar=False,
-        tensorboard=False,
+        report_to=[],
         tokenizer=None,
         log_interval=1,
     )

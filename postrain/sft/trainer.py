@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from loopcoder.postrain.runtime import collectives
+from loopcoder.postrain.runtime.logprobs import causal_lm
 from loopcoder.postrain.runtime.model import build_model
 from loopcoder.postrain.runtime.trainer import Callback, Trainer, TrainResult
 
@@ -85,14 +86,14 @@ class SFTTrainer(Trainer):
         self.planner.load_state_dict(state["data"])
 
     def _record_gates(self, on: bool) -> None:
-        for layer in self.engine.module.model.layers:
+        for layer in causal_lm(self.engine).model.layers:
             layer.self_attn.recorded_gates = [] if on else None
 
     def _gate_means(self, real: torch.Tensor) -> list[float]:
         """Mean gate per loop >= 1 over layers, heads and non-padding tokens of the last forward."""
         per_loop: dict[int, list[float]] = {}
         mask = real.to(torch.float32)
-        for layer in self.engine.module.model.layers:
+        for layer in causal_lm(self.engine).model.layers:
             for loop, gate in enumerate(layer.self_attn.recorded_gates or [], start=1):
                 value = (gate.mean(-1).cpu() * mask).sum() / mask.sum().clamp_min(1)
                 per_loop.setdefault(loop, []).append(float(value))
@@ -124,12 +125,17 @@ class SFTTrainer(Trainer):
                 rows = [stream.row(i) for i in mine[start : start + micro]]
                 if rows:
                     batch = collate(rows, self.config.mode)
-                    losses = token_losses(self.engine, batch, self.device)
+                    losses = token_losses(self.engine, batch, self.device, self.config.logprob_chunk_size)
                     total[0] += float(losses.sum())
                     total[1] += float(batch.weights.sum())
                 elif self.zero_stage == 3:
                     # ZeRO-3 forwards are collective: run a dummy row so the gathers match
-                    token_losses(self.engine, collate([stream.row(0)], self.config.mode), self.device)
+                    token_losses(
+                        self.engine,
+                        collate([stream.row(0)], self.config.mode),
+                        self.device,
+                        self.config.logprob_chunk_size,
+                    )
             loss_sum, tokens = collectives.all_reduce(total)
             results[name] = loss_sum / max(tokens, 1.0)
         self.engine.module.train()
@@ -164,7 +170,7 @@ class SFTTrainer(Trainer):
         for micro, batch in enumerate(micro_batches):
             record_gates = log_now and micro == 0 and config.log_gate_means and self.model_config.num_loops > 1
             self._record_gates(record_gates)
-            losses_t = token_losses(self.engine, batch, self.device)
+            losses_t = token_losses(self.engine, batch, self.device, self.config.logprob_chunk_size)
             if record_gates:
                 gates = self._gate_means(batch.real)
                 self._record_gates(False)
@@ -172,7 +178,7 @@ class SFTTrainer(Trainer):
             self._check_finite(loss_sum, step, micro, batch)
             if micro == 0 and self.detector.recompute_due(step):
                 with torch.no_grad():
-                    again = token_losses(self.engine, batch, self.device).sum()
+                    again = token_losses(self.engine, batch, self.device, self.config.logprob_chunk_size).sum()
                 self.detector.check_recompute(loss_sum.detach(), again, step, batch.sources[0])
             # token mean over the global batch; DeepSpeed averages over ranks, hence * world
             self.engine.backward(loss_sum * (world / max(global_tokens, 1.0)), scale_wrt_gas=False)

@@ -30,19 +30,10 @@ from loopcoder.postrain.grpo.data import render_prompt
 from loopcoder.postrain.grpo.rollout import generate_rollouts
 from loopcoder.postrain.grpo.synthetic import print_number_problems, supervised_warm_start
 from loopcoder.postrain.grpo.trainer import GRPOTrainer
+from loopcoder.postrain.sft.sample_data import TINY_MODEL
 from loopcoder.schemas.tokens import load_tokenizer
 
-TINY = dict(
-    vocab_size=8192,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    num_loops=2,
-    loop_window=64,
-    max_position_embeddings=512,
-)
+TINY = dict(TINY_MODEL, max_position_embeddings=512)
 
 
 def generation_seconds(model, tokenizer, prompts, generations, new_tokens, schedule, seed=0):
@@ -100,7 +91,7 @@ def main() -> None:
             save_interval=0,
             save_final_model=False,
             progress_bar=False,
-            tensorboard=False,
+            report_to=[],
             cpu_threads=1,
             sandbox_workers=1,
         )

@@ -39,7 +39,7 @@ def write_config(tmp_path: Path, **overrides) -> Path:
         output_dir=str(tmp_path / "run"),
         save_interval=1,
         progress_bar=False,
-        tensorboard=False,
+        report_to=[],
         cpu_threads=1,
         sandbox_workers=1,
     )

@@ -14,24 +14,15 @@ from safetensors.torch import load_file
 
 from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
 from loopcoder.postrain.grpo import GRPOConfig
-from loopcoder.postrain.grpo.data import render_prompt
+from loopcoder.postrain.grpo.data import load_problems, render_prompt
 from loopcoder.postrain.grpo.loss import group_advantages
 from loopcoder.postrain.grpo.rollout import encode_prompts
 from loopcoder.postrain.grpo.synthetic import supervised_warm_start
 from loopcoder.postrain.grpo.trainer import GRPOTrainer
+from loopcoder.postrain.sft.sample_data import TINY_MODEL
 from loopcoder.schemas.tokens import load_tokenizer
 
-TINY = dict(
-    vocab_size=8192,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    num_loops=2,
-    loop_window=64,
-    max_position_embeddings=512,
-)
+TINY = dict(TINY_MODEL, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +59,7 @@ def tiny_config(model_dir, out_dir, **overrides) -> GRPOConfig:
         save_interval=0,
         save_final_model=False,
         progress_bar=False,
-        tensorboard=False,
+        report_to=[],
         cpu_threads=1,
     )
     fields.update(overrides)
@@ -286,3 +277,37 @@ def test_held_out_pass_at_1_and_sandbox_verdicts_are_logged(warm_model, tmp_path
         assert r["sandbox/passed"] == pytest.approx(r["reward_mean"] * 32)  # one test per problem (max_tests 1)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "eval/pass@1" in line] == [0, 2, 3]
+
+
+def test_trl_grpo_trainer_trains_the_looped_model_with_the_project_rewards(warm_model, tmp_path):
+    """TRL's own GRPOTrainer, two optimizer steps, rewards by TRL's contract: the sandboxed pass rate and the
+    format reward get the prompts, the completions and the problem columns as keyword arguments."""
+    from loopcoder.postrain.grpo.trl_compat import problems_dataset, trl_grpo_trainer
+
+    config = tiny_config(
+        warm_model,
+        tmp_path,
+        reward_funcs=["pass_rate", "format"],
+        max_steps=1,
+        prompts_per_step=2,
+        steps_per_generation=2,
+        micro_batch_size=8,
+        max_completion_length=14,
+        temperature=1.0,
+        beta=0.0,
+        learning_rate=1e-3,
+    )
+    dataset = problems_dataset(load_problems(config.problems), prompt_suffix="")
+    assert dataset.column_names == ["prompt", "tests", "language", "time_limit_seconds", "memory_limit_mb", "id"]
+    trainer = trl_grpo_trainer(config, use_cpu=True, dataloader_num_workers=0)
+    assert trainer.args.max_steps == 2 and trainer.args.gradient_accumulation_steps == 1
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 2 and len([r for r in trainer.state.log_history if "loss" in r]) == 2
+    # one generation batch for both optimizer steps; the warm model prints a random digit: some completions pass,
+    # some fail, so the groups carry a gradient
+    (generation,) = [r for r in trainer.state.log_history if "rewards/pass_rate/mean" in r]
+    assert 0.0 < generation["rewards/pass_rate/mean"] < 1.0 and generation["frac_reward_zero_std"] < 1.0
+    assert generation["rewards/format_reward/mean"] > 0.5
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)

@@ -108,7 +108,10 @@ def test_two_processes_zero2_match_one_process(shards, tmp_path, one_process):
 def test_zero3_matches_then_perturbed_replica_is_named(shards, tmp_path, one_process):
     """ZeRO-3 (small tensors stay replicated, large ones are partitioned and fingerprinted after a gather): the loss
     curve matches one process until rank 1's replica of one weight is changed before step 3, which stops the run."""
-    config = tiny_run_config(shards, tmp_path / "perturbed", max_steps=6, zero_stage=3, fingerprint_interval=1)
+    # logits in chunks of 32 tokens (4 per row, each recomputed in backward) under ZeRO-3's gathered lm_head
+    config = tiny_run_config(
+        shards, tmp_path / "perturbed", max_steps=6, zero_stage=3, fingerprint_interval=1, logprob_chunk_size=32
+    )
     result = launch(tmp_path, config, perturb=True)
     assert result.returncode != 0
     assert "SilentDataError: step 3: parameter replicas differ" in result.stderr
