@@ -63,7 +63,14 @@ def uninterrupted(ray_local, tmp_path_factory) -> tuple[str, dict]:
     return output, run_job(JobConfig.from_dict(resume_job(output)))
 
 
-@pytest.mark.parametrize("storage", ["local", "s3"])
+SLOW = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("LOOPCODER_SLOW") != "1", reason="slow: set LOOPCODER_SLOW=1"),
+]
+
+
+# the local variant exercises the same marker and file-system code as the S3 one, on local paths
+@pytest.mark.parametrize("storage", [pytest.param("local", marks=SLOW), "s3"])
 def test_killed_driver_then_rerun_equals_uninterrupted_run(uninterrupted, storage, tmp_path, request):
     reference_output, reference = uninterrupted
     killed = str(tmp_path / "killed") if storage == "local" else request.getfixturevalue("s3_bucket") + "/killed"
