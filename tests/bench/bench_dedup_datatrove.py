@@ -510,7 +510,8 @@ def main() -> None:
         for tool, result in results:
             metrics = score({index_of[i] for i in result["removed_ids"]}, edges, count)
             rows.append((label, tool, result, metrics))
-            print(f"{label} {tool}: {result['wall']:.1f} s, removed {metrics['removed']:,}", flush=True)
+            print(f"{label} {tool}: {result['wall']:.1f} s, removed {metrics['removed']:,}, precision "
+                  f"{metrics['precision']:.3f}, recall {metrics['recall']:.3f}", flush=True)  # fmt: skip
     print(f"\n{os.cpu_count()} cores; load average at the end {os.getloadavg()[0]:.1f}\n")
     print("| corpus | tool | wall s | removed | true removable | precision | recall | loopcoder ÷ datatrove wall |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
