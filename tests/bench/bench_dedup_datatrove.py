@@ -50,7 +50,7 @@ near-duplicate pairs. With `removed` the documents a tool dropped and, per true 
     precision = Σ correct(C) / |removed|        recall = Σ correct(C) / Σ (|C| - 1)
 
 The loopcoder side's fixed cost is its wall time less the three stage timings of its
-`stats.json` (documents, dedup, write). With `--profile` (the default), one more loopcoder run on
+`stats.json` (documents, dedup, write). Unless `--no-profile` is given, one more loopcoder run on
 the smallest corpus in a fresh process, under cProfile, splits the driver's time into imports,
 `ray.init`, planning, each stage, stats merging and `ray.shutdown`.
 """
