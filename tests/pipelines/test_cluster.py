@@ -127,6 +127,9 @@ def test_job_runs_on_the_cluster_named_by_ray_address(ray_head, tmp_path):
     assert "job cluster" in result.stdout
 
 
+# a second head with the dashboard and its job agent: with the larger sweeps (the test above covers running on a cluster)
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LOOPCODER_SLOW") != "1", reason="slow: set LOOPCODER_SLOW=1")
 @pytest.mark.skipif(
     not HAS_JOB_SERVER, reason="ray job submit needs ray[default] (aiohttp, opencensus, ...) for the job server"
 )

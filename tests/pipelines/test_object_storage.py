@@ -85,6 +85,8 @@ def samples_config(source: str, output: str) -> SamplesJobConfig:
         name="samples-object-storage", output=output, input=f"{source}/files",
         fim={"fim_rate": 0.5, "seed": 3}, repo_fim={"token_budget": 2000, "targets_per_repo": 1},
         packing={"seq_len": 256, "split_long_documents": True}, rows_per_shard=20,
+        # the SFT dedup runs the clean job's dedup stages, which the clean job's runs here already take through S3
+        sft_dedup=None,
     )  # fmt: skip
 
 

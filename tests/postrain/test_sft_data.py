@@ -43,7 +43,7 @@ def test_config_yaml_and_overrides():
     )
     assert config.max_steps == 7 and config.learning_rate == 1e-4 and isinstance(config.learning_rate, float)
     assert config.phases == [{"name": "main", "steps": 7, "mixture": {"sft_easy": 1.0}}]
-    assert SFTConfig.from_yaml(REPO / "jobs/sft/sample_tiny.yaml").total_steps == 180
+    assert SFTConfig.from_yaml(REPO / "jobs/sft/sample_tiny.yaml").total_steps == 60
 
 
 @pytest.mark.parametrize(
