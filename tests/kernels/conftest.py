@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import pytest
 import torch
+import torch.utils._device
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"

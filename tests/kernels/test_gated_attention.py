@@ -22,10 +22,17 @@ NAMES = ("o", "dq", "dk0", "dv0", "dkr", "dvr", "dg")
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+SLOW_MARKS = (
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("LOOPCODER_SLOW") != "1", reason="larger sweep: set LOOPCODER_SLOW=1"),
+)
+
+
 def slow(test):
     """Marked `slow` and skipped unless LOOPCODER_SLOW=1 (the default run deselects nothing)."""
-    skip = pytest.mark.skipif(os.environ.get("LOOPCODER_SLOW") != "1", reason="larger sweep: set LOOPCODER_SLOW=1")
-    return pytest.mark.slow(skip(test))
+    for mark in reversed(SLOW_MARKS):
+        test = mark(test)
+    return test
 
 
 def make_inputs(batch, seq_len, num_heads, num_kv_heads, head_dim, dtype, seed=0):
@@ -120,8 +127,12 @@ def test_forward_backward_large(assert_close, B, T, HQ, HKV, D, W, dtype):
 
 @pytest.mark.parametrize(
     ("window", "dtype"),
-    [(4, torch.float32), (64, torch.float32), (0, torch.bfloat16), (64, torch.float16)],
-    ids=["W4-fp32", "W64-fp32", "W0-bf16", "W64-fp16"],
+    [
+        pytest.param(4, torch.float32, id="W4-fp32"),
+        pytest.param(64, torch.float32, id="W64-fp32", marks=SLOW_MARKS),
+        pytest.param(0, torch.bfloat16, id="W0-bf16", marks=SLOW_MARKS),
+        pytest.param(64, torch.float16, id="W64-fp16"),
+    ],
 )
 def test_varlen_matches_per_document_loop(assert_close, window, dtype):
     # documents of 1, 63, 0, 65 and 111 tokens packed into one row
@@ -163,7 +174,9 @@ def test_key_padding_mask(assert_close, padding):
         assert_close(f"padding-{padding} {name}", r, t, TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize(("BT", "BS"), [(16, 32), (32, 16)], ids=["BT16-BS32", "BT32-BS16"])
+@pytest.mark.parametrize(
+    ("BT", "BS"), [pytest.param(16, 32, id="BT16-BS32"), pytest.param(32, 16, id="BT32-BS16", marks=SLOW_MARKS)]
+)
 def test_small_tiles_multi_block_window(assert_close, monkeypatch, BT, BS):
     # windows spanning several key tiles, tiles of unequal size, with and without packing
     monkeypatch.setattr(fused, "block_config", lambda *args: {"BT": BT, "BS": BS, "num_warps": 4, "num_stages": 2})
