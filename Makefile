@@ -31,8 +31,8 @@ demo: setup
 	$(BIN)/loopcoder train sft --config jobs/sft/sample_tiny.yaml
 	$(BIN)/loopcoder rl mine jobs/data/rl_mining.yaml
 	$(BIN)/loopcoder train grpo --config jobs/rl/mined_tiny.yaml
-	$(BIN)/loopcoder eval loss --model runs/sample_tiny/final --data data/samples/heldout --threads 1 --out runs/eval/loss
-	$(BIN)/loopcoder eval loops --model runs/sample_tiny/final --data data/samples/heldout --threads 1 --out runs/eval/loops
+	$(BIN)/loopcoder eval loss --model runs/sample_tiny/final --data data/samples/heldout --max-rows 64 --threads 1 --out runs/eval/loss
+	$(BIN)/loopcoder eval loops --model runs/sample_tiny/final --data data/samples/heldout --max-rows 16 --threads 1 --out runs/eval/loops
 
 test: setup  ## the whole test suite (larger sweeps marked slow are skipped)
 	$(BIN)/pytest $(PYTEST_ARGS)
