@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from loopcoder.pipelines.filesystem import discover_shards
 from loopcoder.postrain.runtime.logprobs import token_log_probs
 from loopcoder.schemas import PACKED_SEQUENCE
 
@@ -36,7 +37,7 @@ COLUMNS = ["input_ids", "cu_seqlens", "loss_mask", "category", "num_documents"]
 def read_packed_rows(data: str | Path, max_rows: int | None = None) -> list[dict]:
     """Rows of every `packed_sequence` shard under `data` (sorted by path), at most `max_rows`."""
     data = Path(data)
-    paths = [data] if data.is_file() else sorted(p for p in data.rglob("*.parquet") if not p.name.startswith("."))
+    paths = [Path(p) for p in discover_shards(data)]
     if not paths:
         raise FileNotFoundError(f"no *.parquet shards under {data}")
     rows: list[dict] = []

@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from loopcoder.pipelines.filesystem import discover_shards as finished_shards
 from loopcoder.postrain.sandbox.problems import (
     load_contest_jsonl,
     load_humaneval,
@@ -28,7 +29,7 @@ from .synthetic import SYNTHETIC_TASKS
 def _read_shards(path: Path) -> list[dict]:
     import pyarrow.dataset as ds
 
-    files = [path] if path.is_file() else sorted([*path.rglob("*.parquet"), *path.rglob("*.arrow")])
+    files = [Path(p) for p in finished_shards(path, suffixes=(".parquet", ".arrow"))]
     if not files:
         raise FileNotFoundError(f"no *.parquet or *.arrow shards under {path}")
     rows: list[dict] = []

@@ -24,6 +24,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
 
+from loopcoder.pipelines.filesystem import discover_shards as finished_shards
 from loopcoder.schemas import PACKED_SEQUENCE
 from loopcoder.schemas.base import SchemaError
 
@@ -87,9 +88,8 @@ def discover_shards(name: str, directory: str | Path) -> list[Shard]:
     directory = Path(directory)
     if not directory.is_dir():
         raise ShardError(f"shard set {name!r}: directory {directory} does not exist")
-    paths = sorted(
-        p for p in directory.rglob("*") if p.suffix in SHARD_SUFFIXES and p.is_file() and not p.name.startswith(".")
-    )
+    # the pipelines' shard finder: a job's `_work/` and shards its markers do not list are not training data
+    paths = [Path(p) for p in finished_shards(directory, suffixes=SHARD_SUFFIXES)]
     if not paths:
         raise ShardError(f"shard set {name!r}: no *.parquet or *.arrow shards under {directory}")
     shards = [inspect_shard(p) for p in paths]
