@@ -202,7 +202,7 @@ def commit_conversations(
 class DocstringExtractor:
     """`__call__(file_row)` -> docstring -> implementation conversations of one file; `rejections` counts why not.
 
-    Holds one tree-sitter parser per grammar, so make one per worker (a Ray Data actor).
+    Holds one tree-sitter parser per grammar, so make one per worker (one per Ray worker process).
     """
 
     def __init__(self, config: ConversationConfig | None = None):

@@ -739,21 +739,38 @@ def run_dedup(
     """
     import ray
 
-    work = str(work)
-    dedup = fs.join(work, "dedup")
-    fs.make_dirs(dedup)
     if not isinstance(partitions, ShuffleSizing):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         partitions = ShuffleSizing(partitions=partitions, min_partitions=cpus)
-    shuffles = _Shuffles(partitions)
-    stats: dict[str, Any] = {}
-    ranks_dir = fs.join(dedup, "ranks")
+    return DedupStages(str(work), exact, minhash, partitions).run()
 
-    def offsets() -> list[int]:
-        return fs.read_json(fs.join(ranks_dir, "_offsets.json"))
 
-    def build_ranks(tmp: str) -> dict[str, Any]:
-        files = _parquet_files(fs.join(work, "keys"))
+class DedupStages:
+    """The global stages, each a method named after the folder it writes under `work/dedup/` (module docstring).
+
+    `run` calls the enabled ones in order through `_stage`, which skips a stage whose marker exists.
+    """
+
+    def __init__(self, work: str, remove_exact: bool, minhash: MinhashConfig | None, sizing: ShuffleSizing):
+        self.work = work
+        self.remove_exact = remove_exact
+        self.minhash = minhash
+        self.sizing = sizing
+        self.shuffles = _Shuffles(sizing)
+        self.dedup = fs.join(work, "dedup")
+        self.ranks_dir = fs.join(self.dedup, "ranks")
+
+    def run(self) -> dict[str, Any]:
+        names: list[str] = []
+        if self.remove_exact or self.minhash:
+            names += ["ranks", "exact"]
+        if self.minhash:
+            names += ["edges", *(["verified"] if self.minhash.verify else []), "components", "annotations"]
+        fs.make_dirs(self.dedup)
+        return {name: _stage(fs.join(self.dedup, name), getattr(self, name)) for name in names}
+
+    def ranks(self, out: str) -> dict[str, Any]:
+        files = _parquet_files(fs.join(self.work, "keys"))
         histogram = np.zeros(_PREFIX_BINS, dtype=np.int64)
         if files:
             for batch in (
@@ -764,115 +781,108 @@ def run_dedup(
                 np.add.at(histogram, batch["bin"], batch["count"])
         total = int(histogram.sum())
         if not total:
-            atomic_write_json(fs.join(tmp, "_offsets.json"), [0])
+            atomic_write_json(fs.join(out, "_offsets.json"), [0])
             return {"documents": 0}
         keys = _read(files).materialize()
-        count = min(partitions.for_bytes(keys.size_bytes()), total)
+        count = min(self.sizing.for_bytes(keys.size_bytes()), total)
         before = np.cumsum(histogram) - histogram
         part_of_bin = np.minimum(before * count // total, count - 1)
         sizes = np.bincount(part_of_bin, weights=histogram, minlength=count).astype(np.int64)
         starts = (np.cumsum(sizes) - sizes).tolist()
-        atomic_write_json(fs.join(tmp, "_offsets.json"), starts)
-        ranked = shuffles.group(keys, _part_by_prefix, (part_of_bin,), _rank_partition, (starts, tmp), parts=count)
+        atomic_write_json(fs.join(out, "_offsets.json"), starts)
+        ranked = self.shuffles.group(
+            keys, _part_by_prefix, (part_of_bin,), _rank_partition, (starts, out), parts=count
+        )
         ranked.materialize()
-        return {"documents": total, "rank_partitions": count} | shuffles.stats()
+        return {"documents": total, "rank_partitions": count} | self.shuffles.stats()
 
-    def build_exact(tmp: str) -> dict[str, Any]:
-        files = _parquet_files(ranks_dir)
+    def exact(self, out: str) -> dict[str, Any]:
+        files = _parquet_files(self.ranks_dir)
         if not files:
             return {"removed": 0, "copies": 0}
         rows = _read(files, ["rank", "task", "row", "content_sha256", "minhash"])
-        grouped = shuffles.group(rows, _part_by_hash, ("content_sha256",), _content_groups)
-        written = shuffles.group(grouped, _part_by_value, ("task",), _write_task_ranks, (tmp,), parts=1)
+        grouped = self.shuffles.group(rows, _part_by_hash, ("content_sha256",), _content_groups)
+        written = self.shuffles.group(grouped, _part_by_value, ("task",), _write_task_ranks, (out,), parts=1)
         copies = sum(int(row["copies"]) for row in written.iter_rows())
-        return {"removed": copies if exact else 0, "copies": copies} | shuffles.stats()
+        return {"removed": copies if self.remove_exact else 0, "copies": copies} | self.shuffles.stats()
 
-    def build_edges(tmp: str) -> dict[str, Any]:
-        band_files = _parquet_files(fs.join(work, "bands"))
-        ranked_files = _parquet_files(fs.join(dedup, "exact"))
+    def edges(self, out: str) -> dict[str, Any]:
+        band_files = _parquet_files(fs.join(self.work, "bands"))
+        ranked_files = _parquet_files(fs.join(self.dedup, "exact"))
         copies = 0
         if ranked_files:
-            copies = _write(_per_file(ranked_files, _copy_edges, (minhash.verify,)), tmp)
+            copies = _write(_per_file(ranked_files, _copy_edges, (self.minhash.verify,)), out)
         pairs = 0
         if band_files:
-            bands = _per_file(band_files, _representative_bands, (work,))
-            grouped = shuffles.group(
-                bands, _part_by_hash, ("band_hash",), _bucket_part, (minhash.bucket_window, minhash.verify)
+            bands = _per_file(band_files, _representative_bands, (self.work,))
+            grouped = self.shuffles.group(
+                bands, _part_by_hash, ("band_hash",), _bucket_part, (self.minhash.bucket_window, self.minhash.verify)
             )
-            pairs = _write(grouped, tmp)
+            pairs = _write(grouped, out)
         # a pair sharing several bands is written once per band (`verified` counts distinct pairs)
-        return {"pair_rows": pairs + copies, "copy_pairs": copies} | shuffles.stats()
+        return {"pair_rows": pairs + copies, "copy_pairs": copies} | self.shuffles.stats()
 
-    def verified_stats(candidates: int, duplicates: int, histogram: list[int]) -> dict[str, Any]:
-        return {
-            "threshold": minhash.threshold,
-            "candidate_pairs": candidates,
-            "duplicate_pairs": duplicates,
-            "below_threshold": candidates - duplicates,
-            "jaccard_histogram": {f"{b / 10:.1f}-{(b + 1) / 10:.1f}": n for b, n in enumerate(histogram)},
-        }
-
-    def with_positions(ds, column: str, with_cluster: bool = False):
-        starts = offsets()
-        return shuffles.group(
-            ds,
-            _part_by_rank,
-            (column, starts),
-            _attach_positions,
-            (column, ranks_dir, starts, with_cluster),
-            parts=len(starts),
-        )
-
-    def build_verified(tmp: str) -> dict[str, Any]:
-        pairs = _read(_parquet_files(fs.join(dedup, "edges")))
+    def verified(self, out: str) -> dict[str, Any]:
+        pairs = _read(_parquet_files(fs.join(self.dedup, "edges")))
         if pairs is None:  # no bucket holds two documents
-            return verified_stats(0, 0, [0] * 10)
-        located = with_positions(with_positions(pairs, "u"), "v")
-        attached = shuffles.group(
-            located, _part_by_value, ("u_task",), _attach_first_sets, (work, minhash.ngram), parts=1
+            return self._verified_stats(0, 0, [0] * 10)
+        located = self._with_positions(self._with_positions(pairs, "u"), "v")
+        ngram, threshold = self.minhash.ngram, self.minhash.threshold
+        attached = self.shuffles.group(
+            located, _part_by_value, ("u_task",), _attach_first_sets, (self.work, ngram), parts=1
         )
-        verified = shuffles.group(
-            attached, _part_by_value, ("task",), _verify_pairs, (work, minhash.ngram, minhash.threshold), parts=1
+        verified = self.shuffles.group(
+            attached, _part_by_value, ("task",), _verify_pairs, (self.work, ngram, threshold), parts=1
         )
-        written = _write(verified, tmp)
-        scored = _read(_parquet_files(tmp))
+        written = _write(verified, out)
+        scored = _read(_parquet_files(out))
         histogram, duplicates = [0] * 10, 0
         if scored is not None:
             for row in scored.map_batches(_jaccard_histogram, batch_format="pyarrow").iter_rows():
                 histogram[int(row["bin"])] += int(row["count"])
                 duplicates += int(row["duplicates"])
-        return verified_stats(written, duplicates, histogram) | shuffles.stats()
+        return self._verified_stats(written, duplicates, histogram) | self.shuffles.stats()
 
-    def build_components(tmp: str) -> dict[str, Any]:
-        if minhash.verify:
-            pairs = _read(_parquet_files(fs.join(dedup, "verified")))
+    def components(self, out: str) -> dict[str, Any]:
+        if self.minhash.verify:
+            pairs = _read(_parquet_files(fs.join(self.dedup, "verified")))
             edges = None if pairs is None else pairs.map_batches(_duplicate_edges, batch_format="pyarrow")
         else:
-            edges = _read(_parquet_files(fs.join(dedup, "edges")))
+            edges = _read(_parquet_files(fs.join(self.dedup, "edges")))
         if edges is None:
             return {"rounds": 0, "removed": 0}
-        components, rounds = connected_components(edges, shuffles)
-        return {"rounds": rounds, "removed": _write(components, tmp)} | shuffles.stats()
+        components, rounds = connected_components(edges, self.shuffles)
+        return {"rounds": rounds, "removed": _write(components, out)} | self.shuffles.stats()
 
-    def build_annotations(tmp: str) -> dict[str, Any]:
-        files = _parquet_files(fs.join(dedup, "components"))
+    def annotations(self, out: str) -> dict[str, Any]:
+        files = _parquet_files(fs.join(self.dedup, "components"))
         if not files:
             return {"tasks": 0}
-        located = with_positions(with_positions(_read(files), "u"), "v", with_cluster=True)
+        located = self._with_positions(self._with_positions(_read(files), "u"), "v", with_cluster=True)
         rows = located.map_batches(_annotation_rows, batch_format="pyarrow")
-        written = shuffles.group(rows, _part_by_value, ("task",), _write_task_annotations, (tmp,), parts=1)
-        return {"tasks": written.count()} | shuffles.stats()
+        written = self.shuffles.group(rows, _part_by_value, ("task",), _write_task_annotations, (out,), parts=1)
+        return {"tasks": written.count()} | self.shuffles.stats()
 
-    if exact or minhash:
-        stats["ranks"] = _stage(ranks_dir, build_ranks)
-        stats["exact"] = _stage(fs.join(dedup, "exact"), build_exact)
-    if minhash:
-        stats["edges"] = _stage(fs.join(dedup, "edges"), build_edges)
-        if minhash.verify:
-            stats["verified"] = _stage(fs.join(dedup, "verified"), build_verified)
-        stats["components"] = _stage(fs.join(dedup, "components"), build_components)
-        stats["annotations"] = _stage(fs.join(dedup, "annotations"), build_annotations)
-    return stats
+    def _with_positions(self, ds, column: str, with_cluster: bool = False):
+        """Rows of `ds` with the task and row of the document whose rank is in `column` (from the rank index)."""
+        starts = fs.read_json(fs.join(self.ranks_dir, "_offsets.json"))
+        return self.shuffles.group(
+            ds,
+            _part_by_rank,
+            (column, starts),
+            _attach_positions,
+            (column, self.ranks_dir, starts, with_cluster),
+            parts=len(starts),
+        )
+
+    def _verified_stats(self, candidates: int, duplicates: int, histogram: list[int]) -> dict[str, Any]:
+        return {
+            "threshold": self.minhash.threshold,
+            "candidate_pairs": candidates,
+            "duplicate_pairs": duplicates,
+            "below_threshold": candidates - duplicates,
+            "jaccard_histogram": {f"{b / 10:.1f}-{(b + 1) / 10:.1f}": n for b, n in enumerate(histogram)},
+        }
 
 
 @dataclass

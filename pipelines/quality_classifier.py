@@ -19,7 +19,7 @@ The `classify` step scores each document with every configured classifier, write
 the `quality_scores` column, and per classifier with a `threshold` either drops documents below it
 (`mode: filter`, reason `low_quality_score`) or keeps them with probability score / threshold
 (`mode: sample`, reason `sampled_out`, decided by a hash of the document id and `seed`, so reruns
-agree). Classifiers are loaded when the step is built, once per Ray actor.
+agree). Classifiers are loaded when the step is built, once per Ray worker process.
 """
 
 from __future__ import annotations

@@ -21,15 +21,14 @@ Stages (datatrove-style: files between stages, markers written last, a rerun ski
 The output, the inputs and `_work/` may be local paths or object-store URIs: every read and write
 goes through `loopcoder.pipelines.filesystem`, and nothing relies on rename being atomic.
 
-Each per-task stage is one Ray Data `map_batches` over the pending task numbers with an actor
-per worker (steps, parsers and permutations built once per actor). Ray restarts a killed actor
-and retries its task; a task writes only under deterministic names, atomically, so a retry or a
-rerun after a crash produces the same bytes as an uninterrupted run.
+Each per-task stage runs its pending tasks as Ray tasks (`executor.py`): a worker process builds
+the job's steps, parsers and permutations once and keeps them for its next task. Ray retries a
+task whose process was killed; a task writes only under deterministic names, atomically, so a
+retry or a rerun after a crash produces the same bytes as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -55,6 +54,7 @@ from .dedup import (
     run_dedup,
     write_task_dedup_inputs,
 )
+from .executor import run_tasks
 from .filesystem import atomic_write_json, atomic_write_parquet
 from .job import GLOBAL_STEPS, JobConfig, JobFailed, RayConfig
 from .minhash import MinhashSignatures, tokens
@@ -78,7 +78,7 @@ def normalised_sha256(content: str) -> str:
 
 
 class TaskRunner:
-    """A Ray Data actor running one stage (`documents` or `write`) for a batch of task numbers."""
+    """The worker of one per-task stage (`documents` or `write`); one per Ray worker process (`executor.py`)."""
 
     def __init__(self, stage: str, job: dict[str, Any], output: str, num_tasks: int):
         self.stage = stage
@@ -92,10 +92,14 @@ class TaskRunner:
             minhash = self.job.minhash_config()
             self.signer = MinhashSignatures(minhash) if minhash else None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        run = self.run_documents if self.stage == "documents" else self.run_write
-        summaries = [json.dumps(run(json.loads(spec))) for spec in batch["spec"]]
-        return {"task": batch["task"], "summary": np.array(summaries, dtype=object)}
+    def run(self, task: dict[str, Any]) -> dict[str, Any]:
+        return self.run_documents(task) if self.stage == "documents" else self.run_write(task)
+
+    def close(self) -> None:
+        for step in getattr(self, "steps", []):
+            close = getattr(step, "close", None)
+            if close is not None:
+                close()
 
     def run_documents(self, task: dict[str, Any]) -> dict[str, Any]:
         number = task["task"]
@@ -339,23 +343,7 @@ def ray_session(settings: RayConfig):
 
 
 def _run_stage(stage: str, tasks: list[dict], job: JobConfig, output: str, num_tasks: int) -> None:
-    import ray
-    import ray.data
-
-    if not tasks:
-        return
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = max(1, min(len(tasks), job.ray.workers or cpus))
-    items = [{"task": t["task"], "spec": json.dumps(t)} for t in tasks]
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        TaskRunner,
-        fn_constructor_args=(stage, job.to_dict(), output, num_tasks),
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=1,
-    )
-    for _ in ds.iter_batches(batch_size=None):
-        pass
+    run_tasks(stage, TaskRunner, (stage, job.to_dict(), output, num_tasks), tasks, job.ray.workers)
 
 
 def _clean_temporaries(output: str) -> None:

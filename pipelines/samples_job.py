@@ -3,8 +3,8 @@
     loopcoder data samples jobs/data/samples.yaml [--output DIR]
 
 Every stage is a set of tasks fixed by the inputs and the config, never by the number of workers;
-the tasks run on a pool of Ray actors that live for the whole job (local Ray, or the cluster named by
-`RAY_ADDRESS`), and each task writes its own files, then its marker. The driver only plans tasks and
+the tasks run as Ray tasks on the job's worker processes (`executor.py`; local Ray, or the cluster
+named by `RAY_ADDRESS`), and each task writes its own files, then its marker. The driver only plans tasks and
 adds up their summaries: no sample, document or token passes through it.
 
 1. `files` (one task per input shard): each kept file becomes a FIM sample (`fim/part-N.parquet`)
@@ -28,7 +28,6 @@ worker or many, on a rerun, and after a driver killed mid-job and restarted.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,6 +50,7 @@ from . import filesystem as fs
 from .commits import CommitConfig, CommitTripletExtractor
 from .conversations import ConversationConfig, DocstringExtractor, commit_conversations
 from .dedup import run_dedup
+from .executor import run_tasks
 from .filesystem import atomic_write_json, atomic_write_parquet, discover_shards
 from .fim import FimConfig, FimSplitter
 from .job import JobFailed, RayConfig, _sub
@@ -238,7 +238,7 @@ class Task:
 
 
 class SamplesWorker:
-    """A Ray actor running samples-job tasks; it lives for the whole job, so the tokenizer and parsers load once."""
+    """Runs samples-job tasks; one per Ray worker process for the whole job (`executor.py`), so the tokenizer and parsers load once."""
 
     def __init__(self, config: dict[str, Any], output: str):
         self.config = SamplesJobConfig.from_dict(config)
@@ -253,12 +253,12 @@ class SamplesWorker:
         self._decontaminator: SftDecontaminator | None = None
         self._signer: MinhashSignatures | None = None
 
-    def run_spec(self, spec: str, plan: dict[str, Any]) -> dict[str, Any]:
-        """Runs one task given as JSON, with the job's plan of the moment (repositories, mixture rates)."""
-        self.plan = plan
-        return self.run(Task(**json.loads(spec)))
+    def run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Runs one task (`spec["task"]`) with the job's plan of the moment (`spec["plan"]`: repositories, mixture rates)."""
+        self.plan = spec["plan"]
+        return self.run_task(Task(**spec["task"]))
 
-    def run(self, task: Task) -> dict[str, Any]:
+    def run_task(self, task: Task) -> dict[str, Any]:
         finished = fs.read_marker(self.output, task.name)
         if finished is not None:
             return _without_shards(finished)
@@ -474,40 +474,13 @@ class SamplesWorker:
         }
 
 
-class WorkerPool:
-    """The job's `SamplesWorker` actors, one CPU each, started by the first stage that needs them and kept until closed."""
-
-    def __init__(self, config: SamplesJobConfig, output: str):
-        self.config = config
-        self.output = output
-        self.actors: list[Any] = []
-
-    def run_stage(self, tasks: list[Task], plan: dict[str, Any]) -> None:
-        """Runs the unfinished tasks of one stage; each task writes its files, then its marker."""
-        import ray
-        from ray.util import ActorPool
-
-        pending = [t for t in tasks if not fs.exists(fs.marker(self.output, t.name))]
-        if tasks:
-            logger.info("%s stage: %d of %d task(s) to run", tasks[0].stage, len(pending), len(tasks))
-        if not pending:
-            return
-        if not self.actors:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            worker = ray.remote(num_cpus=1)(SamplesWorker)
-            count = max(1, self.config.ray.workers or cpus)
-            self.actors = [worker.remote(self.config.to_dict(), self.output) for _ in range(count)]
-        specs = [json.dumps(dataclasses.asdict(t)) for t in pending]
-        pool = ActorPool(self.actors)
-        for _ in pool.map_unordered(lambda actor, spec: actor.run_spec.remote(spec, plan), specs):
-            pass
-
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+def _run_stage(config: SamplesJobConfig, output: str, tasks: list[Task], plan: dict[str, Any]) -> None:
+    """Runs the unfinished tasks of one stage; each task writes its files, then its marker."""
+    pending = [t for t in tasks if not fs.exists(fs.marker(output, t.name))]
+    if tasks:
+        logger.info("%s stage: %d of %d task(s) to run", tasks[0].stage, len(pending), len(tasks))
+    specs = [{"task": dataclasses.asdict(t), "plan": plan} for t in pending]
+    run_tasks(tasks[0].stage if tasks else "", SamplesWorker, (config.to_dict(), output), specs, config.ray.workers)
 
 
 def _without_shards(payload: dict[str, Any]) -> dict[str, Any]:
@@ -564,26 +537,25 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
     plan: dict[str, Any] = {"git_repositories": repositories, "rates": {}}
     timings: dict[str, float] = {}
     stages: dict[str, list[Task]] = {}
-    with ray_session(config.ray), contextlib.closing(WorkerPool(config, output)) as pool:
+    with ray_session(config.ray):
         start = time.perf_counter()
         number = iter(range(1 << 30))  # conversation tasks, numbered in a fixed order across stages
         stages["files"] = [Task("files", i, shard, next(number)) for i, shard in enumerate(shards)]
-        pool.run_stage(stages["files"], plan)
+        _run_stage(config, output, stages["files"], plan)
         buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
         stages["repo_fim"] = [Task("repo_fim", b) for b in buckets]
         stages["commits"] = [Task("commits", i, "", next(number)) for i in range(len(repositories))]
         stages["sft"] = [Task("sft", i, str(path), next(number)) for i, path in enumerate(config.sft_files)]
         for name in ("repo_fim", "commits", "sft"):
-            pool.run_stage(stages[name], plan)
+            _run_stage(config, output, stages[name], plan)
         timings["samples"] = time.perf_counter() - start
         start = time.perf_counter()
         conversation_tasks = [t for name in ("files", "commits", "sft") for t in stages[name]]
         if not config.sft_from_corpus:
             conversation_tasks = stages["sft"]
-        pool.close()  # the dedup stages are Ray Data tasks: the idle actors would hold the CPUs they need
         _sft_dedup(config, output)
         stages["sft_final"] = [Task("sft_final", t.conversation_task) for t in conversation_tasks]
-        pool.run_stage(stages["sft_final"], plan)
+        _run_stage(config, output, stages["sft_final"], plan)
         timings["sft"] = time.perf_counter() - start
         start = time.perf_counter()
         producing = [t for name in ("files", "repo_fim", "commits", "sft_final") for t in stages[name]]
@@ -594,7 +566,7 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
         stages["pack"] = [
             Task("pack", i, fs.join(output, WORK, "documents", f"{t.name}.parquet")) for i, t in enumerate(producing)
         ]
-        pool.run_stage(stages["pack"], plan)
+        _run_stage(config, output, stages["pack"], plan)
         timings["pack"] = time.perf_counter() - start
     stats = merge_stats(config, output, stages, train_tokens, plan["rates"])
     stats["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}

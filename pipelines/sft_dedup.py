@@ -128,7 +128,7 @@ class SftDecontaminationConfig:
 class SftDecontaminator:
     """`__call__(records)` -> (records without benchmark content, removals by `contamination:<benchmark>`).
 
-    Builds the benchmark index once; make one per worker (a Ray Data actor) or pass it to tasks.
+    Builds the benchmark index once; make one per worker (one per Ray worker process).
     """
 
     def __init__(self, config: SftDecontaminationConfig | None = None):

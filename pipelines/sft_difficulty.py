@@ -148,7 +148,7 @@ def _diff_parts(diff: str) -> tuple[int, str, str | None]:
 class DifficultyScorer:
     """Scores records in batches; `count_tokens(texts) -> counts` (e.g. `repo_fim.token_counter(tokenizer)`).
 
-    Holds one tree-sitter parser per grammar: make one per worker (a Ray Data actor).
+    Holds one tree-sitter parser per grammar: make one per worker (one per Ray worker process).
     """
 
     def __init__(

@@ -1,12 +1,17 @@
 """Whole pipeline throughput: read -> decode -> quality -> exact -> MinHash -> AST -> write, on real code.
 
-    .venv/bin/python tests/bench/bench_pipeline.py [--min-mb 100] [--output /tmp/bench_pipeline]
+    .venv/bin/python tests/bench/bench_pipeline.py [--min-mb 100] [--output /tmp/bench_pipeline] [--s3]
 
 The corpus is the Python source of large installed packages (transformers, torch, sympy, then
 more until `--min-mb` is reached), read as directory inputs by a job on local Ray using every
 core. Reported: MB read per second of wall time, and per core, with the load average (on a
 machine shared with other work, wall time per core understates what a core does). The output
 folder is removed first, and again at the end.
+
+With `--s3`, the same job runs again with its inputs and output on a local S3-compatible server
+(moto's server, started in its own process on loopback; the inputs are uploaded first, not timed),
+and the two runs are compared: shard bytes must be equal, and the S3 run's throughput is reported
+as a ratio of the local run's.
 
 Shuffled bytes per document: what the dedup stages send through their shuffles (the Arrow bytes
 each stage records as `shuffled_bytes`), per document entering dedup. The string-keyed rows the
@@ -23,8 +28,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import sysconfig
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +47,10 @@ from loopcoder.pipelines.runner import run_job
 PACKAGES = ["transformers", "torch", "sympy", "pandas", "scipy", "ray", "numpy"]
 
 
-def corpus_inputs(min_mb: float) -> tuple[list[dict], float]:
+def corpus_inputs(min_mb: float, packages: list[str]) -> tuple[list[dict], float]:
     site = Path(sysconfig.get_paths()["purelib"])
     inputs, total = [], 0.0
-    for name in PACKAGES:
+    for name in packages:
         root = site / name
         if not root.is_dir():
             continue
@@ -84,27 +94,109 @@ def previous_index_bytes(work: Path) -> int:
     return total
 
 
+def start_s3_server() -> subprocess.Popen:
+    """moto's S3 server on a free loopback port, in its own process; the job finds it through AWS_* variables."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return server
+        time.sleep(0.2)
+    server.kill()
+    raise SystemExit("the local S3 server did not start")
+
+
+def upload_inputs(inputs: list[dict], bucket: str) -> list[dict]:
+    """Copies each input directory's *.py files under `bucket/<repo>/`; returns the inputs pointing there."""
+    from loopcoder.pipelines import filesystem as fs
+
+    uploads, moved = [], []
+    for spec in inputs:
+        root = Path(spec["path"])
+        target = f"{bucket}/{spec['repo'].replace('/', '_')}"
+        uploads += [
+            (p, fs.join(target, p.relative_to(root).as_posix()))
+            for p in root.rglob("*.py")
+            if p.is_file() and not p.is_symlink()
+        ]
+        moved.append(spec | {"path": target})
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: fs.atomic_write_bytes(item[1], item[0].read_bytes()), uploads))
+    return moved
+
+
+def compare_on_s3(job_raw: dict, inputs: list[dict], local_output: Path, local_wall: float, read_mb: float) -> None:
+    import pyarrow.fs as pafs
+
+    from loopcoder.pipelines import filesystem as fs
+
+    server = start_s3_server()
+    try:
+        name = f"bench-{uuid.uuid4().hex[:8]}"
+        pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir(
+            name
+        )
+        bucket = f"s3://{name}"
+        start = time.perf_counter()
+        remote_inputs = upload_inputs(inputs, bucket)
+        print(f"uploaded the inputs to the local S3 server in {time.perf_counter() - start:.1f} s (not timed)")
+        output = f"{bucket}/out"
+        start = time.perf_counter()
+        run_job(JobConfig.from_dict(job_raw | {"inputs": remote_inputs, "output": output}), output)
+        s3_wall = time.perf_counter() - start
+        local = {s[len(str(local_output)) + 1 :]: fs.read_bytes(s) for s in fs.discover_shards(str(local_output))}
+        remote = {s[len(output) + 1 :]: fs.read_bytes(s) for s in fs.discover_shards(output)}
+        if local != remote:
+            raise SystemExit("the S3 run's shards differ from the local run's")
+        print()
+        print("| input and output | whole job (s) | MB/s |")
+        print("|---|---:|---:|")
+        print(f"| local disk | {local_wall:.1f} | {read_mb / local_wall:.2f} |")
+        print(f"| local S3 server | {s3_wall:.1f} | {read_mb / s3_wall:.2f} |")
+        print(f"S3 ÷ local throughput: {local_wall / s3_wall:.2f} ({len(local)} shards, byte-identical)")
+    finally:
+        server.kill()
+        server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-mb", type=float, default=100)
     parser.add_argument("--output", type=Path, default=Path("/tmp/bench_pipeline"))
     parser.add_argument("--files-per-task", type=int, default=200)
+    parser.add_argument("--packages", nargs="+", default=PACKAGES, help="installed packages read, in order")
+    parser.add_argument("--s3", action="store_true", help="also run on a local S3 server and compare")
     args = parser.parse_args()
-    inputs, megabytes = corpus_inputs(args.min_mb)
+    inputs, megabytes = corpus_inputs(args.min_mb, args.packages)
     if megabytes < args.min_mb:
         raise SystemExit(f"only {megabytes:.0f} MB of installed Python source found, need {args.min_mb:.0f}")
     cores = os.cpu_count() or 1
-    job = JobConfig.from_dict(
-        {
-            "name": "bench_pipeline",
-            "output": str(args.output),
-            "inputs": inputs,
-            "steps": ["decode", "quality", "ast", "exact_dedup", "minhash_dedup"],
-            "tasks": {"files_per_task": args.files_per_task},
-            "ray": {"num_cpus": cores},
-            "keep_work": True,
-        }
-    )
+    job_raw = {
+        "name": "bench_pipeline",
+        "output": str(args.output),
+        "inputs": inputs,
+        "steps": ["decode", "quality", "ast", "exact_dedup", "minhash_dedup"],
+        "tasks": {"files_per_task": args.files_per_task},
+        "ray": {"num_cpus": cores},
+        "keep_work": True,
+    }
+    job = JobConfig.from_dict(job_raw)
     shutil.rmtree(args.output, ignore_errors=True)
     start = time.perf_counter()
     stats = run_job(job, args.output)
@@ -141,6 +233,8 @@ def main() -> None:
         if name in dedup:
             print(f"| {name} | {dedup[name].get('shuffled_bytes', 0) / documents:,.0f} | | |")
     print("partitions per stage:", {name: stage.get("partitions") for name, stage in dedup.items()})
+    if args.s3:
+        compare_on_s3(job_raw, inputs, args.output, wall, read_mb)
     shutil.rmtree(args.output, ignore_errors=True)
 
 

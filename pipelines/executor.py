@@ -1,0 +1,99 @@
+"""Per-task stages on Ray, shared by the clean job and the samples job.
+
+    summaries = run_tasks("documents", DocumentsWorker, (job_dict, output), specs, workers=2)
+
+A stage is a list of task specs (JSON-able dicts) and a worker class built from JSON-able
+arguments, whose `run(spec)` writes the task's files under deterministic names, then its marker,
+and returns a small summary. Each task is one Ray task with one CPU; at most `workers` run at
+once (default: the cluster's CPUs).
+
+Why Ray tasks and not an actor pool per stage: an actor is a new process that imports the
+pipeline modules and builds the job's steps again, which costs seconds per stage and per job; a
+Ray task runs in a pooled worker process that Ray keeps between tasks. Each worker process keeps
+the worker object it built last (`_WORKERS`: the steps, grammars, tokenizer and permutations of
+one job and stage) for its next task with the same class and arguments, so a job with many
+tasks builds its steps once per process, as an actor would, and a stage or a job that follows
+starts on warm processes.
+
+A task whose process dies (a killed worker, a lost node) is retried by Ray (`max_retries`); a
+retried task overwrites its own files under the same names, so the outcome equals an
+uninterrupted run. An exception raised by a task is not retried: it fails the stage with the
+task's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Retries of a task whose worker process died; an exception in the task itself is never retried.
+MAX_RETRIES = 3
+PROGRESS_INTERVAL_SECONDS = 10.0
+
+# The worker object this process built last, by (class, arguments): reused by the next task of the
+# same job and stage. One entry, so a process never holds two jobs' steps.
+_WORKERS: dict[tuple[str, str], Any] = {}
+
+
+def _worker(worker_class: type, arguments: tuple) -> Any:
+    import json
+
+    key = (
+        f"{worker_class.__module__}.{worker_class.__qualname__}",
+        json.dumps(arguments, sort_keys=True, default=str),
+    )
+    worker = _WORKERS.get(key)
+    if worker is None:
+        for previous in _WORKERS.values():
+            close = getattr(previous, "close", None)
+            if close is not None:
+                close()
+        _WORKERS.clear()
+        worker = _WORKERS[key] = worker_class(*arguments)
+    return worker
+
+
+def _run_task(worker_class: type, arguments: tuple, spec: dict[str, Any]) -> dict[str, Any]:
+    return _worker(worker_class, arguments).run(spec)
+
+
+def run_tasks(
+    stage: str,
+    worker_class: type,
+    arguments: tuple,
+    specs: list[dict[str, Any]],
+    workers: int | None = None,
+) -> list[dict[str, Any]]:
+    """Runs `worker_class(*arguments).run(spec)` for every spec on Ray; returns the summaries in spec order.
+
+    At most `workers` tasks run at once (default: the cluster's CPUs); progress is logged as
+    tasks finish.
+    """
+    import ray
+
+    if not specs:
+        return []
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    limit = max(1, min(len(specs), workers or cpus))
+    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_run_task)
+    arguments_ref = ray.put(arguments)  # one copy of the job config in the object store, not one per task
+    summaries: list[dict[str, Any] | None] = [None] * len(specs)
+    running: dict[Any, int] = {}
+    submitted = done = 0
+    start = last_report = time.monotonic()
+    while done < len(specs):
+        while submitted < len(specs) and len(running) < limit:
+            running[remote.remote(worker_class, arguments_ref, specs[submitted])] = submitted
+            submitted += 1
+        finished, _ = ray.wait(list(running), num_returns=1)
+        for ref in finished:
+            summaries[running.pop(ref)] = ray.get(ref)
+            done += 1
+        now = time.monotonic()
+        if done == len(specs) or now - last_report >= PROGRESS_INTERVAL_SECONDS:
+            logger.info("%s stage: %d of %d task(s) done (%.1f s)", stage, done, len(specs), now - start)
+            last_report = now
+    return summaries

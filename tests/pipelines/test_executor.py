@@ -1,0 +1,61 @@
+"""The per-task executor: summaries in spec order, warm workers, the concurrency cap, task errors."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from loopcoder.pipelines.executor import run_tasks
+
+
+class RecordingWorker:
+    """Records its construction and each task's process and running interval under `folder`."""
+
+    def __init__(self, folder: str, tag: str):
+        self.folder = Path(folder)
+        (self.folder / f"built-{os.getpid()}-{time.monotonic_ns()}").touch()
+
+    def run(self, spec: dict) -> dict:
+        if spec.get("fail"):
+            raise ValueError(f"task {spec['n']} has a bad input")
+        start = time.monotonic()
+        time.sleep(spec.get("sleep", 0.0))
+        record = {"n": spec["n"], "pid": os.getpid(), "start": start, "end": time.monotonic()}
+        (self.folder / f"task-{spec['n']}.json").write_text(json.dumps(record))
+        return {"n": spec["n"], "square": spec["n"] ** 2}
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("task-*.json"))]
+
+
+def test_summaries_come_back_in_spec_order_and_each_process_builds_its_worker_once(ray_local, tmp_path):
+    specs = [{"n": n, "sleep": 0.05} for n in (5, 3, 8, 1, 9, 2, 7, 4)]
+    summaries = run_tasks("squares", RecordingWorker, (str(tmp_path), "a"), specs)
+    assert summaries == [{"n": s["n"], "square": s["n"] ** 2} for s in specs]
+    processes = {r["pid"] for r in _records(tmp_path)}
+    built = list(tmp_path.glob("built-*"))
+    assert len(built) == len(processes) < len(specs)  # one worker object per process, not per task
+
+
+def test_other_arguments_build_a_new_worker(ray_local, tmp_path):
+    run_tasks("first", RecordingWorker, (str(tmp_path), "a"), [{"n": 1}], workers=1)
+    run_tasks("again", RecordingWorker, (str(tmp_path), "a"), [{"n": 2}], workers=1)
+    first_builds = len(list(tmp_path.glob("built-*")))
+    run_tasks("other", RecordingWorker, (str(tmp_path), "b"), [{"n": 3}], workers=1)
+    assert len(list(tmp_path.glob("built-*"))) > first_builds
+
+
+def test_at_most_workers_tasks_run_at_once(ray_local, tmp_path):
+    run_tasks("serial", RecordingWorker, (str(tmp_path), "a"), [{"n": n, "sleep": 0.3} for n in range(4)], workers=1)
+    intervals = sorted((r["start"], r["end"]) for r in _records(tmp_path))
+    assert len(intervals) == 4
+    assert all(previous_end <= start for (_, previous_end), (start, _) in zip(intervals, intervals[1:], strict=False))
+
+
+def test_a_task_error_fails_the_stage_with_its_message(ray_local, tmp_path):
+    specs = [{"n": 0}, {"n": 1, "fail": True}, {"n": 2}]
+    with pytest.raises(ValueError, match="task 1 has a bad input"):
+        run_tasks("failing", RecordingWorker, (str(tmp_path), "a"), specs, workers=1)
