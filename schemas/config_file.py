@@ -83,6 +83,8 @@ def check_keys(raw: Mapping[str, Any], valid: Iterable[str], source: str) -> Non
 def dataclass_arguments(cls: type, raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The keyword arguments of dataclass `cls` from a config mapping: unknown and missing keys are errors, float
     fields given as strings (`3e-4`) become floats."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{source}: expected a mapping of keys, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     check_keys(raw, fields, source)
     for name, field in fields.items():
@@ -100,10 +102,9 @@ def dataclass_arguments(cls: type, raw: Mapping[str, Any], source: str) -> dict[
 
 
 def _is_float_field(field: dataclasses.Field) -> bool:
-    if field.type is float:
-        return True
     # under `from __future__ import annotations` the type is its source text, e.g. "float | None"
-    return isinstance(field.type, str) and "float" in (part.strip() for part in field.type.split("|"))
+    text = field.type.__name__ if isinstance(field.type, type) else str(field.type)
+    return "float" in (part.strip() for part in text.split("|"))
 
 
 class ConfigFile:

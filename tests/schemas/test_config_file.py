@@ -106,6 +106,25 @@ def test_a_float_field_that_is_not_a_number_is_named():
         Example.from_dict({"name": "x", "rate": "fast"})
 
 
+def test_float_fields_are_found_with_and_without_postponed_annotations():
+    @dataclass
+    class Evaluated:  # types as objects, as in a module without `from __future__ import annotations`
+        rate: float = 0.1
+        floor: float | None = None
+        count: int = 1
+        label: str = ""
+
+    arguments = dataclass_arguments(Evaluated, {"rate": "3e-4", "floor": "1e-5", "label": "2e-3"}, "step")
+    assert arguments == {"rate": 3e-4, "floor": 1e-5, "label": "2e-3"}
+    Evaluated.__dataclass_fields__["rate"].type = "float"
+    assert dataclass_arguments(Evaluated, {"rate": "1e-2"}, "step") == {"rate": 1e-2}
+
+
+def test_a_section_that_is_not_a_mapping_is_named():
+    with pytest.raises(ValueError, match="job.yaml: tasks: expected a mapping of keys, got 5"):
+        dataclass_arguments(Example, 5, "job.yaml: tasks")
+
+
 def test_the_round_trip_through_yaml_is_exact(tmp_path):
     config = Example(name="x", rate=2.5e-4, tags=["a"])
     path = tmp_path / "resolved.yaml"
