@@ -125,9 +125,10 @@ class ConfigFile:
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, overrides: Overrides = None) -> Self:
-        """The file's keys (none without a file) updated by `overrides`; errors name the file."""
-        raw = read_config_mapping(path) if path is not None else {}
-        return cls.from_dict(with_overrides(raw, overrides), str(path) if path is not None else "config")
+        """The file's keys (none without a file) updated by `overrides`; errors name the file (or the overrides)."""
+        if path is None:
+            return cls.from_dict(with_overrides({}, overrides), "overrides")
+        return cls.from_dict(with_overrides(read_config_mapping(path), overrides), str(path))
 
 
 __all__ = [

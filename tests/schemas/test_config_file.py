@@ -99,6 +99,8 @@ def test_defaults_then_file_then_overrides(tmp_path):
     assert Example.from_yaml(path, {"name": "1e-3"}).name == "1e-3"
     assert with_overrides({"a": 1}, None) == {"a": 1}
     assert Example.from_yaml(None, ["name=x"]).to_dict() == Example(name="x").to_dict()
+    with pytest.raises(ValueError, match="^overrides: unknown key"):
+        Example.from_yaml(None, ["name=x", "nme=y"])
 
 
 def test_a_float_field_that_is_not_a_number_is_named():
