@@ -15,7 +15,8 @@ A URI carrying credentials (`s3://KEY:SECRET@bucket`) is refused: a job writes i
 serves is refused by `resolve` before any work starts.
 
 Atomicity: on a local disk a file is written to a hidden temporary name in its folder, fsynced and
-renamed into place. On an object store an object appears whole when its upload completes, or not at
+renamed into place, and the folder is fsynced; the trainers' checkpoint files are written the same way,
+through these writers. On an object store an object appears whole when its upload completes, or not at
 all; files are therefore uploaded from memory in one piece, never streamed from a half-built writer.
 Rename is not atomic there, so finished work is recognised by *markers*, never by the presence of a
 shard: a stage writes its shards under deterministic names, then a marker JSON (`markers/*.done`)
@@ -205,21 +206,10 @@ def read_parquet(location: str | Path, columns: list[str] | None = None) -> pa.T
 
 def atomic_write_bytes(location: str | Path, data: bytes) -> None:
     """Writes `data` so that a reader sees the old file, no file or all of `data`; never a part."""
-    fs, path = resolve(location)
     if is_local(location):
-        directory = Path(path).parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_local_atomically(resolve(location)[1], lambda tmp: Path(tmp).write_bytes(data))
         return
+    fs, path = resolve(location)
     # an object appears when its upload completes; the bytes are all in hand before it starts
     with fs.open_output_stream(path) as handle:
         handle.write(data)
@@ -232,21 +222,39 @@ def atomic_write_json(location: str | Path, payload: Any) -> None:
 def atomic_write_parquet(table: pa.Table, location: str | Path, compression: str = "zstd") -> None:
     """Writes one Parquet file atomically: a local temporary file renamed into place, or one upload."""
     if is_local(location):
-        _, path = resolve(location)
-        directory = Path(path).parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=directory)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp, compression=compression)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_local_atomically(resolve(location)[1], lambda tmp: pq.write_table(table, tmp, compression=compression))
         return
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression=compression)
     atomic_write_bytes(location, sink.getvalue().to_pybytes())
+
+
+def _write_local_atomically(path: str, write) -> None:
+    """`write(temporary_path)` into a hidden file beside `path`, then fsync, rename into place and fsync the folder:
+    after a crash the file is the old one or the whole new one, and a completed write survives it."""
+    directory = Path(path).parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=directory)
+    try:
+        try:
+            write(tmp)
+            os.fsync(fd)  # any descriptor of the file flushes what was written through another
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_directory(directory)
+
+
+def fsync_directory(path: str | Path) -> None:
+    """Makes the names in a local folder durable (a rename into it survives a crash once this returns)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_dirs(location: str | Path) -> None:

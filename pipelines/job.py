@@ -22,10 +22,9 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from loopcoder.schemas.config_file import ConfigFile, dataclass_arguments
 
 from .ast_validation import AstConfig, AstValidator
 from .decontamination import DecontaminationConfig, Decontaminator
@@ -96,7 +95,7 @@ class RayConfig:
 
 
 @dataclass
-class JobConfig:
+class JobConfig(ConfigFile):
     name: str
     output: str
     inputs: list[dict[str, Any]]
@@ -108,15 +107,7 @@ class JobConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> JobConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
-            )
-        for key in ("name", "output", "inputs"):
-            if key not in raw:
-                raise ValueError(f"{source}: missing key '{key}'")
+        raw = dataclass_arguments(cls, raw, source)
         if not raw["inputs"]:
             raise ValueError(f"{source}: 'inputs' is empty")
         config = cls(
@@ -131,18 +122,6 @@ class JobConfig:
         )
         config.build_steps()  # validates every step's parameters now, not on a worker
         return config
-
-    @classmethod
-    def from_yaml(cls, path: Path, overrides: dict[str, Any] | None = None) -> JobConfig:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"job config {path} does not exist")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        raw.update(overrides or {})
-        return cls.from_dict(raw, str(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (not the Ray sizing, nor whether `_work/` is kept)."""
@@ -178,16 +157,13 @@ class JobConfig:
 
 
 def _sub(cls, raw: dict[str, Any] | None, where: str):
-    raw = dict(raw or {})
+    arguments = dataclass_arguments(cls, raw or {}, where)
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(raw) - set(known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    for key, value in raw.items():
+    for key, value in arguments.items():
         # YAML lists become the tuples the dataclasses declare
         if isinstance(value, list) and "tuple" in str(known[key].type):
-            raw[key] = tuple(value)
-    return cls(**raw)
+            arguments[key] = tuple(value)
+    return cls(**arguments)
 
 
 def _normalise_steps(steps: list[Any], source: str) -> list[dict[str, dict[str, Any]]]:

@@ -58,9 +58,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from loopcoder.schemas import RL_PROBLEM
+from loopcoder.schemas.config_file import ConfigFile, dataclass_arguments
 
 from .decontamination import DecontaminationConfig, Decontaminator
 from .io import ShardWriter, atomic_write_bytes, atomic_write_json, atomic_write_parquet
@@ -92,7 +92,7 @@ REFERENCE_SCHEMA = pa.schema(
 
 
 @dataclass
-class MiningConfig:
+class MiningConfig(ConfigFile):
     """A mining job (`jobs/data/rl_mining.yaml`); every key but `name`, `input` and `output` is optional."""
 
     name: str
@@ -116,25 +116,8 @@ class MiningConfig:
     num_cpus: int | None = None  # local Ray only
 
     @classmethod
-    def from_yaml(cls, path: Path, overrides: dict[str, Any] | None = None) -> MiningConfig:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"job config {path} does not exist")
-        raw = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) | (overrides or {})
-        return cls.from_dict(raw, str(path))
-
-    @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> MiningConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
-            )
-        for key in ("name", "input", "output"):
-            if key not in raw:
-                raise ValueError(f"{source}: missing key '{key}'")
-        config = cls(**raw)
+        config = cls(**dataclass_arguments(cls, raw, source))
         config.validate(source)
         return config
 
@@ -151,9 +134,6 @@ class MiningConfig:
 
     def minhash_config(self) -> MinhashConfig:
         return MinhashConfig(**self.dedup)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
         relevant = {k: v for k, v in self.to_dict().items() if k not in ("output", "num_cpus", "verify_actors")}

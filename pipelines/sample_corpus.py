@@ -34,10 +34,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm import tqdm
 
 from loopcoder.schemas import COMMIT_TRIPLET, SOURCE_FILE
+from loopcoder.schemas.config_file import ConfigFile
 
 from . import filesystem as fs
 from .commits import CommitConfig, CommitTripletExtractor
@@ -52,21 +52,13 @@ GIT_TIMEOUT_SECONDS = 60
 
 
 @dataclass
-class SampleCorpusConfig:
+class SampleCorpusConfig(ConfigFile):
     """Where the sample corpus comes from and where it goes (fields mirror the YAML file)."""
 
     output: str = "data/sample"
     sources: list[dict[str, Any]] = field(default_factory=list)
     rows_per_shard: int = 2000
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-
-    @classmethod
-    def from_yaml(cls, path: Path) -> SampleCorpusConfig:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        unknown = set(raw) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
-        return cls(**raw)
 
 
 @dataclass

@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import yaml
 
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SFT_CONVERSATION
+from loopcoder.schemas.config_file import ConfigFile, dataclass_arguments
 from loopcoder.schemas.tokens import ENDOFTEXT, FILE_SEP, REPO_NAME
 
 from . import filesystem as fs
@@ -89,7 +89,7 @@ class SplitConfig:
 
 
 @dataclass
-class SamplesJobConfig:
+class SamplesJobConfig(ConfigFile):
     """A samples job; every key but `name`, `output` and `input` is optional (docs/fim_and_commits.md)."""
 
     name: str
@@ -121,26 +121,12 @@ class SamplesJobConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> SamplesJobConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(raw) - known:
-            raise ValueError(f"{source}: unknown key(s) {', '.join(sorted(set(raw) - known))}")
-        for key in ("name", "output", "input"):
-            if key not in raw:
-                raise ValueError(f"{source}: missing key '{key}'")
-        raw = dict(raw)
+        raw = dataclass_arguments(cls, raw, source)
         raw["split"] = _sub(SplitConfig, raw.get("split"), f"{source}: split")
         raw["ray"] = _sub(RayConfig, raw.get("ray"), f"{source}: ray")
         config = cls(**raw)
         config.validate()
         return config
-
-    @classmethod
-    def from_yaml(cls, path: Path, overrides: dict[str, Any] | None = None) -> SamplesJobConfig:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"job config {path} does not exist")
-        raw = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) | (overrides or {})
-        return cls.from_dict(raw, str(path))
 
     def validate(self) -> None:
         """Builds every part once, so a bad key fails here and not on a worker."""
@@ -157,9 +143,6 @@ class SamplesJobConfig:
             MinhashConfig(**self.sft_dedup)
         if self.repo_buckets < 1:
             raise ValueError(f"repo_buckets must be at least 1, got {self.repo_buckets}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
         relevant = {k: v for k, v in self.to_dict().items() if k not in ("output", "ray")}

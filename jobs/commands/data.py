@@ -92,10 +92,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def _sample_corpus(args: argparse.Namespace) -> int:
     from loopcoder.pipelines.sample_corpus import SampleCorpusConfig, build_sample_corpus, default_config_path
 
-    config_path = args.config or default_config_path()
-    if not config_path.exists():
-        raise FileNotFoundError(f"config {config_path} does not exist")
-    config = SampleCorpusConfig.from_yaml(config_path)
+    config = SampleCorpusConfig.from_yaml(args.config or default_config_path())
     manifest = build_sample_corpus(config, args.out)
     if args.json:
         print(json.dumps(manifest, indent=2))

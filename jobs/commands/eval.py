@@ -18,7 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-import yaml
+from loopcoder.schemas.config_file import check_keys, read_config_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +104,9 @@ def _with_config(parser: argparse.ArgumentParser, handler):
 
     def run(args: argparse.Namespace) -> int:
         if args.config is not None:
-            if not args.config.is_file():
-                raise FileNotFoundError(f"config {args.config} does not exist")
-            settings = yaml.safe_load(args.config.read_text()) or {}
-            for key, value in settings.items():
-                name = key.replace("-", "_")
-                if not hasattr(args, name):
-                    raise ValueError(f"{args.config}: unknown key {key!r}")
+            settings = {str(key).replace("-", "_"): value for key, value in read_config_mapping(args.config).items()}
+            check_keys(settings, _flag_names(parser), str(args.config))
+            for name, value in settings.items():
                 if getattr(args, name) == parser.get_default(name):
                     default = parser.get_default(name)
                     setattr(args, name, Path(value) if isinstance(default, Path) or name in _PATHS else value)
@@ -127,6 +123,11 @@ def _with_config(parser: argparse.ArgumentParser, handler):
 
 
 _PATHS = ("model", "data", "fim_data", "out", "data_file")
+
+
+def _flag_names(parser: argparse.ArgumentParser) -> set[str]:
+    """The keys a `--config` file may set: the command's flags and arguments, by their `_` names."""
+    return {action.dest for action in parser._actions if action.dest not in ("help", "config")}
 
 
 def _pool(args: argparse.Namespace):

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from loopcoder.pipelines.filesystem import atomic_write_bytes, fsync_directory
+
 from . import collectives
 
 logger = logging.getLogger(__name__)
@@ -40,24 +42,6 @@ PARTIAL_PREFIX = ".partial-"
 
 def step_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def rng_state() -> dict[str, Any]:
@@ -108,7 +92,7 @@ def prepare_run(config, rank: int, output_dir: Path, checkpoint_root: Path, conf
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(checkpoint_root)
-        (output_dir / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        atomic_write_bytes(output_dir / "config.yaml", config_yaml.encode())
     collectives.barrier()
     return find_resume_checkpoint(config, checkpoint_root)
 
@@ -127,14 +111,16 @@ def save_checkpoint(engine, root: Path, step: int, trainer_state: dict[str, Any]
     collectives.barrier()
     final = root / name
     if rank == 0:
-        (partial / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        atomic_write_bytes(partial / "config.yaml", config_yaml.encode())
         # written last: its presence marks the directory as a checkpoint (the rename makes it visible)
-        atomic_write_text(partial / "trainer_state.json", json.dumps(trainer_state, indent=2, sort_keys=True))
+        atomic_write_bytes(
+            partial / "trainer_state.json", json.dumps(trainer_state, indent=2, sort_keys=True).encode()
+        )
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-        _fsync_dir(root)
-        atomic_write_text(root / "latest", name)
+        fsync_directory(root)
+        atomic_write_bytes(root / "latest", name.encode())
         for old in complete_checkpoints(root)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     collectives.barrier()

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from loopcoder.pipelines.filesystem import atomic_write_bytes
+
 from . import collectives
 from .adapters import merged_state_dict, save_adapter
 from .checkpoint import full_state_dict, load_checkpoint, prepare_run, save_checkpoint, save_hf_model
@@ -208,8 +210,8 @@ class Trainer:
                     merged = merged_state_dict(out, self.config.model_name_or_path)
                     merged_dir = self.output_dir / "final_merged"
                     save_hf_model(merged, self.model_config, merged_dir, self.config.released_format, tokenizer)
-                    (merged_dir / "training_config.yaml").write_text(self.resolved_config(), encoding="utf-8")
-            (out / "training_config.yaml").write_text(self.resolved_config(), encoding="utf-8")
+                    atomic_write_bytes(merged_dir / "training_config.yaml", self.resolved_config().encode())
+            atomic_write_bytes(out / "training_config.yaml", self.resolved_config().encode())
         collectives.barrier()
         return out
 

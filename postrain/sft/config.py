@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopcoder.postrain.runtime.config import TrainerConfig, parse_override
+from loopcoder.postrain.runtime.config import TrainerConfig
+from loopcoder.schemas.config_file import parse_override
 
 MODES = ("sft", "pretrain")
 ACTIONS = ("stop", "warn")

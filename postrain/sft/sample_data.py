@@ -20,12 +20,12 @@ stand-in that exercises assistant-only loss, packing and the curriculum, not an 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from loopcoder.pipelines.io import ShardWriter, atomic_write_json
 from loopcoder.pipelines.packing import Document, PackingConfig, pack, tokenize_conversation, tokenize_text
 from loopcoder.schemas import PACKED_SEQUENCE
 
@@ -44,15 +44,13 @@ def _held_out(key: str, every: int) -> bool:
 
 
 def write_shards(rows: list[dict[str, Any]], directory: Path, rows_per_shard: int = 64) -> int:
+    """Replaces the `part-*.parquet` shards of `directory` with `rows`; returns the rows written."""
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("part-*.parquet"):
         old.unlink()
-    for number, start in enumerate(range(0, len(rows), rows_per_shard)):
-        table = PACKED_SEQUENCE.from_records(rows[start : start + rows_per_shard])
-        tmp = directory / f".part-{number:05d}.parquet.tmp"
-        pq.write_table(table, tmp)
-        tmp.rename(directory / f"part-{number:05d}.parquet")
-    return len(rows)
+    with ShardWriter(directory, PACKED_SEQUENCE, rows_per_shard) as writer:
+        writer.write_all(rows)
+    return writer.rows_written
 
 
 def prepare_sample(
@@ -127,7 +125,7 @@ def prepare_sample(
             "tokens": sum(stats.tokens.values()),
             "dropped": dict(stats.dropped),
         }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
 

@@ -70,3 +70,12 @@ def test_paths_join_and_split_the_same_way_for_every_scheme():
     assert fs.parent("s3://b") == "s3://b"
     assert fs.resolve("s3://b/out/")[1] == "b/out"
     assert fs.absolute("file:///tmp/x") == "/tmp/x" and not fs.is_local("gs://b/x") and fs.is_local("rel/x")
+
+
+def test_a_failed_write_leaves_the_old_file_whole(root):
+    location = fs.join(root, "files/part-0.parquet")
+    fs.atomic_write_parquet(pa.table({"x": [1, 2]}), location)
+    with pytest.raises(Exception, match="nonsense"):
+        fs.atomic_write_parquet(pa.table({"x": [3]}), location, compression="nonsense")
+    assert fs.read_parquet(location).column("x").to_pylist() == [1, 2]
+    assert fs.list_files(root, include_internal=True) == ["files/part-0.parquet"]  # no temporary left behind

@@ -181,7 +181,8 @@ def test_cli_builds_from_a_config_and_reports_errors_in_one_line(source_tree, gi
     config_path.write_text(yaml.safe_dump({"sources": [], "outptu": "typo"}))
     assert main(["data", "sample-corpus", "--config", str(config_path)]) == 1
     assert capsys.readouterr().err.strip() == (
-        f"loopcoder: error: {config_path}: unknown key(s) outptu (rerun with --debug for the traceback)"
+        f"loopcoder: error: {config_path}: unknown key(s) outptu; valid keys: max_file_bytes, output, rows_per_shard, "
+        "sources (rerun with --debug for the traceback)"
     )
 
 

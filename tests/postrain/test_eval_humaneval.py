@@ -6,6 +6,7 @@ per-problem JSONL, results.json and report.md. A tiny random model then runs `ev
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,16 @@ def test_eval_problems_with_a_tiny_model(tmp_path):
 def test_humaneval_needs_a_model(capsys):
     assert main(["eval", "humaneval"]) == 1
     assert "--model is required" in capsys.readouterr().err
+
+
+def test_config_keys_are_the_command_flags(tmp_path, capsys):
+    # the packaged defaults are accepted: the command gets as far as asking for the model
+    packaged = Path(__file__).resolve().parents[2] / "jobs" / "eval" / "humaneval_sampled.yaml"
+    assert main(["eval", "humaneval", "--config", str(packaged)]) == 1
+    assert "--model is required" in capsys.readouterr().err
+    config = tmp_path / "eval.yaml"
+    config.write_text("n-samples: 4\nsamples: 4\n")
+    assert main(["eval", "humaneval", "--config", str(config)]) == 1
+    error = capsys.readouterr().err
+    assert f"{config}: unknown key(s) samples; valid keys: " in error and "n_samples" in error
+    assert "handler" not in error and "config," not in error  # argparse internals are not keys
