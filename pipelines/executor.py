@@ -1,6 +1,11 @@
-"""Per-task stages on Ray, shared by the clean job and the samples job.
+"""What every data job runs on: the Ray session (`ray_session`) and per-task stages (`run_tasks`).
 
-    summaries = run_tasks("documents", DocumentsWorker, (job_dict, output), specs, workers=2)
+    with ray_session(job.ray):
+        summaries = run_tasks("documents", DocumentsWorker, (job_dict, output), specs, workers=2)
+
+`ray_session` connects to the cluster named by `RAY_ADDRESS` or starts a local Ray for the job
+(never joining one some other `ray start` left running), and sets Ray Data's shuffle for the
+dedup stages.
 
 A stage is a list of task specs (JSON-able dicts) and a worker class built from JSON-able
 arguments, whose `run(spec)` writes the task's files under deterministic names, then its marker,
@@ -24,8 +29,13 @@ task's error.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .job import RayConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +46,43 @@ PROGRESS_INTERVAL_SECONDS = 10.0
 # The worker object this process built last, by (class, arguments): reused by the next task of the
 # same job and stage. One entry, so a process never holds two jobs' steps.
 _WORKERS: dict[tuple[str, str], Any] = {}
+
+
+@contextmanager
+def ray_session(settings: RayConfig):
+    """Connects to the cluster named by RAY_ADDRESS, or starts local Ray sized to the machine (the `ray:` block)."""
+    import ray
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = False
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        else:
+            # address="local": a new instance for this job, never a cluster some other `ray start` left running
+            ray.init(
+                address="local",
+                num_cpus=settings.num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+        started = True
+    context = DataContext.get_current()
+    if settings.shuffle_partitions:
+        context.default_hash_shuffle_parallelism = settings.shuffle_partitions
+    strategies = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}
+    if settings.shuffle_strategy not in strategies:
+        raise ValueError(
+            f"ray.shuffle_strategy must be one of {', '.join(strategies)}, got '{settings.shuffle_strategy}'"
+        )
+    context.shuffle_strategy = strategies[settings.shuffle_strategy]
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _worker(worker_class: type, arguments: tuple) -> Any:

@@ -882,9 +882,9 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
     import ray
     import ray.data
 
+    from .executor import ray_session
     from .inspection.discovery import discover_shards
     from .job import RayConfig
-    from .runner import ray_session
 
     output = Path(output or config.output)
     output.mkdir(parents=True, exist_ok=True)

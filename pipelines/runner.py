@@ -34,7 +34,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,9 @@ from .dedup import (
     run_dedup,
     write_task_dedup_inputs,
 )
-from .executor import run_tasks
+from .executor import ray_session, run_tasks
 from .filesystem import atomic_write_json, atomic_write_parquet
-from .job import GLOBAL_STEPS, JobConfig, JobFailed, RayConfig
+from .job import GLOBAL_STEPS, JobConfig, JobFailed
 from .minhash import MinhashSignatures, tokens
 from .readers import plan_tasks, read_task
 from .stats import StepStats, merge_stats, shard_stats
@@ -303,43 +302,6 @@ def _inject_worker_fault(task: int) -> None:
     if not marker.exists():
         marker.write_text(str(os.getpid()))
         os._exit(1)
-
-
-@contextmanager
-def ray_session(settings: RayConfig):
-    """Connects to the cluster named by RAY_ADDRESS, or starts local Ray sized to the machine (the `ray:` block)."""
-    import ray
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = False
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-        else:
-            # address="local": a new instance for this job, never a cluster some other `ray start` left running
-            ray.init(
-                address="local",
-                num_cpus=settings.num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=False,
-            )
-        started = True
-    context = DataContext.get_current()
-    if settings.shuffle_partitions:
-        context.default_hash_shuffle_parallelism = settings.shuffle_partitions
-    strategies = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}
-    if settings.shuffle_strategy not in strategies:
-        raise ValueError(
-            f"ray.shuffle_strategy must be one of {', '.join(strategies)}, got '{settings.shuffle_strategy}'"
-        )
-    context.shuffle_strategy = strategies[settings.shuffle_strategy]
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _run_stage(stage: str, tasks: list[dict], job: JobConfig, output: str, num_tasks: int) -> None:

@@ -497,7 +497,7 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
 
     Raises JobFailed when nothing was packed (`stats.json` is written, `_SUCCESS` is not).
     """
-    from .runner import ray_session
+    from .executor import ray_session
 
     output = fs.absolute(output or config.output)
     _check_locations(config, output)
