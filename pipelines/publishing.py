@@ -19,11 +19,10 @@ from typing import Any
 
 import yaml
 
+from loopcoder.pipelines.inspection.stats import collect_stats
+from loopcoder.pipelines.io import filesystem as fs
+from loopcoder.pipelines.io.filesystem import discover_shards
 from loopcoder.schemas import ALL_RECORD_SCHEMAS, schema_of
-
-from . import filesystem as fs
-from .filesystem import discover_shards
-from .inspection.stats import collect_stats
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +194,7 @@ def build_card(root: str | Path, name: str | None = None, license: str = "other"
 
 def _write_charts(stats, root: str) -> list[str]:
     """The PNG charts under `root/charts/` (drawn locally, then uploaded when `root` is a URI); their names."""
-    from .inspection.plots import plot_stats
+    from loopcoder.pipelines.inspection.plots import plot_stats
 
     if fs.is_local(root):
         return [path.name for path in plot_stats(stats, Path(root) / CHARTS_DIR)]

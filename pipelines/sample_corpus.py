@@ -36,15 +36,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from loopcoder.pipelines.io import filesystem as fs
+from loopcoder.pipelines.io.decoding import DEFAULT_MAX_FILE_BYTES, Rejection, decode_source
+from loopcoder.pipelines.io.filesystem import atomic_write_json
+from loopcoder.pipelines.io.languages import language_of
+from loopcoder.pipelines.io.writers import ShardWriter
+from loopcoder.pipelines.samples.commits import CommitConfig, CommitTripletExtractor
 from loopcoder.schemas import COMMIT_TRIPLET, SOURCE_FILE
 from loopcoder.schemas.config_file import ConfigFile
-
-from . import filesystem as fs
-from .commits import CommitConfig, CommitTripletExtractor
-from .decoding import DEFAULT_MAX_FILE_BYTES, Rejection, decode_source
-from .filesystem import atomic_write_json
-from .io import ShardWriter
-from .languages import language_of
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +184,7 @@ def read_installed_packages(source: dict[str, Any], max_bytes: int, stats: Corpu
 
 
 def read_git_history(source: dict[str, Any], max_bytes: int, stats: CorpusStats) -> Iterator[dict[str, Any]]:
-    """Commit triplets of a git checkout, by the extractor of the commit pipeline (pipelines/commits.py)."""
+    """Commit triplets of a git checkout, by the extractor of the commit pipeline (pipelines/samples/commits.py)."""
     repo_path = Path(resolve_placeholders(source["path"]))
     repo = source.get("repo", repo_path.name)
     config = CommitConfig(

@@ -60,7 +60,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
-    from loopcoder.pipelines.quality_classifier import job_labels, read_labelled_jsonl, train_classifier
+    from loopcoder.pipelines.steps.quality_classifier import job_labels, read_labelled_jsonl, train_classifier
 
     if args.from_job:
         rows, positive, source = list(job_labels(args.from_job)), args.positive_label or "kept", f"job {args.from_job}"
@@ -105,7 +105,7 @@ def print_corpus_summary(manifest: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from loopcoder.pipelines.filesystem import join
+    from loopcoder.pipelines.io.filesystem import join
 
     console = Console()
     output = manifest["config"]["output"]
@@ -137,8 +137,8 @@ def print_corpus_summary(manifest: dict) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from loopcoder.pipelines.job import JobConfig
-    from loopcoder.pipelines.runner import run_job
+    from loopcoder.pipelines.clean.job import JobConfig
+    from loopcoder.pipelines.clean.runner import run_job
 
     job = JobConfig.from_yaml(args.config)
     output = args.output or job.output
@@ -155,7 +155,7 @@ def print_job_summary(stats: dict, output: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from loopcoder.pipelines.filesystem import join
+    from loopcoder.pipelines.io.filesystem import join
 
     console = Console()
     steps = Table(title=f"job {stats['job']}: {stats['tasks']} task(s)", title_justify="left")

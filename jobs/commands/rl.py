@@ -58,7 +58,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _mine(args: argparse.Namespace) -> int:
-    from loopcoder.pipelines.rl_mining import MiningConfig, run_mining
+    from loopcoder.pipelines.rl.mining import MiningConfig, run_mining
 
     overrides = {"input": str(args.input)} if args.input else {}
     config = MiningConfig.from_yaml(args.config, overrides)
@@ -73,7 +73,7 @@ def _mine(args: argparse.Namespace) -> int:
     console = Console()
     table = Table(title=f"{stats['kept']:,} problems, {stats['tests']:,} tests", title_justify="left")
     table.add_column("repository")
-    from loopcoder.pipelines.rl_mining import KINDS
+    from loopcoder.pipelines.rl.mining import KINDS
 
     for kind in KINDS:
         table.add_column(kind, justify="right")

@@ -23,7 +23,7 @@ def register_samples(commands: argparse._SubParsersAction) -> None:
 
 
 def _samples(args: argparse.Namespace) -> int:
-    from loopcoder.pipelines.samples_job import SamplesJobConfig, run_samples_job
+    from loopcoder.pipelines.samples.job import SamplesJobConfig, run_samples_job
 
     config = SamplesJobConfig.from_yaml(args.config)
     stats = run_samples_job(config, args.output)

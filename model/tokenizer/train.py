@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from loopcoder.pipelines.languages import language_of
+from loopcoder.pipelines.io.languages import language_of
 from loopcoder.schemas.tokens import CHAT_TEMPLATE, ENDOFTEXT, FIM_PAD, IM_END, SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)

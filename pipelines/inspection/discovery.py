@@ -1,5 +1,5 @@
-"""Finding the shards under a path: the one shard finder, `loopcoder.pipelines.filesystem.discover_shards`."""
+"""Finding the shards under a path: the one shard finder, `loopcoder.pipelines.io.filesystem.discover_shards`."""
 
-from loopcoder.pipelines.filesystem import discover_shards
+from loopcoder.pipelines.io.filesystem import discover_shards
 
 __all__ = ["discover_shards"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .stats import ShardStats
+from loopcoder.pipelines.inspection.stats import ShardStats
 
 MAX_BARS = 20
 

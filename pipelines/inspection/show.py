@@ -7,9 +7,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from loopcoder.pipelines.io.filesystem import basename, discover_shards, parquet_file
 from loopcoder.schemas import schema_of
-
-from ..filesystem import basename, discover_shards, parquet_file
 
 SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 SAFE_FUNCTIONS = {"len": len, "any": any, "all": all, "min": min, "max": max, "abs": abs, "sum": sum}

@@ -24,9 +24,16 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from loopcoder.pipelines.io.filesystem import (
+    discover_shards,
+    is_file,
+    join,
+    list_files,
+    open_input_file,
+    parent,
+    read_json,
+)
 from loopcoder.schemas import schema_of
-
-from ..filesystem import discover_shards, is_file, join, list_files, open_input_file, parent, read_json
 
 PERCENTILES = (50, 90, 99)
 # small columns worth reading when present: column -> the Counter it feeds

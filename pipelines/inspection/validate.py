@@ -17,9 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loopcoder.pipelines.io.filesystem import discover_shards, parquet_file
 from loopcoder.schemas import ALL_RECORD_SCHEMAS, SchemaError, schema_of
-
-from ..filesystem import discover_shards, parquet_file
 
 
 @dataclass(frozen=True)

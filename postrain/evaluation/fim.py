@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from loopcoder.pipelines.fim import format_fim
+from loopcoder.pipelines.samples.fim import format_fim
 from loopcoder.schemas.tokens import ENDOFTEXT, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END
 
 from .generation import Generator
@@ -117,7 +117,7 @@ def load_fim_samples(
             records = table.select([c for c in SAMPLE_COLUMNS if c in names]).to_pylist()
         elif "content" in names:
             if splitter is None:
-                from loopcoder.pipelines.fim import FimConfig, FimSplitter
+                from loopcoder.pipelines.samples.fim import FimConfig, FimSplitter
 
                 kinds = list(split_kinds) or ["line", "ast"]
                 weights = {k: 1.0 for k in kinds}

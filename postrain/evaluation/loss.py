@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from loopcoder.pipelines.filesystem import discover_shards
+from loopcoder.pipelines.io.filesystem import discover_shards
 from loopcoder.postrain.runtime.logprobs import token_log_probs
 from loopcoder.schemas import PACKED_SEQUENCE
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from loopcoder.pipelines.io import atomic_write_bytes
+from loopcoder.pipelines.io.writers import atomic_write_bytes
 
 
 def code_version() -> dict:

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from loopcoder.pipelines.filesystem import discover_shards as finished_shards
+from loopcoder.pipelines.io.filesystem import discover_shards as finished_shards
 from loopcoder.postrain.sandbox.problems import (
     load_contest_jsonl,
     load_humaneval,

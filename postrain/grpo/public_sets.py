@@ -451,7 +451,7 @@ def prepare_dataset(
 
     Returns (and writes as `out/summary.json`) the counts: rows, problems, tests, rejected by reason.
     """
-    from loopcoder.pipelines.io import ShardWriter, atomic_write_json
+    from loopcoder.pipelines.io.writers import ShardWriter, atomic_write_json
 
     spec = dataset_spec(dataset)
     split = split or spec.default_split

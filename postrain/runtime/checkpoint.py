@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from loopcoder.pipelines.filesystem import atomic_write_bytes, fsync_directory
+from loopcoder.pipelines.io.filesystem import atomic_write_bytes, fsync_directory
 
 from . import collectives
 

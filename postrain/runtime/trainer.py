@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from loopcoder.pipelines.filesystem import atomic_write_bytes
+from loopcoder.pipelines.io.filesystem import atomic_write_bytes
 
 from . import collectives
 from .adapters import merged_state_dict, save_adapter

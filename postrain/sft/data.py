@@ -24,7 +24,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
 
-from loopcoder.pipelines.filesystem import discover_shards as finished_shards
+from loopcoder.pipelines.io.filesystem import discover_shards as finished_shards
 from loopcoder.schemas import PACKED_SEQUENCE
 from loopcoder.schemas.base import SchemaError
 

@@ -4,7 +4,7 @@
 
 Until the Ray tokenisation job writes packed shards, this turns a sample corpus
 (`loopcoder data sample-corpus`) into the shard sets `jobs/sft/sample_tiny.yaml` trains on, with
-the packing of `pipelines/packing.py`:
+the packing of `pipelines/samples/packing.py`:
 
     OUT/pretrain/       source files as plain text (category `pretrain_file`), the replay set
     OUT/sft_easy/       conversations "write file X" -> file, shortest third (category `sft_file`)
@@ -25,8 +25,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from loopcoder.pipelines.io import ShardWriter, atomic_write_json
-from loopcoder.pipelines.packing import Document, PackingConfig, pack, tokenize_conversation, tokenize_text
+from loopcoder.pipelines.io.writers import ShardWriter, atomic_write_json
+from loopcoder.pipelines.samples.packing import Document, PackingConfig, pack, tokenize_conversation, tokenize_text
 from loopcoder.schemas import PACKED_SEQUENCE
 
 

@@ -39,7 +39,7 @@ writing the output).
 
 **Ground truth.** Two documents are near-duplicates when the exact Jaccard similarity of their
 sets of token 5-grams is at least 0.7: tokens are runs of `[A-Za-z0-9_]` (case kept), each 5-gram
-hashed to 32 bits (`loopcoder.pipelines.minhash.shingle_set`; this is the clean job's own
+hashed to 32 bits (`loopcoder.pipelines.dedup.minhash.shingle_set`; this is the clean job's own
 definition, datatrove's shingles differ). Documents with equal shingle sets form exact groups;
 one member of each goes through a very sensitive LSH (the same 256 MinHash values cut into 64
 bands of 4 rows: a pair at Jaccard 0.7 is missed with probability 2e-8, at 0.6 with 1e-4), and
@@ -92,7 +92,7 @@ def group_key(relative: str) -> str:
 
 
 def acceptable(text: str) -> bool:
-    from loopcoder.pipelines.minhash import tokens
+    from loopcoder.pipelines.dedup.minhash import tokens
 
     return "\x00" not in text and len(text.encode("utf-8")) <= MAX_BYTES and len(tokens(text)) >= MIN_TOKENS
 
@@ -236,7 +236,7 @@ def ground_truth_edges(texts: list[str]) -> tuple[list[tuple[int, int]], dict]:
     """Edges whose connected components are the true clusters: exact groups chained, verified LSH pairs."""
     import numpy as np
 
-    from loopcoder.pipelines.minhash import (
+    from loopcoder.pipelines.dedup.minhash import (
         MinhashConfig,
         MinhashSignatures,
         jaccard,
@@ -426,8 +426,8 @@ def profile_loopcoder(job_file: str) -> None:
     start = time.perf_counter()
     import ray.data  # noqa: F401 - counted with the job's imports
 
-    from loopcoder.pipelines.job import JobConfig
-    from loopcoder.pipelines.runner import run_job
+    from loopcoder.pipelines.clean.job import JobConfig
+    from loopcoder.pipelines.clean.runner import run_job
 
     imports = time.perf_counter() - start
     job = JobConfig.from_yaml(Path(job_file))
@@ -437,12 +437,12 @@ def profile_loopcoder(job_file: str) -> None:
     profiler.disable()
     wanted = {
         ("ray/_private/worker.py", "init"): "ray.init",
-        ("pipelines/readers.py", "plan_tasks"): "planning (plan_tasks)",
-        ("pipelines/runner.py", "_run_stage"): "documents + write stages (_run_stage)",
-        ("pipelines/dedup.py", "run_dedup"): "dedup stages (run_dedup)",
-        ("pipelines/runner.py", "merge_job_stats"): "stats merging (merge_job_stats)",
+        ("pipelines/io/readers.py", "plan_tasks"): "planning (plan_tasks)",
+        ("pipelines/clean/runner.py", "_run_stage"): "documents + write stages (_run_stage)",
+        ("pipelines/dedup/stages.py", "run_dedup"): "dedup stages (run_dedup)",
+        ("pipelines/clean/runner.py", "merge_job_stats"): "stats merging (merge_job_stats)",
         ("ray/_private/worker.py", "shutdown"): "ray.shutdown",
-        ("pipelines/runner.py", "run_job"): "run_job in all",
+        ("pipelines/clean/runner.py", "run_job"): "run_job in all",
     }
     found = {"imports (ray.data, loopcoder.pipelines)": (1, imports)}
     for (filename, _line, function), (_cc, calls, _tt, cumulative, _callers) in pstats.Stats(profiler).stats.items():

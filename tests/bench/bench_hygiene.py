@@ -41,12 +41,12 @@ from pathlib import Path
 import psutil
 import yaml
 
-from loopcoder.pipelines.benchmarks import BUILTIN_BENCHMARKS, humaneval_rows, infilling_rows
-from loopcoder.pipelines.decontamination import Decontaminator
-from loopcoder.pipelines.language_id import LanguageIdentifier
-from loopcoder.pipelines.licences import LicenceFilter
-from loopcoder.pipelines.quality_classifier import QualityClassify
-from loopcoder.pipelines.secrets import KEY_PLUGINS, SecretsRedactor
+from loopcoder.pipelines.steps.benchmarks import BUILTIN_BENCHMARKS, humaneval_rows, infilling_rows
+from loopcoder.pipelines.steps.decontamination import Decontaminator
+from loopcoder.pipelines.steps.language_id import LanguageIdentifier
+from loopcoder.pipelines.steps.licences import LicenceFilter
+from loopcoder.pipelines.steps.quality_classifier import QualityClassify
+from loopcoder.pipelines.steps.secrets import KEY_PLUGINS, SecretsRedactor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSIFIER = {"classifiers": [{"path": "builtin:code_rules", "threshold": None}]}
@@ -152,7 +152,7 @@ def gettext_sample(root: Path = Path("/usr/share/locale"), per_language: int = 2
 def cld2_accuracy() -> None:
     import pycld2
 
-    from loopcoder.pipelines.language_id import CLD2_CODES, identify
+    from loopcoder.pipelines.steps.language_id import CLD2_CODES, identify
 
     sample = gettext_sample()
     if not sample:
@@ -224,9 +224,9 @@ def job_input(megabytes: float, folder: Path) -> tuple[dict, int]:
 
 def run_documents_stage(label: str, steps: list, spec: dict, output: Path) -> dict:
     """One in-process pass of the documents stage: CPU seconds in total and per step, the task summaries."""
-    from loopcoder.pipelines.job import JobConfig
-    from loopcoder.pipelines.readers import plan_tasks
-    from loopcoder.pipelines.runner import TaskRunner
+    from loopcoder.pipelines.clean.job import JobConfig
+    from loopcoder.pipelines.clean.runner import TaskRunner
+    from loopcoder.pipelines.io.readers import plan_tasks
 
     job = JobConfig.from_dict(
         {"name": f"bench_hygiene_{label}", "output": str(output), "inputs": [spec], "steps": steps}
@@ -302,8 +302,8 @@ def job_documents_ratio(megabytes: float) -> None:
 
 
 def job_ratio(megabytes: float) -> None:
-    from loopcoder.pipelines.job import JobConfig
-    from loopcoder.pipelines.runner import run_job
+    from loopcoder.pipelines.clean.job import JobConfig
+    from loopcoder.pipelines.clean.runner import run_job
 
     site = Path(sysconfig.get_paths()["purelib"])
     inputs = [{"kind": "directory", "path": str(site / "transformers"), "repo": "pypi/transformers",

@@ -24,7 +24,7 @@ import numpy as np
 import xxhash
 from datasketch import MinHash
 
-from loopcoder.pipelines.minhash import MinhashConfig, MinhashSignatures, shingle_hash, shingles
+from loopcoder.pipelines.dedup.minhash import MinhashConfig, MinhashSignatures, shingle_hash, shingles
 
 
 def load_files(count: int) -> list[str]:

@@ -41,8 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.runner import run_job
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.clean.runner import run_job
 
 PACKAGES = ["transformers", "torch", "sympy", "pandas", "scipy", "ray", "numpy"]
 
@@ -124,7 +124,7 @@ def start_s3_server() -> subprocess.Popen:
 
 def upload_inputs(inputs: list[dict], bucket: str) -> list[dict]:
     """Copies each input directory's *.py files under `bucket/<repo>/`; returns the inputs pointing there."""
-    from loopcoder.pipelines import filesystem as fs
+    from loopcoder.pipelines.io import filesystem as fs
 
     uploads, moved = [], []
     for spec in inputs:
@@ -144,7 +144,7 @@ def upload_inputs(inputs: list[dict], bucket: str) -> list[dict]:
 def compare_on_s3(job_raw: dict, inputs: list[dict], local_output: Path, local_wall: float, read_mb: float) -> None:
     import pyarrow.fs as pafs
 
-    from loopcoder.pipelines import filesystem as fs
+    from loopcoder.pipelines.io import filesystem as fs
 
     server = start_s3_server()
     try:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from loopcoder.pipelines.commits import CommitConfig, CommitTripletExtractor
-from loopcoder.pipelines.fim import FimConfig, FimSplitter
-from loopcoder.pipelines.packing import PackingConfig, pack, tokenize_text
-from loopcoder.pipelines.repo_fim import RepoFimBuilder, RepoFimConfig, token_counter
 from loopcoder.pipelines.sample_corpus import SampleCorpusConfig, build_sample_corpus, default_config_path
+from loopcoder.pipelines.samples.commits import CommitConfig, CommitTripletExtractor
+from loopcoder.pipelines.samples.fim import FimConfig, FimSplitter
+from loopcoder.pipelines.samples.packing import PackingConfig, pack, tokenize_text
+from loopcoder.pipelines.samples.repo_fim import RepoFimBuilder, RepoFimConfig, token_counter
 from loopcoder.schemas.tokens import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

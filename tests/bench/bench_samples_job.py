@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DRIVER = """
 import json, resource, sys, time
-from loopcoder.pipelines.samples_job import SamplesJobConfig, run_samples_job
+from loopcoder.pipelines.samples.job import SamplesJobConfig, run_samples_job
 config = SamplesJobConfig.from_dict(json.loads(sys.argv[1]))
 start = time.perf_counter()
 stats = run_samples_job(config)

@@ -25,10 +25,10 @@ import time
 import warnings
 from html import escape
 
-from loopcoder.pipelines.quality_classifier import QualityClassify
-from loopcoder.pipelines.readers import _doc
-from loopcoder.pipelines.warc import warc_documents
-from loopcoder.pipelines.web_quality import (
+from loopcoder.pipelines.io.readers import _doc
+from loopcoder.pipelines.io.warc import warc_documents
+from loopcoder.pipelines.steps.quality_classifier import QualityClassify
+from loopcoder.pipelines.steps.web_quality import (
     C4QualityFilter,
     FineWebQualityFilter,
     GopherQualityFilter,

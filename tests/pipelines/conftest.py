@@ -94,9 +94,9 @@ def _reference_dedup(docs: list[dict], exact: bool, minhash) -> list[tuple[str |
     """
     import xxhash
 
-    from loopcoder.pipelines.dedup import PERMISSIVE_LICENSES
-    from loopcoder.pipelines.minhash import MinhashSignatures, jaccard, shingle_set, tokens
-    from loopcoder.pipelines.runner import normalised_sha256
+    from loopcoder.pipelines.clean.runner import normalised_sha256
+    from loopcoder.pipelines.dedup.minhash import MinhashSignatures, jaccard, shingle_set, tokens
+    from loopcoder.pipelines.dedup.stages import PERMISSIVE_LICENSES
 
     def order(i: int) -> tuple:
         return (0 if (docs[i]["license"] or "").lower() in PERMISSIVE_LICENSES else 1, docs[i]["id"], i)

@@ -9,8 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loopcoder.pipelines import filesystem as fs
-from loopcoder.pipelines.benchmarks import (
+from loopcoder.pipelines.io import filesystem as fs
+from loopcoder.pipelines.rl.mining import decontaminate_candidates
+from loopcoder.pipelines.samples.sft_dedup import SftDecontaminationConfig, SftDecontaminator
+from loopcoder.pipelines.steps.benchmarks import (
     BUILTIN_BENCHMARKS,
     benchmark_spec,
     benchmark_specs,
@@ -18,9 +20,7 @@ from loopcoder.pipelines.benchmarks import (
     infilling_rows,
     load_benchmark,
 )
-from loopcoder.pipelines.decontamination import Decontaminator
-from loopcoder.pipelines.rl_mining import decontaminate_candidates
-from loopcoder.pipelines.sft_dedup import SftDecontaminationConfig, SftDecontaminator
+from loopcoder.pipelines.steps.decontamination import Decontaminator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -65,7 +65,7 @@ def rename_first_variable(text: str) -> str:
 
 def unrelated_sources() -> list[str]:
     files = sorted((STDLIB / "json").glob("*.py")) + [STDLIB / "statistics.py", STDLIB / "textwrap.py"]
-    files += sorted((REPO_ROOT / "pipelines").glob("*.py"))
+    files += sorted((REPO_ROOT / "pipelines").rglob("*.py"))
     return [path.read_text() for path in files]
 
 

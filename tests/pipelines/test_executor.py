@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loopcoder.pipelines.executor import run_tasks
+from loopcoder.pipelines.executor.tasks import run_tasks
 
 
 class RecordingWorker:

@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pytest
 
-from loopcoder.pipelines import filesystem as fs
+from loopcoder.pipelines.io import filesystem as fs
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loopcoder.pipelines.fim import PSM, SPM, FimConfig, FimSplitter, ast_level, format_fim
-from loopcoder.pipelines.languages import language_of
+from loopcoder.pipelines.io.languages import language_of
+from loopcoder.pipelines.samples.fim import PSM, SPM, FimConfig, FimSplitter, ast_level, format_fim
 from loopcoder.schemas.tokens import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

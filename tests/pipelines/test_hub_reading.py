@@ -17,9 +17,9 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pyarrow.parquet as pq
 import pytest
 
-from loopcoder.pipelines import filesystem as fs
 from loopcoder.pipelines.inspection.stats import collect_stats
-from loopcoder.pipelines.readers import plan_tasks, read_task
+from loopcoder.pipelines.io import filesystem as fs
+from loopcoder.pipelines.io.readers import plan_tasks, read_task
 from loopcoder.schemas import SOURCE_FILE
 
 REPO = "org/corpus"

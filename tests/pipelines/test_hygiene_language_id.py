@@ -2,8 +2,8 @@
 
 import pytest
 
-from loopcoder.pipelines.language_id import LanguageIdConfig, LanguageIdentifier, comments_of, identify
-from loopcoder.pipelines.languages import language_from_content
+from loopcoder.pipelines.io.languages import language_from_content
+from loopcoder.pipelines.steps.language_id import LanguageIdConfig, LanguageIdentifier, comments_of, identify
 
 # The labelled multilingual sample: passages of public-domain texts (constitutions and declarations,
 # whose official texts are not under copyright, and novels long out of copyright), quoted from
@@ -165,7 +165,7 @@ def test_unknown_extension_files_get_their_language_column_from_content():
 
 
 def test_job_config_builds_the_hygiene_steps_with_their_knobs():
-    from loopcoder.pipelines.job import JobConfig
+    from loopcoder.pipelines.clean.job import JobConfig
 
     job = JobConfig.from_dict(
         {

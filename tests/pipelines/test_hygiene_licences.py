@@ -7,16 +7,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.licences import (
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.clean.runner import run_job
+from loopcoder.pipelines.io.readers import plan_tasks, read_task
+from loopcoder.pipelines.steps.licences import (
     LicenceConfig,
     LicenceFilter,
     classify_licence_text,
     repository_licences,
     spdx_header,
 )
-from loopcoder.pipelines.readers import plan_tasks, read_task
-from loopcoder.pipelines.runner import run_job
 
 MIT_TEXT = """MIT License
 

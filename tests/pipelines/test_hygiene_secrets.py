@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.runner import run_job
-from loopcoder.pipelines.secrets import SecretsConfig, SecretsRedactor
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.clean.runner import run_job
+from loopcoder.pipelines.steps.secrets import SecretsConfig, SecretsRedactor
 
 ALNUM = string.ascii_letters + string.digits
 B64 = ALNUM + "+/"

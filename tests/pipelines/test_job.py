@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from loopcoder.jobs.commands.data import print_job_summary
-from loopcoder.pipelines import filesystem as fs
-from loopcoder.pipelines.dedup import ShuffleSizing, connected_components
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.runner import run_job
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.clean.runner import run_job
+from loopcoder.pipelines.dedup.stages import ShuffleSizing, connected_components
+from loopcoder.pipelines.io import filesystem as fs
 from loopcoder.schemas import FILTERED_FILE
 
 EDGE_SCHEMA = pa.schema([("u", pa.uint64()), ("v", pa.uint64())])
@@ -76,9 +76,9 @@ def test_connected_components_match_union_find(ray_local):
 
 def test_lsh_only_dedup_stages_equal_the_reference(ray_local, tmp_path, reference_dedup):
     """`verify: false` (BigCode's bands, star edges) over tasks holding copies of each other's files."""
-    from loopcoder.pipelines.dedup import read_annotations, run_dedup, write_task_dedup_inputs
-    from loopcoder.pipelines.minhash import MinhashConfig, MinhashSignatures, tokens
-    from loopcoder.pipelines.runner import normalised_sha256
+    from loopcoder.pipelines.clean.runner import normalised_sha256
+    from loopcoder.pipelines.dedup.minhash import MinhashConfig, MinhashSignatures, tokens
+    from loopcoder.pipelines.dedup.stages import read_annotations, run_dedup, write_task_dedup_inputs
 
     site = Path(sysconfig.get_paths()["purelib"])
     files = sorted((site / "pip" / "_vendor" / "packaging").glob("*.py")) + sorted((site / "packaging").glob("*.py"))

@@ -12,11 +12,9 @@ import scipy.sparse as sp
 from datasketch import MinHash
 
 from loopcoder.jobs.commands.data import print_job_summary
-from loopcoder.pipelines.dedup import bucket_pairs
-from loopcoder.pipelines.inspection.plots import plot_stats
-from loopcoder.pipelines.inspection.stats import collect_stats
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.minhash import (
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.clean.runner import normalised_sha256, run_job
+from loopcoder.pipelines.dedup.minhash import (
     MinhashConfig,
     MinhashSignatures,
     jaccard,
@@ -26,7 +24,9 @@ from loopcoder.pipelines.minhash import (
     shingles,
     tokens,
 )
-from loopcoder.pipelines.runner import normalised_sha256, run_job
+from loopcoder.pipelines.dedup.stages import bucket_pairs
+from loopcoder.pipelines.inspection.plots import plot_stats
+from loopcoder.pipelines.inspection.stats import collect_stats
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",

@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from loopcoder.jobs.cli import main
-from loopcoder.pipelines import filesystem as fs
-from loopcoder.pipelines.job import JobConfig
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.clean.runner import run_job
+from loopcoder.pipelines.io import filesystem as fs
 from loopcoder.pipelines.publishing import build_card
-from loopcoder.pipelines.runner import run_job
-from loopcoder.pipelines.samples_job import SamplesJobConfig, run_samples_job
+from loopcoder.pipelines.samples.job import SamplesJobConfig, run_samples_job
 from loopcoder.schemas import FILTERED_FILE
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -171,7 +171,7 @@ def test_an_unmarked_shard_on_s3_is_invisible_to_readers_and_tools(runs, capsys)
         assert stray not in fs.discover_shards(output) and collect(output) == before
         code, out = shards_cli(capsys, "validate", output)
         assert code == 0 and f"{before['shards']} of {before['shards']} shard(s) valid" in out
-        from loopcoder.pipelines.readers import plan_tasks
+        from loopcoder.pipelines.io.readers import plan_tasks
 
         tasks, errors = plan_tasks([{"kind": "parquet", "path": f"{output}/files"}])
         assert not errors and stray not in {task["path"] for task in tasks}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from loopcoder.pipelines.mixture import MixtureConfig, held_out, select_in_task
-from loopcoder.pipelines.packing import Document, PackingConfig, pack, tokenize_conversation, tokenize_text
-from loopcoder.pipelines.sft_data import read_conversations
+from loopcoder.pipelines.samples.mixture import MixtureConfig, held_out, select_in_task
+from loopcoder.pipelines.samples.packing import Document, PackingConfig, pack, tokenize_conversation, tokenize_text
+from loopcoder.pipelines.samples.sft_data import read_conversations
 from loopcoder.schemas import PACKED_SEQUENCE, SFT_CONVERSATION
 from loopcoder.schemas.tokens import load_tokenizer
 

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from loopcoder.jobs.cli import main
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.quality_classifier import QualityClassifier, QualityClassify, job_labels, train_classifier
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.steps.quality_classifier import (
+    QualityClassifier,
+    QualityClassify,
+    job_labels,
+    train_classifier,
+)
 from loopcoder.schemas import FILTERED_FILE
 
 TOPICS = ["sorting", "hashing", "parsing", "caching", "testing", "logging", "packing", "linking"]
@@ -122,7 +127,7 @@ def test_classify_is_a_job_step_and_checks_its_config(model_path):
 
 def test_the_shipped_example_classifier_loads_and_is_small():
     classifier = QualityClassifier.load("builtin:code_rules")
-    from loopcoder.pipelines.quality_classifier import resolve_classifier_path
+    from loopcoder.pipelines.steps.quality_classifier import resolve_classifier_path
 
     assert resolve_classifier_path("builtin:code_rules").stat().st_size < 1_000_000
     assert classifier.meta["metrics"]["held_out"]["examples"] > 100

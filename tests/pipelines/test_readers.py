@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loopcoder.pipelines.readers import plan_tasks, read_task
+from loopcoder.pipelines.io.readers import plan_tasks, read_task
 
 
 def git(repo: Path, *args: str) -> str:
@@ -181,7 +181,7 @@ def test_jsonl_is_split_by_bytes_on_line_boundaries_without_losing_or_doubling_a
 
 
 def test_each_parquet_row_group_is_read_once_by_one_task(tmp_path, monkeypatch):
-    from loopcoder.pipelines import filesystem as fs
+    from loopcoder.pipelines.io import filesystem as fs
 
     rows = [{"content": f"x = {i}\n", "path": f"f{i}.py"} for i in range(23)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet", row_group_size=3)

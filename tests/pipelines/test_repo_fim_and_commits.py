@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loopcoder.pipelines.commits import CommitConfig, CommitTripletExtractor
-from loopcoder.pipelines.repo_fim import (
+from loopcoder.pipelines.samples.commits import CommitConfig, CommitTripletExtractor
+from loopcoder.pipelines.samples.repo_fim import (
     BM25,
     RepoFimBuilder,
     RepoFimConfig,
@@ -57,7 +57,7 @@ def test_context_comes_from_the_same_repository_and_respects_the_budget(tokenize
 
 
 def test_half_fim_half_plain_renders_plain_targets_whole(tokenizer):
-    from loopcoder.pipelines.fim import FimConfig
+    from loopcoder.pipelines.samples.fim import FimConfig
 
     files = stdlib_package("email")
     config = RepoFimConfig(token_budget=6000, targets_per_repo=12, fim=FimConfig(fim_rate=0.5))

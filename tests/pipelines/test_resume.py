@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loopcoder.pipelines import filesystem as fs
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.runner import run_job
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.clean.runner import run_job
+from loopcoder.pipelines.io import filesystem as fs
 
 
 def bytes_by_shard(output: str | Path) -> dict[str, bytes]:

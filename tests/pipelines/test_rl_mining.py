@@ -9,8 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.rl_mining import (
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.clean.runner import run_job
+from loopcoder.pipelines.rl.mining import (
     MiningConfig,
     ModuleIndex,
     doctest_tests,
@@ -18,7 +19,6 @@ from loopcoder.pipelines.rl_mining import (
     run_mining,
     strip_doctest_answers,
 )
-from loopcoder.pipelines.runner import run_job
 from loopcoder.pipelines.sample_corpus import SampleCorpusConfig, build_sample_corpus, default_config_path
 from loopcoder.postrain.grpo.data import load_problems
 from loopcoder.postrain.sandbox import Limits, SandboxPool, TestCase

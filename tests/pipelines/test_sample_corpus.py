@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from loopcoder.jobs.cli import main
-from loopcoder.pipelines.decoding import decode_source
-from loopcoder.pipelines.languages import language_of
+from loopcoder.pipelines.io.decoding import decode_source
+from loopcoder.pipelines.io.languages import language_of
 from loopcoder.pipelines.sample_corpus import SampleCorpusConfig, build_sample_corpus, default_config_path
 from loopcoder.schemas import COMMIT_TRIPLET, SOURCE_FILE
 
@@ -128,7 +128,7 @@ def test_rerun_replaces_the_corpus_without_duplicates(source_tree, git_repo, tmp
 
 
 def test_corpus_on_s3_equals_local_and_a_rerun_replaces_it(source_tree, git_repo, tmp_path, s3_bucket):
-    from loopcoder.pipelines import filesystem as fs
+    from loopcoder.pipelines.io import filesystem as fs
 
     config = make_config(source_tree, git_repo, rows_per_shard=1)
     local, remote = str(tmp_path / "corpus"), f"{s3_bucket}/corpus"

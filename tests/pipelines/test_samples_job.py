@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from loopcoder.pipelines.samples_job import SamplesJobConfig, render_commit, run_samples_job
+from loopcoder.pipelines.samples.job import SamplesJobConfig, render_commit, run_samples_job
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SOURCE_FILE
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -264,7 +264,7 @@ def test_shipped_samples_configs_load_and_mix_repository_data_half_fim_half_plai
 
 
 def test_input_shards_with_nothing_kept_fail_the_job_loudly(ray_local, inputs, tmp_path):
-    from loopcoder.pipelines.job import JobFailed
+    from loopcoder.pipelines.clean.job import JobFailed
 
     empty = tmp_path / "nothing_kept"
     empty.mkdir()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loopcoder.pipelines.commits import CommitConfig, CommitTripletExtractor
-from loopcoder.pipelines.conversations import (
+from loopcoder.pipelines.samples.commits import CommitConfig, CommitTripletExtractor
+from loopcoder.pipelines.samples.conversations import (
     ConversationConfig,
     DocstringExtractor,
     code_block,

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loopcoder.pipelines.sft_data import read_conversation_file, read_conversations
+from loopcoder.pipelines.samples.sft_data import read_conversation_file, read_conversations
 from loopcoder.schemas import SFT_CONVERSATION
 
 OPENAI = {

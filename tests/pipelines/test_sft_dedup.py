@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from loopcoder.pipelines.benchmarks import humaneval_path
-from loopcoder.pipelines.conversations import code_block, docstring_conversations
-from loopcoder.pipelines.dedup import run_dedup
-from loopcoder.pipelines.minhash import MinhashConfig, MinhashSignatures, tokens
-from loopcoder.pipelines.sft_dedup import (
+from loopcoder.pipelines.dedup.minhash import MinhashConfig, MinhashSignatures, tokens
+from loopcoder.pipelines.dedup.stages import run_dedup
+from loopcoder.pipelines.samples.conversations import code_block, docstring_conversations
+from loopcoder.pipelines.samples.sft_dedup import (
     SftDecontaminationConfig,
     SftDecontaminator,
     conversation_text,
     drop_duplicates,
     write_dedup_inputs,
 )
+from loopcoder.pipelines.steps.benchmarks import humaneval_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -89,7 +89,7 @@ def test_an_edited_solution_alone_is_removed_when_it_is_long_enough_to_be_specif
 
 
 def test_unrelated_conversations_are_kept(humaneval, decontaminator):
-    records = real_conversations(sorted((REPO_ROOT / "pipelines").glob("*.py")), "loopcoder")
+    records = real_conversations(sorted((REPO_ROOT / "pipelines").rglob("*.py")), "loopcoder")
     records += real_conversations(sorted((STDLIB / "json").glob("*.py")), "json")
     records.append(
         chat(

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loopcoder.pipelines.conversations import code_block
-from loopcoder.pipelines.sft_difficulty import (
+from loopcoder.pipelines.samples.conversations import code_block
+from loopcoder.pipelines.samples.sft_difficulty import (
     TIERS,
     DifficultyConfig,
     DifficultyScorer,

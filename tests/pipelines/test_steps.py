@@ -4,11 +4,11 @@ import hashlib
 
 import pytest
 
-from loopcoder.pipelines.ast_validation import AstValidator
-from loopcoder.pipelines.benchmarks import humaneval_rows
-from loopcoder.pipelines.decontamination import Decontaminator
-from loopcoder.pipelines.filters import DecodeStep, QualityFilter, WebTextCleaner
-from loopcoder.pipelines.runner import normalised_sha256
+from loopcoder.pipelines.clean.runner import normalised_sha256
+from loopcoder.pipelines.steps.ast_validation import AstValidator
+from loopcoder.pipelines.steps.benchmarks import humaneval_rows
+from loopcoder.pipelines.steps.decontamination import Decontaminator
+from loopcoder.pipelines.steps.filters import DecodeStep, QualityFilter, WebTextCleaner
 
 
 def doc(content="x = 1\n", path="a.py", language="Python", raw=None, reader_reason=None):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.web_quality import (
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.steps.web_quality import (
     C4QualityFilter,
     FineWebQualityFilter,
     GopherQualityFilter,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 import io
 
-from loopcoder.pipelines.filters import DecodeStep
-from loopcoder.pipelines.job import JobConfig
-from loopcoder.pipelines.readers import _doc, plan_tasks, read_task
-from loopcoder.pipelines.warc import guess_code_language, warc_documents
+from loopcoder.pipelines.clean.job import JobConfig
+from loopcoder.pipelines.io.readers import _doc, plan_tasks, read_task
+from loopcoder.pipelines.io.warc import guess_code_language, warc_documents
+from loopcoder.pipelines.steps.filters import DecodeStep
 
 PAGE = (
     b"<html><head><title>Sorting</title></head><body><article>"
@@ -167,7 +167,7 @@ def test_code_blocks_meet_ast_validation_and_pages_the_web_steps(tmp_path):
 def test_a_web_job_writes_page_text_code_blocks_and_quality_scores(tmp_path, ray_local):
     import pyarrow.parquet as pq
 
-    from loopcoder.pipelines.runner import run_job
+    from loopcoder.pipelines.clean.runner import run_job
     from loopcoder.schemas import FILTERED_FILE
 
     crawl = tmp_path / "crawl"

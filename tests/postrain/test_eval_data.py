@@ -13,10 +13,10 @@ import torch
 
 from loopcoder.jobs.cli import main
 from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
-from loopcoder.pipelines.fim import FimConfig, FimSplitter
-from loopcoder.pipelines.io import ShardWriter
-from loopcoder.pipelines.packing import PackingConfig, pack, tokenize_text
+from loopcoder.pipelines.io.writers import ShardWriter
 from loopcoder.pipelines.sample_corpus import SampleCorpusConfig, build_sample_corpus
+from loopcoder.pipelines.samples.fim import FimConfig, FimSplitter
+from loopcoder.pipelines.samples.packing import PackingConfig, pack, tokenize_text
 from loopcoder.postrain.evaluation.fim import load_fim_samples
 from loopcoder.postrain.evaluation.generation import load_model
 from loopcoder.postrain.evaluation.loss import collate_rows, evaluate_loss, read_packed_rows

@@ -10,10 +10,10 @@ HEAVY = ("transformers", "torch", "loopcoder.model")
 # the pipeline modules that place special tokens, and the module that holds them
 LIGHT_IMPORTS = [
     "loopcoder.schemas.tokens",
-    "loopcoder.pipelines.fim",
-    "loopcoder.pipelines.packing",
-    "loopcoder.pipelines.repo_fim",
-    "loopcoder.pipelines.samples_job",
+    "loopcoder.pipelines.samples.fim",
+    "loopcoder.pipelines.samples.packing",
+    "loopcoder.pipelines.samples.repo_fim",
+    "loopcoder.pipelines.samples.job",
 ]
 
 

@@ -69,7 +69,7 @@ from detect_secrets.plugins.stripe import StripeDetector
 from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
 from detect_secrets.plugins.twilio import TwilioKeyDetector
 
-from .filters import Doc, Step
+from loopcoder.pipelines.steps.filters import Doc, Step
 
 # detect-secrets regex plugins whose match is a key or token, by the kind counted in the stats.
 KEY_PLUGINS: dict[str, type] = {

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from .ast_validation import DEFAULT_GRAMMARS
-from .conversations import fenced_code_blocks
-from .languages import EXTENSION_LANGUAGES
+from loopcoder.pipelines.io.languages import EXTENSION_LANGUAGES
+from loopcoder.pipelines.samples.conversations import fenced_code_blocks
+from loopcoder.pipelines.steps.ast_validation import DEFAULT_GRAMMARS
 
 TIERS = ("easy", "medium", "hard")
 FEATURES = ("answer_tokens", "ast_nodes", "cyclomatic", "files_touched")

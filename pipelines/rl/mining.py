@@ -18,14 +18,14 @@ Stages:
    `pass` body. Only the standard library may be imported: a candidate needing another package,
    a relative import, a star import or a name the module does not define is rejected with its reason;
 2. `decontaminate`: a candidate whose prompt and reference overlap an evaluation benchmark
-   (`pipelines/decontamination.py` over the benchmark registry `pipelines/benchmarks.py`, HumanEval
+   (`pipelines/steps/decontamination.py` over the benchmark registry `pipelines/steps/benchmarks.py`, HumanEval
    by default) is removed and listed in `contaminated.jsonl` with the benchmark and problem it holds;
 3. `verify` (Ray Data, one sandbox pool per actor): the reference runs every test `reference_runs`
    times (a test that does not pass every time is flaky and dropped), then the stub runs them; tests
    the stub passes are dropped (they reward doing nothing); a candidate is kept when it still has
    `min_tests` tests, all passed by the reference and failed by the stub;
 4. `dedup`: exact (normalised function source) and near duplicates (MinHash LSH over the function
-   source with `pipelines/minhash.py`, candidate pairs verified at exact Jaccard >= `threshold`):
+   source with `pipelines/dedup/minhash.py`, candidate pairs verified at exact Jaccard >= `threshold`):
    the first problem by id is kept;
 5. `write`: `problems/part-*.parquet` (`rl_problem`), `references/part-*.parquet` (id, repository,
    path, function, kind, reference, stub: what the test of this step re-runs), `contaminated.jsonl`,
@@ -59,12 +59,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loopcoder.pipelines.dedup.minhash import MinhashConfig, MinhashSignatures, jaccard, shingle_set, tokens
+from loopcoder.pipelines.io.writers import (
+    ShardWriter,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+)
+from loopcoder.pipelines.steps.decontamination import DecontaminationConfig, Decontaminator
 from loopcoder.schemas import RL_PROBLEM
 from loopcoder.schemas.config_file import ConfigFile, dataclass_arguments
-
-from .decontamination import DecontaminationConfig, Decontaminator
-from .io import ShardWriter, atomic_write_bytes, atomic_write_json, atomic_write_parquet
-from .minhash import MinhashConfig, MinhashSignatures, jaccard, shingle_set, tokens
 
 logger = logging.getLogger(__name__)
 
@@ -882,9 +886,9 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
     import ray
     import ray.data
 
-    from .executor import ray_session
-    from .inspection.discovery import discover_shards
-    from .job import RayConfig
+    from loopcoder.pipelines.clean.job import RayConfig
+    from loopcoder.pipelines.executor.tasks import ray_session
+    from loopcoder.pipelines.inspection.discovery import discover_shards
 
     output = Path(output or config.output)
     output.mkdir(parents=True, exist_ok=True)

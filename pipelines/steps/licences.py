@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .dedup import PERMISSIVE_LICENSES
-from .filters import Doc, Step
+from loopcoder.pipelines.dedup.stages import PERMISSIVE_LICENSES
+from loopcoder.pipelines.steps.filters import Doc, Step
 
 LICENCE_FILE = re.compile(r"(?:un)?licen[cs]e|copying|copyright", re.IGNORECASE)
 LICENCE_FILE_MAX_BYTES = 200_000

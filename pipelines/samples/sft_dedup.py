@@ -1,10 +1,10 @@
 """SFT dedup (exact and MinHash near-duplicates) and decontamination against benchmarks with MinHash LSH.
 
-**Dedup** runs on the distributed stages of `dedup.py`, the ones the clean job uses, over
+**Dedup** runs on the distributed stages of `dedup/stages.py`, the ones the clean job uses, over
 conversations instead of files. A conversation's text is its turns, `role:` then content, each
 content stripped; the exact key is `runner.normalised_sha256` of that text (CRLF -> LF, trailing
 spaces dropped per line, case kept) and the near-duplicate signature is the MinHash of its
-shingles (`minhash.py`). Per task (any batch of conversations with a task number),
+shingles (`dedup/minhash.py`). Per task (any batch of conversations with a task number),
 `write_dedup_inputs` writes the files the stages read under a work folder:
 
     WORK/documents/task-N.parquet   content (the conversation text), for exact Jaccard verification
@@ -16,7 +16,7 @@ all tasks, and `drop_duplicates(records, WORK, N)` keeps a task's survivors. No 
 licence, so of a group the conversation with the smallest id stays, whatever the partitioning. Reasons: `exact_duplicate`, `near_duplicate`.
 
 **Decontamination** (`SftDecontaminator`) removes a conversation that holds a benchmark problem.
-Each problem of the benchmark registry (`benchmarks.py`) gives its reference units: each of its
+Each problem of the benchmark registry (`steps/benchmarks.py`) gives its reference units: each of its
 fields (HumanEval: `prompt`, `canonical_solution`; an infilling task: its prefix, not the middle or
 suffix alone, which can be one ordinary line) and each whole row put back together (the whole
 reference function), those with at least `min_reference_tokens` tokens. Their MinHash band hashes
@@ -39,13 +39,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import filesystem as fs
-from .benchmarks import benchmark_specs, load_benchmark
-from .conversations import fenced_code_blocks
-from .dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, read_annotations, task_dedup_tables
-from .filesystem import atomic_write_parquet
-from .minhash import MinhashConfig, MinhashSignatures, shingle_hashes, tokens
-from .runner import normalised_sha256
+from loopcoder.pipelines.clean.runner import normalised_sha256
+from loopcoder.pipelines.dedup.minhash import MinhashConfig, MinhashSignatures, shingle_hashes, tokens
+from loopcoder.pipelines.dedup.stages import (
+    EXACT_DUPLICATE,
+    NEAR_DUPLICATE,
+    read_annotations,
+    task_dedup_tables,
+)
+from loopcoder.pipelines.io import filesystem as fs
+from loopcoder.pipelines.io.filesystem import atomic_write_parquet
+from loopcoder.pipelines.samples.conversations import fenced_code_blocks
+from loopcoder.pipelines.steps.benchmarks import benchmark_specs, load_benchmark
 
 CONTAMINATION = "contamination"
 

@@ -10,7 +10,7 @@ Stages (datatrove-style: files between stages, markers written last, a rerun ski
 2. documents: per task, read -> decode -> per-document steps; writes the task's rows with every
    decision (`_work/documents/task-N.parquet`), its exact-dedup keys and LSH band rows, its step
    statistics, then `task-N.done`;
-3. dedup: the global stages of `loopcoder.pipelines.dedup` (ranks, exact, edges, verified, components,
+3. dedup: the global stages of `loopcoder.pipelines.dedup.stages` (ranks, exact, edges, verified, components,
    annotations);
 4. write: per task, the dedup outcome joined to the task's rows in Arrow (`apply_dedup`), the kept
    rows as zstd Parquet shards `files/part-N-of-M.parquet` (rolled over at
@@ -19,9 +19,9 @@ Stages (datatrove-style: files between stages, markers written last, a rerun ski
 5. `stats.json` (everything merged) and `_SUCCESS`; then `_work/` is deleted unless `keep_work`.
 
 The output, the inputs and `_work/` may be local paths or object-store URIs: every read and write
-goes through `loopcoder.pipelines.filesystem`, and nothing relies on rename being atomic.
+goes through `loopcoder.pipelines.io.filesystem`, and nothing relies on rename being atomic.
 
-Each per-task stage runs its pending tasks as Ray tasks (`executor.py`): a worker process builds
+Each per-task stage runs its pending tasks as Ray tasks (`executor/tasks.py`): a worker process builds
 the job's steps, parsers and permutations once and keeps them for its next task. Ray retries a
 task whose process was killed; a task writes only under deterministic names, atomically, so a
 retry or a rerun after a crash produces the same bytes as an uninterrupted run.
@@ -42,10 +42,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loopcoder.schemas import FILTERED_FILE
-
-from . import filesystem as fs
-from .dedup import (
+from loopcoder.pipelines.clean.job import GLOBAL_STEPS, JobConfig, JobFailed
+from loopcoder.pipelines.dedup.minhash import MinhashSignatures, tokens
+from loopcoder.pipelines.dedup.stages import (
     EXACT_DUPLICATE,
     NEAR_DUPLICATE,
     ShuffleSizing,
@@ -53,12 +52,12 @@ from .dedup import (
     run_dedup,
     write_task_dedup_inputs,
 )
-from .executor import ray_session, run_tasks
-from .filesystem import atomic_write_json, atomic_write_parquet
-from .job import GLOBAL_STEPS, JobConfig, JobFailed
-from .minhash import MinhashSignatures, tokens
-from .readers import plan_tasks, read_task
-from .stats import StepStats, merge_stats, shard_stats
+from loopcoder.pipelines.executor.stats import StepStats, merge_stats, shard_stats
+from loopcoder.pipelines.executor.tasks import ray_session, run_tasks
+from loopcoder.pipelines.io import filesystem as fs
+from loopcoder.pipelines.io.filesystem import atomic_write_json, atomic_write_parquet
+from loopcoder.pipelines.io.readers import plan_tasks, read_task
+from loopcoder.schemas import FILTERED_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def normalised_sha256(content: str) -> str:
 
 
 class TaskRunner:
-    """The worker of one per-task stage (`documents` or `write`); one per Ray worker process (`executor.py`)."""
+    """The worker of one per-task stage (`documents` or `write`); one per Ray worker process (`executor/tasks.py`)."""
 
     def __init__(self, stage: str, job: dict[str, Any], output: str, num_tasks: int):
         self.stage = stage

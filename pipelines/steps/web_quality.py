@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .decontamination import _window_hashes
-from .filters import Doc, Step
+from loopcoder.pipelines.steps.decontamination import _window_hashes
+from loopcoder.pipelines.steps.filters import Doc, Step
 
 DEFAULT_LANGUAGES = ("Text",)
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")

@@ -8,7 +8,7 @@ given to it as markup (it skips tags).
 * Code files are identified by their comments and docstrings, cut out with the comment syntax of
   their language family (`#`, `//` and `/* */`, `--`, `<!-- -->`, Python's triple-quoted strings);
   a file whose comments hold fewer than `min_chars` characters is `und` (undetermined).
-* A file of unknown language (no extension `languages.py` maps) first gets its programming language
+* A file of unknown language (no extension `io/languages.py` maps) first gets its programming language
   from its content (`language_from_content`: shebang, Emacs/Vim modelines, `<?php`, a few strong
   signatures); the `language` column then carries it, so list this step before `quality` and `ast`.
 
@@ -28,8 +28,8 @@ from typing import Any
 
 import pycld2
 
-from .filters import Doc, Step
-from .languages import UNKNOWN_LANGUAGE, language_from_content
+from loopcoder.pipelines.io.languages import UNKNOWN_LANGUAGE, language_from_content
+from loopcoder.pipelines.steps.filters import Doc, Step
 
 UNDETERMINED = "und"
 # CLD2 keeps ISO 639-1 codes that were withdrawn; the current ones are reported

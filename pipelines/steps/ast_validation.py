@@ -2,7 +2,7 @@
 
 Grammars can hang or crash on pathological input, and a C call that never returns cannot be
 interrupted from Python. `AstValidator` therefore parses in a helper process
-(`python -m loopcoder.pipelines.ast_validation`) that it talks to over pipes: it sends one file,
+(`python -m loopcoder.pipelines.steps.ast_validation`) that it talks to over pipes: it sends one file,
 waits at most `time_budget_seconds` for the answer, and on a timeout kills the helper (status
 `timeout`) and starts a new one for the next file; a helper that dies (segfault) gives `crash`.
 
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from .filters import Doc, Step
+from loopcoder.pipelines.steps.filters import Doc, Step
 
-# Our language names (pipelines/languages.py) -> tree-sitter-language-pack grammar names.
+# Our language names (pipelines/io/languages.py) -> tree-sitter-language-pack grammar names.
 DEFAULT_GRAMMARS: dict[str, str] = {
     "Python": "python",
     "Java": "java",
@@ -108,7 +108,7 @@ class AstValidator(Step):
     def _ensure_child(self) -> subprocess.Popen:
         if self._child is None or self._child.poll() is not None:
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "loopcoder.pipelines.ast_validation"],
+                [sys.executable, "-m", "loopcoder.pipelines.steps.ast_validation"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

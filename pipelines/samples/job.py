@@ -3,7 +3,7 @@
     loopcoder data samples jobs/data/samples.yaml [--output DIR]
 
 Every stage is a set of tasks fixed by the inputs and the config, never by the number of workers;
-the tasks run as Ray tasks on the job's worker processes (`executor.py`; local Ray, or the cluster
+the tasks run as Ray tasks on the job's worker processes (`executor/tasks.py`; local Ray, or the cluster
 named by `RAY_ADDRESS`), and each task writes its own files, then its marker. The driver only plans tasks and
 adds up their summaries: no sample, document or token passes through it.
 
@@ -42,25 +42,40 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from loopcoder.pipelines.clean.job import JobFailed, RayConfig, _sub
+from loopcoder.pipelines.dedup.minhash import MinhashConfig, MinhashSignatures
+from loopcoder.pipelines.dedup.stages import run_dedup
+from loopcoder.pipelines.executor.tasks import run_tasks
+from loopcoder.pipelines.io import filesystem as fs
+from loopcoder.pipelines.io.filesystem import atomic_write_json, atomic_write_parquet, discover_shards
+from loopcoder.pipelines.samples.commits import CommitConfig, CommitTripletExtractor
+from loopcoder.pipelines.samples.conversations import ConversationConfig, DocstringExtractor, commit_conversations
+from loopcoder.pipelines.samples.fim import FimConfig, FimSplitter
+from loopcoder.pipelines.samples.mixture import MixtureConfig, MixtureReport, held_out, select_in_task
+from loopcoder.pipelines.samples.packing import (
+    CategoryPacker,
+    Document,
+    PackingConfig,
+    tokenize_conversation,
+    tokenize_texts,
+)
+from loopcoder.pipelines.samples.repo_fim import PLAIN, RepoFimBuilder, RepoFimConfig, token_counter
+from loopcoder.pipelines.samples.sft_data import read_conversation_file
+from loopcoder.pipelines.samples.sft_dedup import (
+    SftDecontaminationConfig,
+    SftDecontaminator,
+    drop_duplicates,
+    write_dedup_inputs,
+)
+from loopcoder.pipelines.samples.sft_difficulty import (
+    DifficultyConfig,
+    DifficultyScorer,
+    DifficultyStats,
+    tier_category,
+)
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SFT_CONVERSATION
 from loopcoder.schemas.config_file import ConfigFile, dataclass_arguments
 from loopcoder.schemas.tokens import ENDOFTEXT, FILE_SEP, REPO_NAME
-
-from . import filesystem as fs
-from .commits import CommitConfig, CommitTripletExtractor
-from .conversations import ConversationConfig, DocstringExtractor, commit_conversations
-from .dedup import run_dedup
-from .executor import run_tasks
-from .filesystem import atomic_write_json, atomic_write_parquet, discover_shards
-from .fim import FimConfig, FimSplitter
-from .job import JobFailed, RayConfig, _sub
-from .minhash import MinhashConfig, MinhashSignatures
-from .mixture import MixtureConfig, MixtureReport, held_out, select_in_task
-from .packing import CategoryPacker, Document, PackingConfig, tokenize_conversation, tokenize_texts
-from .repo_fim import PLAIN, RepoFimBuilder, RepoFimConfig, token_counter
-from .sft_data import read_conversation_file
-from .sft_dedup import SftDecontaminationConfig, SftDecontaminator, drop_duplicates, write_dedup_inputs
-from .sft_difficulty import DifficultyConfig, DifficultyScorer, DifficultyStats, tier_category
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +187,7 @@ def _load_tokenizer(path: str | None):
 
 
 def _git_root() -> Path:
-    from .sample_corpus import git_root
+    from loopcoder.pipelines.sample_corpus import git_root
 
     return Path(git_root(Path.cwd()) or Path.cwd())
 
@@ -221,7 +236,7 @@ class Task:
 
 
 class SamplesWorker:
-    """Runs samples-job tasks; one per Ray worker process for the whole job (`executor.py`), so the tokenizer and parsers load once."""
+    """Runs samples-job tasks; one per Ray worker process for the whole job (`executor/tasks.py`), so the tokenizer and parsers load once."""
 
     def __init__(self, config: dict[str, Any], output: str):
         self.config = SamplesJobConfig.from_dict(config)
@@ -497,7 +512,7 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
 
     Raises JobFailed when nothing was packed (`stats.json` is written, `_SUCCESS` is not).
     """
-    from .executor import ray_session
+    from loopcoder.pipelines.executor.tasks import ray_session
 
     output = fs.absolute(output or config.output)
     _check_locations(config, output)

@@ -25,10 +25,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from loopcoder.pipelines.samples.seeding import document_rng
+from loopcoder.pipelines.steps.ast_validation import DEFAULT_GRAMMARS
 from loopcoder.schemas.tokens import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, SPECIAL_TOKENS
-
-from .ast_validation import DEFAULT_GRAMMARS
-from .seeding import document_rng
 
 PSM, SPM = "psm", "spm"
 SPLIT_KINDS = ("char", "line", "ast")

@@ -24,17 +24,22 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopcoder.schemas.config_file import ConfigFile, dataclass_arguments
-
-from .ast_validation import AstConfig, AstValidator
-from .decontamination import DecontaminationConfig, Decontaminator
-from .filters import DecodeStep, QualityConfig, QualityFilter, Step, WebCleanConfig, WebTextCleaner
-from .language_id import LanguageIdConfig, LanguageIdentifier
-from .licences import LicenceConfig, LicenceFilter
-from .minhash import MinhashConfig
-from .quality_classifier import ClassifyConfig, QualityClassify
-from .secrets import SecretsConfig, SecretsRedactor
-from .web_quality import (
+from loopcoder.pipelines.dedup.minhash import MinhashConfig
+from loopcoder.pipelines.steps.ast_validation import AstConfig, AstValidator
+from loopcoder.pipelines.steps.decontamination import DecontaminationConfig, Decontaminator
+from loopcoder.pipelines.steps.filters import (
+    DecodeStep,
+    QualityConfig,
+    QualityFilter,
+    Step,
+    WebCleanConfig,
+    WebTextCleaner,
+)
+from loopcoder.pipelines.steps.language_id import LanguageIdConfig, LanguageIdentifier
+from loopcoder.pipelines.steps.licences import LicenceConfig, LicenceFilter
+from loopcoder.pipelines.steps.quality_classifier import ClassifyConfig, QualityClassify
+from loopcoder.pipelines.steps.secrets import SecretsConfig, SecretsRedactor
+from loopcoder.pipelines.steps.web_quality import (
     C4QualityConfig,
     C4QualityFilter,
     FineWebQualityConfig,
@@ -44,6 +49,7 @@ from .web_quality import (
     GopherRepetitionConfig,
     GopherRepetitionFilter,
 )
+from loopcoder.schemas.config_file import ConfigFile, dataclass_arguments
 
 DOCUMENT_STEPS: dict[str, tuple[type, type | None]] = {
     "decode": (DecodeStep, None),

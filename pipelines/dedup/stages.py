@@ -12,7 +12,7 @@ licence_rank, id, content_sha256, minhash)` for every kept document, and `bands/
 with `(row, band, band_hash)` for those with enough tokens for MinHash.
 
 Stages (each writes Parquet files, then a `.done` marker, so each reruns alone; the files go
-through `loopcoder.pipelines.filesystem`, so `work` may be a local path or an object-store URI):
+through `loopcoder.pipelines.io.filesystem`, so `work` may be a local path or an object-store URI):
 
 1. `ranks`: the keys are range-partitioned on (licence rank, first two bytes of the id), from an
    exact histogram of those prefixes, so partition p holds a contiguous range of the keep order
@@ -59,9 +59,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from . import filesystem as fs
-from .filesystem import atomic_write_json, atomic_write_parquet
-from .minhash import MinhashConfig, jaccard, shingle_set
+from loopcoder.pipelines.dedup.minhash import MinhashConfig, jaccard, shingle_set
+from loopcoder.pipelines.io import filesystem as fs
+from loopcoder.pipelines.io.filesystem import atomic_write_json, atomic_write_parquet
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ A benchmark is named in a config either as a built-in or as a file of its own:
       - {name: mbpp_hub, path: hf://datasets/google-research-datasets/mbpp/full, format: mbpp}
       - {name: mine, path: /data/bench.jsonl, fields: [question, answer]}
 
-`path` is any location the file-system layer reads (`pipelines/filesystem.py`: local, s3://, gs://,
+`path` is any location the file-system layer reads (`pipelines/io/filesystem.py`: local, s3://, gs://,
 hf://datasets/<org>/<name>/...), a file or a folder; files are JSON Lines (`.jsonl`, `.jsonl.gz`),
 a JSON list (`.json`) or Parquet (`.parquet`, as the Hub serves datasets). A `format` names the
 fields of a dataset as it is distributed (`FORMATS`); `fields` lists them for any other file. A
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import filesystem as fs
+from loopcoder.pipelines.io import filesystem as fs
 
 BENCHMARK_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .decoding import decode_source
-from .seeding import document_rng
+from loopcoder.pipelines.io.decoding import decode_source
+from loopcoder.pipelines.samples.seeding import document_rng
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Two builders, each a pure function of one record (a `commit_triplet`, or a kept 
 row) and the config; every random choice (which prompt wording, which functions of a file) is
 drawn from a generator seeded by (`seed`, record id), so the output does not depend on how the
 records are partitioned. Each returns `sft_conversation` records and counts what it rejected
-by reason; the difficulty fields are left empty for the scorer (`sft_difficulty.py`).
+by reason; the difficulty fields are left empty for the scorer (`samples/sft_difficulty.py`).
 
 * `commit_conversation(triplet)`: user = the commit message and the changed files before the
   change (files the commit adds are named as new); assistant = the patch as a unified diff
@@ -34,10 +34,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from .ast_validation import DEFAULT_GRAMMARS
-from .languages import language_of
-from .seeding import document_rng
-from .sft_data import CONTROL_TOKEN
+from loopcoder.pipelines.io.languages import language_of
+from loopcoder.pipelines.samples.seeding import document_rng
+from loopcoder.pipelines.samples.sft_data import CONTROL_TOKEN
+from loopcoder.pipelines.steps.ast_validation import DEFAULT_GRAMMARS
 
 COMMIT_PROMPTS = (
     "Apply the change described by this commit message to the files below.",

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .job import RayConfig
+    from loopcoder.pipelines.clean.job import RayConfig
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
-from .decoding import BINARY_SNIFF_BYTES, DEFAULT_MAX_FILE_BYTES, Rejection, decode_source
-from .stats import StepStats
+from loopcoder.pipelines.executor.stats import StepStats
+from loopcoder.pipelines.io.decoding import (
+    BINARY_SNIFF_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
+    Rejection,
+    decode_source,
+)
 
 Doc = dict[str, Any]
 

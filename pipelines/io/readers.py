@@ -12,7 +12,7 @@ Reading happens in two steps so that a job can resume:
    plus `raw` bytes or `content` text, and `reader_reason` for a file the reader already rejects:
    `symlink`, `unreadable`, `too_large` from its size, `bad_record` for an unparsable JSON line).
 
-`path` is a local path or a URI that `loopcoder.pipelines.filesystem` serves (`s3://`, `gs://`,
+`path` is a local path or a URI that `loopcoder.pipelines.io.filesystem` serves (`s3://`, `gs://`,
 `hf://datasets/...`); a git input is a local checkout. Table folders are listed by the one shard
 finder (`filesystem.discover_shards`), so unmarked shards of a job output are never read.
 
@@ -24,7 +24,7 @@ Input kinds and their keys (YAML `inputs:` entries):
 | `git` | `path` (a checkout), `repo`, `revision` (default `HEAD`), `include`/`exclude`, `license` |
 | `jsonl` | `path` (file or folder of `*.jsonl[.gz]`), `columns` (our name -> column), `repo`, `license`, `keep_vendor`, `keep_generated` |
 | `parquet` | `path` (file or folder of `*.parquet`), `columns`, `repo`, `license`, `keep_vendor`, `keep_generated` |
-| `warc` | `path` (file or folder of `*.warc[.gz]`, `*.wet[.gz]`), `repo`, `main_content`, `code_blocks` (see `warc.py`) |
+| `warc` | `path` (file or folder of `*.warc[.gz]`, `*.wet[.gz]`), `repo`, `main_content`, `code_blocks` (see `io/warc.py`) |
 
 Table columns default to The Stack's names where ours are absent (v1: `max_stars_repo_name`,
 `max_stars_repo_path`, `lang`, `max_stars_repo_licenses`, `hexsha`; v2: `blob_id`, `repo_name`,
@@ -45,11 +45,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import filesystem as fs
-from .decoding import DEFAULT_MAX_FILE_BYTES, Rejection
-from .languages import language_of
-from .sample_corpus import file_id
-from .warc import WARC_SUFFIXES, warc_documents
+from loopcoder.pipelines.io import filesystem as fs
+from loopcoder.pipelines.io.decoding import DEFAULT_MAX_FILE_BYTES, Rejection
+from loopcoder.pipelines.io.languages import language_of
+from loopcoder.pipelines.io.warc import WARC_SUFFIXES, warc_documents
+from loopcoder.pipelines.sample_corpus import file_id
 
 GIT_TIMEOUT_SECONDS = 120
 TABLE_COLUMNS = {
@@ -286,7 +286,7 @@ def read_task(
     if task["kind"] not in ("directory", "git"):
         yield from READERS[task["kind"]](task, spec, max_bytes)
         return
-    # where the licence step looks for the repository's licence files (pipelines/licences.py)
+    # where the licence step looks for the repository's licence files (pipelines/steps/licences.py)
     source = (task["kind"], str(spec["path"]), task.get("revision"))
     for doc in READERS[task["kind"]](task, spec, max_bytes):
         doc["licence_source"] = source

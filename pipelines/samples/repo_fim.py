@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from loopcoder.pipelines.samples.fim import FimConfig, FimSplitter
+from loopcoder.pipelines.samples.seeding import document_rng
 from loopcoder.schemas.tokens import FILE_SEP, REPO_NAME
-
-from .fim import FimConfig, FimSplitter
-from .seeding import document_rng
 
 PLAIN = "plain"
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{1,}")

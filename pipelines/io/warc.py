@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from .decoding import BINARY_SNIFF_BYTES, DEFAULT_MAX_FILE_BYTES, Rejection
-from .languages import UNKNOWN_LANGUAGE, language_of
-from .sample_corpus import file_id
+from loopcoder.pipelines.io.decoding import BINARY_SNIFF_BYTES, DEFAULT_MAX_FILE_BYTES, Rejection
+from loopcoder.pipelines.io.languages import UNKNOWN_LANGUAGE, language_of
+from loopcoder.pipelines.sample_corpus import file_id
 
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 PAGE_LANGUAGE = "Text"
@@ -38,7 +38,7 @@ HTML_TYPES = ("text/html", "application/xhtml+xml")
 TEXT_TYPES = ("application/json", "application/javascript", "application/x-javascript", "application/xml")
 _RESYNC_CHUNK = 1 << 20
 
-# Class-name aliases (lower case) -> our language names (pipelines/languages.py).
+# Class-name aliases (lower case) -> our language names (pipelines/io/languages.py).
 CODE_CLASS_LANGUAGES: dict[str, str] = {
     "python": "Python", "py": "Python", "python3": "Python", "pycon": "Python", "ipython": "Python",
     "java": "Java",

@@ -1,6 +1,6 @@
 """Shard writing: atomic Parquet files of one record schema, rolled over by row count.
 
-A shard is written through `loopcoder.pipelines.filesystem` (a local temporary file renamed into
+A shard is written through `loopcoder.pipelines.io.filesystem` (a local temporary file renamed into
 place, or one upload to an object store), so a crash never leaves a truncated `part-*.parquet`
 behind: a reader sees a whole shard or none. The atomic writers are re-exported here.
 """
@@ -11,9 +11,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from loopcoder.pipelines.io.filesystem import atomic_write_bytes, atomic_write_json, atomic_write_parquet, join
 from loopcoder.schemas import RecordSchema
-
-from .filesystem import atomic_write_bytes, atomic_write_json, atomic_write_parquet, join
 
 __all__ = ["ShardWriter", "atomic_write_bytes", "atomic_write_json", "atomic_write_parquet"]
 

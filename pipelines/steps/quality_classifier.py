@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .filters import Doc, Step
+from loopcoder.pipelines.steps.filters import Doc, Step
 
 FORMAT = "loopcoder-quality-classifier"
 FORMAT_VERSION = 1

@@ -13,9 +13,9 @@ Two tests, as bigcode and NeMo Curator run them:
   than `max_benchmark_df` problems of a benchmark are boilerplate (shared imports, doctest
   scaffolding) and go to the stop-list, as do the n-grams of any `stoplist_texts`.
 
-The benchmarks come from the one registry (`pipelines/benchmarks.py`: HumanEval and its infilling
+The benchmarks come from the one registry (`pipelines/steps/benchmarks.py`: HumanEval and its infilling
 variants built in, any file or Hub dataset in its own format), which SFT decontamination
-(`sft_dedup.py`) and RL mining (`rl_mining.py`) use too. Hits are counted per benchmark in
+(`samples/sft_dedup.py`) and RL mining (`rl/mining.py`) use too. Hits are counted per benchmark in
 `stats.extra` (`substring:humaneval`, `ngram:humaneval`).
 """
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .benchmarks import BenchmarkProblem, benchmark_specs, load_benchmark
-from .filters import Doc, Step
+from loopcoder.pipelines.steps.benchmarks import BenchmarkProblem, benchmark_specs, load_benchmark
+from loopcoder.pipelines.steps.filters import Doc, Step
 
 _WORD = re.compile(r"[a-z0-9_]+")
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)

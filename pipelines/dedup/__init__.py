@@ -1,0 +1,1 @@
+"""Exact and MinHash near-dedup: signatures (`minhash`) and the global Ray Data stages (`stages`)."""

@@ -1,0 +1,1 @@
+"""RL problems mined from the cleaned corpus (`mining`)."""

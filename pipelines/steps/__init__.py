@@ -1,0 +1,1 @@
+"""Per-document steps, one contract (`filters.Step`): decoding, quality, AST, hygiene, decontamination."""
