@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from loopcoder.postrain.sharded_model import end_zero3_mode
+
 from . import collectives
 from .adapters import merged_state_dict, save_adapter
 from .checkpoint import full_state_dict, load_checkpoint, prepare_run, save_checkpoint, save_hf_model
@@ -36,6 +38,7 @@ from .distributed import (
     set_cpu_threads,
     set_deterministic,
 )
+from .logprobs import causal_lm
 from .metrics import MetricsLogger
 from .model import build_tokenizer
 
@@ -180,6 +183,7 @@ class Trainer:
         finally:
             metrics.close()
             self.close()
+            end_zero3_mode(causal_lm(self.engine))
         return TrainResult(self.step, losses, metrics.history, self.output_dir, final_model)
 
     def save(self, history: list[dict[str, Any]]) -> Path:
@@ -205,7 +209,7 @@ class Trainer:
             else:
                 save_adapter(self.engine.module, state, out, tokenizer)
                 if self.config.peft.merge_on_export:
-                    merged = merged_state_dict(out, self.config.model_name_or_path)
+                    merged = merged_state_dict(state, self.model_config, self.config.peft)
                     merged_dir = self.output_dir / "final_merged"
                     save_hf_model(merged, self.model_config, merged_dir, self.config.released_format, tokenizer)
                     (merged_dir / "training_config.yaml").write_text(self.resolved_config(), encoding="utf-8")
