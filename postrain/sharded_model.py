@@ -12,7 +12,7 @@ only (the other ranks map it on the meta device) and copied module by module int
 that are re-partitioned right after; fresh weights are initialised the same way, module by module, on
 rank 0 and broadcast. The returned model keeps that config alive (`model.hf_deepspeed_config`), so the
 rest of transformers (embedding resizing, `generate`'s rank synchronisation) also knows the model is
-partitioned for as long as it lives.
+partitioned for as long as it lives, or until `end_zero3_mode` (the trainers call it when their run ends).
 """
 
 from __future__ import annotations
@@ -75,6 +75,17 @@ def build_model_for_zero(
     return model
 
 
+def end_zero3_mode(model) -> None:
+    """Ends transformers' ZeRO-3 mode that `build_model_for_zero` began for `model`, so that models built later in
+    this process (`from_pretrained` of an evaluation, the next run) are whole again. The mode would otherwise last
+    as long as the model, which DeepSpeed's backward hooks keep alive for the rest of the process."""
+    from transformers.integrations.deepspeed import deepspeed_config, unset_hf_deepspeed_config
+
+    own = getattr(model, "hf_deepspeed_config", None)
+    if own is not None and deepspeed_config() is own.config:
+        unset_hf_deepspeed_config()
+
+
 def _flatten(tree: dict[str, Any], prefix: str = ""):
     for key, value in tree.items():
         name = f"{prefix}{key}"
@@ -97,4 +108,4 @@ def partition_numel(model: torch.nn.Module) -> tuple[int, int]:
     return local, full
 
 
-__all__ = ["build_model_for_zero", "partition_numel"]
+__all__ = ["build_model_for_zero", "end_zero3_mode", "partition_numel"]

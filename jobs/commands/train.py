@@ -1,7 +1,7 @@
 """`loopcoder train` commands: sft (also looped continued pre-training with `mode=pretrain`), grpo.
 
     loopcoder train sft --config jobs/sft/sample_tiny.yaml [name=value ...]
-    loopcoder train grpo --config jobs/rl/print_number_tiny.yaml [name=value ...]
+    loopcoder train grpo --config jobs/rl/mined_tiny.yaml [name=value ...]
     torchrun --nproc_per_node 2 -m loopcoder.jobs.cli train sft --config jobs/sft/sample_tiny.yaml zero_stage=2
     deepspeed --num_gpus 8 --hostfile jobs/launch/hostfile.example $(which loopcoder) train grpo --config ...
 
@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "GRPO on code problems with sandboxed pass-rate rewards (DeepSpeed, 1..N processes)",
         "GRPO with DAPO clip-higher and token-level loss, no KL, on the looped model. Launch under torchrun or the "
         "deepspeed launcher for several processes. Overrides: name=value pairs of GRPOConfig fields.",
-        "jobs/rl/print_number_tiny.yaml",
+        "jobs/rl/mined_tiny.yaml",
         _load_grpo_config,
         _run_grpo,
     )

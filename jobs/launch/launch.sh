@@ -15,7 +15,7 @@ usage="usage: $0 sft|grpo [--dry-run] [--print-config] [name=value ...]"
 COMMAND=${1:-}
 case "$COMMAND" in
     sft) default_config=jobs/sft/sample_tiny.yaml ;;
-    grpo) default_config=jobs/rl/print_number_tiny.yaml ;;
+    grpo) default_config=jobs/rl/mined_tiny.yaml ;;
     *) echo "$usage" >&2; exit 2 ;;
 esac
 shift

@@ -100,14 +100,16 @@ def save_adapter(model, state: dict[str, torch.Tensor], out_dir: Path, tokenizer
     return write_pretrained(model, out_dir, tokenizer, state_dict=state)
 
 
-def merged_state_dict(adapter_dir: Path, base_model_name_or_path: str) -> dict[str, torch.Tensor]:
-    """The base model's weights with the adapter of `adapter_dir` merged in (the state dict of a plain model)."""
-    from peft import PeftModel
-
+def merged_state_dict(state: dict[str, torch.Tensor], model_config, settings: PeftSettings) -> dict[str, torch.Tensor]:
+    """The weights of a plain model with the adapter merged in, from `state`, the full PEFT module's state dict
+    (gathered under ZeRO-3). The model is built whole on the host from `model_config` and never through
+    `from_pretrained`, which under ZeRO-3 builds it partitioned, where a merge cannot add to the weights. Rank 0
+    only."""
     from loopcoder.model import LoopCoderForCausalLM
 
-    base = LoopCoderForCausalLM.from_pretrained(base_model_name_or_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    adapted = apply_lora(LoopCoderForCausalLM(model_config), settings)
+    adapted.load_state_dict(state, strict=True)
+    merged = adapted.merge_and_unload()
     return {k: v.detach().cpu().clone() for k, v in merged.state_dict().items()}
 
 

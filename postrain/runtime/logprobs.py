@@ -81,11 +81,24 @@ def scores_from_hidden(
     total = flat_targets.numel()
     size = total if chunk_size <= 0 else chunk_size
     recompute = torch.is_grad_enabled() and hidden.requires_grad and size < total
+    # A frozen ZeRO-3 weight (LoRA's base) is saved for the backward pass by reference, not as a detached alias, so
+    # by the end of the recomputation DeepSpeed has released it to its empty placeholder and torch's check of the
+    # recomputed tensors' shapes would fail; DeepSpeed gathers it again before the head's backward uses it.
+    check = "none" if any(hasattr(p, "ds_id") and not p.requires_grad for p in head.parameters()) else "default"
     log_probs, entropies = [], []
     for start in range(0, total, max(size, 1)):
         piece_h, piece_t = flat_hidden[start : start + size], flat_targets[start : start + size]
         if recompute:
-            logp, ent = checkpoint(_chunk_scores, head, piece_h, piece_t, temperature, entropy, use_reentrant=False)
+            logp, ent = checkpoint(
+                _chunk_scores,
+                head,
+                piece_h,
+                piece_t,
+                temperature,
+                entropy,
+                use_reentrant=False,
+                determinism_check=check,
+            )
         else:
             logp, ent = _chunk_scores(head, piece_h, piece_t, temperature, entropy)
         log_probs.append(logp)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from loopcoder.pipelines.io.filesystem import atomic_write_bytes
+from loopcoder.postrain.sharded_model import end_zero3_mode
 
 from . import collectives
 from .adapters import merged_state_dict, save_adapter
@@ -38,6 +39,7 @@ from .distributed import (
     set_cpu_threads,
     set_deterministic,
 )
+from .logprobs import causal_lm
 from .metrics import MetricsLogger
 from .model import build_tokenizer
 
@@ -182,6 +184,7 @@ class Trainer:
         finally:
             metrics.close()
             self.close()
+            end_zero3_mode(causal_lm(self.engine))
         return TrainResult(self.step, losses, metrics.history, self.output_dir, final_model)
 
     def save(self, history: list[dict[str, Any]]) -> Path:
@@ -207,7 +210,7 @@ class Trainer:
             else:
                 save_adapter(self.engine.module, state, out, tokenizer)
                 if self.config.peft.merge_on_export:
-                    merged = merged_state_dict(out, self.config.model_name_or_path)
+                    merged = merged_state_dict(state, self.model_config, self.config.peft)
                     merged_dir = self.output_dir / "final_merged"
                     save_hf_model(merged, self.model_config, merged_dir, self.config.released_format, tokenizer)
                     atomic_write_bytes(merged_dir / "training_config.yaml", self.resolved_config().encode())

@@ -1,5 +1,6 @@
 """SFT and GRPO on GPUs through their public entry points: a few steps on one GPU (the trainer classes), and two
-processes under torchrun (`loopcoder train sft|grpo`) with ZeRO-2 and ZeRO-3 when two GPUs are visible.
+processes under torchrun (`loopcoder train sft|grpo`) with ZeRO-2 and ZeRO-3 when two GPUs are visible; LoRA SFT
+on one GPU and under ZeRO-3 on two.
 
 The two-process SFT runs in fp32 are compared with the one-GPU fp32 run of the same global batch: the loss curves
 agree up to the order of floating-point reductions across two GPUs (NCCL) instead of one.
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loopcoder.postrain.sft.sample_data import build_stdlib_shards, tiny_run_config
+from loopcoder.postrain.sft.sample_data import TINY_MODEL, build_stdlib_shards, tiny_run_config
 
 pytestmark = pytest.mark.gpu
 
@@ -119,3 +120,76 @@ def test_grpo_two_gpus(two_gpus, tmp_path, stage):
     records = [r for r in metrics(tmp_path / "grpo") if "reward_mean" in r]
     assert len(records) == 2
     assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+
+
+@pytest.fixture(scope="module")
+def lora_base(tmp_path_factory):
+    """A tiny model directory (weights and tokenizer) for LoRA to adapt."""
+    from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
+    from loopcoder.schemas.tokens import load_tokenizer
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("lora_base")
+    LoopCoderForCausalLM(LoopCoderConfig(**TINY_MODEL)).save_pretrained(out)
+    load_tokenizer().save_pretrained(out)
+    return out
+
+
+def lora_config(shards, base: Path, output_dir: Path):
+    return tiny_run_config(
+        shards,
+        output_dir,
+        model_config={},
+        model_name_or_path=str(base),
+        tokenizer="auto",
+        max_steps=SFT_STEPS,
+        precision="fp32",
+        peft={"r": 4, "alpha": 8, "dropout": 0.0},
+        learning_rate=1e-2,
+    )
+
+
+@pytest.fixture(scope="module")
+def one_gpu_lora(shards, lora_base, tmp_path_factory):
+    """fp32 LoRA SFT on one GPU: (trainer, the parameters before training, result); the reference for two GPUs."""
+    from loopcoder.postrain.sft.trainer import SFTTrainer
+
+    trainer = SFTTrainer(lora_config(shards, lora_base, tmp_path_factory.mktemp("lora_one") / "run"))
+    before = {name: p.detach().clone() for name, p in trainer.engine.module.named_parameters()}
+    return trainer, before, trainer.train()
+
+
+def test_sft_lora_steps_on_one_gpu(one_gpu_lora, lora_base):
+    from peft import PeftModel
+
+    from loopcoder.model import LoopCoderForCausalLM
+
+    trainer, before, result = one_gpu_lora
+    module = trainer.engine.module
+    assert next(module.parameters()).device.type == "cuda"
+    assert len(result.losses) == SFT_STEPS and all(math.isfinite(x) for x in result.losses)
+    after = dict(module.named_parameters())
+    adapters = {name for name in before if "lora_" in name}
+    assert adapters and {name for name, p in after.items() if p.requires_grad} == adapters
+    assert all(torch.equal(after[name], before[name]) for name in before if name not in adapters)
+    changed = [name for name in adapters if not torch.equal(after[name], before[name])]
+    assert any(".lora_A." in name for name in changed) and any(".lora_B." in name for name in changed)
+    ids = torch.randint(0, TINY_MODEL["vocab_size"], (2, 24), device="cuda")
+    loaded = PeftModel.from_pretrained(LoopCoderForCausalLM.from_pretrained(lora_base), result.final_model)
+    with torch.no_grad():
+        expected = module.eval()(input_ids=ids, use_cache=False).logits
+        reloaded = loaded.cuda().eval()(input_ids=ids, use_cache=False).logits
+    assert torch.allclose(reloaded, expected, atol=1e-4)
+
+
+def test_sft_lora_zero3_two_gpus_match_one(two_gpus, shards, lora_base, one_gpu_lora, tmp_path):
+    config_file = tmp_path / "sft_lora.yaml"
+    config_file.write_text(lora_config(shards, lora_base, tmp_path / "run").to_yaml())
+    result = torchrun("sft", config_file, ["zero_stage=3"], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    one, two = losses(one_gpu_lora[2].output_dir), losses(tmp_path / "run")
+    assert len(two) == SFT_STEPS
+    worst = max(abs(a - b) / abs(a) for a, b in zip(one, two, strict=True))
+    print(f"LoRA ZeRO-3: max relative loss difference 1 vs 2 GPUs {worst:.2e}")
+    assert worst < 1e-3
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").exists()

@@ -111,19 +111,21 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize(
-    ("line", "copies"),
+    ("line", "copies", "default_data"),
     [
-        ("jobs/launch/train_sft.sh --print-config max_steps=7", 1),
-        ("NPROC=2 jobs/launch/train_grpo.sh --print-config max_steps=7", 2),
+        ("jobs/launch/train_sft.sh --print-config max_steps=7", 1, "sft_easy: data/samples/packed/sft_easy"),
+        ("NPROC=2 jobs/launch/train_grpo.sh --print-config max_steps=7", 2, "problems: data/rl_mined/problems"),
     ],
     ids=["one-process-sft", "torchrun-2-grpo"],
 )
-def test_printed_command_runs(line, copies):
+def test_printed_command_runs(line, copies, default_data):
     """The command is executed for real (the trainer prints its resolved config and exits): one process, and
-    torchrun starting two."""
+    torchrun starting two. The default configs train on the pipeline's data: the samples job's conversations
+    and the problems mined from the corpus."""
     env = launch_env(
         PYTHON=sys.executable, MASTER_PORT=str(free_port()), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"
     )
     result = run_line(line, env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("max_steps: 7") == copies
+    assert result.stdout.count(default_data) == copies

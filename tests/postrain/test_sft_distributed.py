@@ -142,3 +142,41 @@ def test_zero3_under_the_deepspeed_launcher(shards, tmp_path, one_process):
     from loopcoder.model import LoopCoderForCausalLM
 
     assert LoopCoderForCausalLM.from_pretrained(tmp_path / "ds_zero3/final").config.num_loops == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LOOPCODER_SLOW") != "1", reason="slow: set LOOPCODER_SLOW=1")
+def test_zero3_lora_two_processes_match_one_process(shards, tmp_path):
+    """LoRA with each rank holding half of the base: the loss curve of one process without ZeRO, and an adapter,
+    gathered from the two ranks' partitions, that gives the one-process adapter's logits on the base."""
+    import torch
+    from peft import PeftModel
+
+    from loopcoder.model import LoopCoderConfig, LoopCoderForCausalLM
+    from loopcoder.postrain.sft.sample_data import TINY_MODEL
+    from loopcoder.schemas.tokens import load_tokenizer
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    LoopCoderForCausalLM(LoopCoderConfig(**TINY_MODEL)).save_pretrained(base)
+    load_tokenizer().save_pretrained(base)
+    lora = dict(
+        model_config={},
+        model_name_or_path=str(base),
+        tokenizer="auto",
+        max_steps=6,
+        peft={"r": 4, "alpha": 8, "dropout": 0.0},
+        learning_rate=1e-2,
+        logprob_chunk_size=32,
+    )
+    SFTTrainer(tiny_run_config(shards, tmp_path / "one", **lora)).train()
+    result = launch(tmp_path, tiny_run_config(shards, tmp_path / "zero3", zero_stage=3, **lora))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert compare(losses(tmp_path / "one"), losses(tmp_path / "zero3")) < 1e-5
+    ids = torch.randint(0, TINY_MODEL["vocab_size"], (2, 24))
+    logits = []
+    for run in ("one", "zero3"):
+        adapted = PeftModel.from_pretrained(LoopCoderForCausalLM.from_pretrained(base), tmp_path / run / "final")
+        with torch.no_grad():
+            logits.append(adapted.eval()(input_ids=ids, use_cache=False).logits)
+    assert torch.allclose(logits[1], logits[0], atol=1e-5)
