@@ -104,6 +104,11 @@ def _worker(worker_class: type, arguments: tuple) -> Any:
 
 
 def _run_task(worker_class: type, arguments: tuple, spec: dict[str, Any]) -> dict[str, Any]:
+    # A task holds one CPU (Ray already sets OMP_NUM_THREADS=1). The tokenizers' Rust thread pool
+    # would otherwise spread one task's batch encoding over every core of the node, so N workers
+    # would compete for the cores that one of them already took.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
     return _worker(worker_class, arguments).run(spec)
 
 

@@ -42,6 +42,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,17 +133,21 @@ def _plan_directory(spec, sizes):
 
 
 def _plan_remote_directory(spec, files_per_task):
-    """A folder on an object store: every object under the prefix (no symlinks exist there)."""
+    """A folder on an object store: every object under the prefix (no symlinks exist there).
+
+    Sizes come from the listing and go into the task, so reading needs no request per object but its GET.
+    """
     location = spec["path"]
     if not fs.is_dir(location):
         raise FileNotFoundError(f"{location} is not a directory (no object under this prefix)")
+    sizes = fs.file_sizes(location, include_internal=True)
     relatives = [
         relative
-        for relative in fs.list_files(location, include_internal=True)
+        for relative in sorted(sizes)
         if not any(part in SKIPPED_DIRS for part in relative.split("/")[:-1]) and _selected(relative, spec)
     ]
     for chunk in _chunks(relatives, files_per_task):
-        yield {"files": chunk}
+        yield {"files": chunk, "sizes": [sizes[relative] for relative in chunk]}
 
 
 def _git(path: Path, *args: str, input: bytes | None = None) -> bytes:
@@ -321,20 +326,44 @@ def _read_directory(task, spec, max_bytes):
             yield _doc(spec, relative, repo=repo, raw=raw, size=len(raw))
 
 
+# Objects fetched at once by one task: an object store answers each GET after tens of milliseconds,
+# so a task that read its objects one by one would spend most of its time waiting.
+REMOTE_READ_CONCURRENCY = 16
+
+
+def _fetch_object(
+    location: str, size: int | None, max_bytes: int | None
+) -> tuple[bytes | None, int | None, str | None]:
+    """(content, size, rejection) of one object; `size` from the plan, or asked for when the plan predates sizes."""
+    try:
+        if size is None:
+            size = fs.size(location)
+        if max_bytes is not None and size is not None and size > max_bytes:
+            return None, size, Rejection.TOO_LARGE
+        raw = fs.read_bytes(location)
+    except OSError:
+        return None, None, Rejection.UNREADABLE
+    return raw, len(raw), None
+
+
 def _read_remote_directory(task, spec, max_bytes):
     repo = spec.get("repo", fs.basename(spec["path"]))
-    for relative in task["files"]:
-        location = fs.join(spec["path"], relative)
-        try:
-            size = fs.size(location)
-            if max_bytes is not None and size is not None and size > max_bytes:
-                yield _doc(spec, relative, repo=repo, size=size, reason=Rejection.TOO_LARGE)
-                continue
-            raw = fs.read_bytes(location)
-        except OSError:
-            yield _doc(spec, relative, repo=repo, reason=Rejection.UNREADABLE)
-            continue
-        yield _doc(spec, relative, repo=repo, raw=raw, size=len(raw))
+    files = task["files"]
+    sizes = task.get("sizes") or [None] * len(files)
+    with ThreadPoolExecutor(REMOTE_READ_CONCURRENCY) as pool:
+        for start in range(0, len(files), REMOTE_READ_CONCURRENCY * 4):  # a window, so memory stays bounded
+            window = files[start : start + REMOTE_READ_CONCURRENCY * 4]
+            fetched = pool.map(
+                _fetch_object,
+                [fs.join(spec["path"], relative) for relative in window],
+                sizes[start : start + len(window)],
+                [max_bytes] * len(window),
+            )
+            for relative, (raw, size, reason) in zip(window, fetched, strict=True):
+                if reason is not None:
+                    yield _doc(spec, relative, repo=repo, size=size or 0, reason=reason)
+                else:
+                    yield _doc(spec, relative, repo=repo, raw=raw, size=size)
 
 
 def _read_git(task, spec, max_bytes):

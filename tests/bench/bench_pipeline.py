@@ -122,6 +122,15 @@ def start_s3_server() -> subprocess.Popen:
     raise SystemExit("the local S3 server did not start")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def upload_inputs(inputs: list[dict], bucket: str) -> list[dict]:
     """Copies each input directory's *.py files under `bucket/<repo>/`; returns the inputs pointing there."""
     from loopcoder.pipelines.io import filesystem as fs
@@ -157,9 +166,12 @@ def compare_on_s3(job_raw: dict, inputs: list[dict], local_output: Path, local_w
         remote_inputs = upload_inputs(inputs, bucket)
         print(f"uploaded the inputs to the local S3 server in {time.perf_counter() - start:.1f} s (not timed)")
         output = f"{bucket}/out"
+        server_cpu = cpu_seconds(server.pid)
         start = time.perf_counter()
         run_job(JobConfig.from_dict(job_raw | {"inputs": remote_inputs, "output": output}), output)
         s3_wall = time.perf_counter() - start
+        if server_cpu is not None:
+            server_cpu = cpu_seconds(server.pid) - server_cpu
         local = {s[len(str(local_output)) + 1 :]: fs.read_bytes(s) for s in fs.discover_shards(str(local_output))}
         remote = {s[len(output) + 1 :]: fs.read_bytes(s) for s in fs.discover_shards(output)}
         if local != remote:
@@ -170,6 +182,8 @@ def compare_on_s3(job_raw: dict, inputs: list[dict], local_output: Path, local_w
         print(f"| local disk | {local_wall:.1f} | {read_mb / local_wall:.2f} |")
         print(f"| local S3 server | {s3_wall:.1f} | {read_mb / s3_wall:.2f} |")
         print(f"S3 ÷ local throughput: {local_wall / s3_wall:.2f} ({len(local)} shards, byte-identical)")
+        if server_cpu is not None:
+            print(f"the S3 server itself used {server_cpu:.1f} s of CPU on the job's cores during the S3 run")
     finally:
         server.kill()
         server.wait()

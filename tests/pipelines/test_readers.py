@@ -49,6 +49,26 @@ def test_directory_reader_lists_sorted_files_and_names_reader_rejections(tmp_pat
     assert by_path["pkg/self"]["reader_reason"] == "symlink"
 
 
+def test_an_object_store_folder_is_read_in_order_with_sizes_from_the_listing(s3_bucket, monkeypatch):
+    from loopcoder.pipelines.io import filesystem as fs
+    from loopcoder.pipelines.io import readers
+
+    names = [f"pkg/m{i:03d}.py" for i in range(150)]  # more than one window of concurrent reads
+    for i, name in enumerate(names):
+        fs.atomic_write_bytes(f"{s3_bucket}/src/{name}", (f"v = {i}\n" if i != 7 else "x" * 2000).encode())
+    spec = {"kind": "directory", "path": f"{s3_bucket}/src", "repo": "remote"}
+    tasks, errors = plan_tasks([spec], files_per_task=100)
+    assert errors == {} and [len(t["files"]) for t in tasks] == [100, 50]
+    assert tasks[0]["sizes"][7] == 2000 and tasks[0]["sizes"][8] == len("v = 8\n")
+    asked = []
+    monkeypatch.setattr(readers.fs, "size", lambda location: asked.append(location) or 0)
+    docs = [d for t in tasks for d in read_task(t, spec, max_bytes=1000)]
+    assert asked == []  # no request per object but its GET
+    assert [d["path"] for d in docs] == names
+    assert docs[7]["reader_reason"] == "too_large" and docs[7]["raw"] is None
+    assert all(d["raw"] == f"v = {i}\n".encode() for i, d in enumerate(docs) if i != 7)
+
+
 def test_git_reader_reads_blobs_at_a_revision_and_counts_missing_objects(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
