@@ -35,19 +35,39 @@ COLUMNS = ["input_ids", "cu_seqlens", "loss_mask", "category", "num_documents"]
 
 
 def read_packed_rows(data: str | Path, max_rows: int | None = None) -> list[dict]:
-    """Rows of every `packed_sequence` shard under `data` (sorted by path), at most `max_rows`."""
+    """Rows of every `packed_sequence` shard under `data` (sorted by path), at most `max_rows`.
+
+    Shards are grouped by folder (the samples job writes one per category, `heldout/<category>/`);
+    a cap takes rows from the folders in turn, so a small cap still covers every category rather
+    than the first one.
+    """
     data = Path(data)
     paths = [Path(p) for p in discover_shards(data)]
     if not paths:
         raise FileNotFoundError(f"no *.parquet shards under {data}")
+    folders: dict[Path, list[Path]] = {}
+    for path in paths:
+        folders.setdefault(path.parent, []).append(path)
+    streams = [_shard_rows(folder_paths) for folder_paths in folders.values()]
+    if max_rows is None:
+        return [row for stream in streams for row in stream]
     rows: list[dict] = []
+    while streams and len(rows) < max_rows:
+        for stream in list(streams):
+            row = next(stream, None)
+            if row is None:
+                streams.remove(stream)
+                continue
+            rows.append(row)
+            if len(rows) >= max_rows:
+                break
+    return rows
+
+
+def _shard_rows(paths: list[Path]):
     for path in paths:
         PACKED_SEQUENCE.validate(pq.ParquetFile(path).schema_arrow)
-        for row in pq.read_table(path, columns=COLUMNS).to_pylist():
-            rows.append(row)
-            if max_rows is not None and len(rows) >= max_rows:
-                return rows
-    return rows
+        yield from pq.read_table(path, columns=COLUMNS).to_pylist()
 
 
 def collate_rows(rows: list[dict], mode: str, pad_id: int = 0) -> dict[str, torch.Tensor]:

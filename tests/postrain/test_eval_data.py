@@ -202,3 +202,17 @@ def test_batched_generation_keeps_the_prompt_order(workspace):
     together = generator.generate(prompts, n=1, temperature=0.0, max_new_tokens=4, stop=[])
     alone = [generator.generate([p], n=1, temperature=0.0, max_new_tokens=4, stop=[])[0] for p in prompts]
     assert together == alone
+
+
+def test_a_row_cap_takes_rows_from_every_category_folder(workspace, tmp_path):
+    rows = read_packed_rows(workspace["root"] / "heldout_packed")
+    by_category: dict[str, list[dict]] = {}
+    for row in rows:
+        by_category.setdefault(row["category"], []).append(row)
+    assert len(by_category) == 2
+    for category, category_rows in by_category.items():
+        with ShardWriter(tmp_path / "heldout" / category, PACKED_SEQUENCE, rows_per_shard=2) as writer:
+            writer.write_all(category_rows)
+    capped = read_packed_rows(tmp_path / "heldout", max_rows=3)
+    assert len(capped) == 3 and {r["category"] for r in capped} == set(by_category)
+    assert len(read_packed_rows(tmp_path / "heldout")) == len(rows)
