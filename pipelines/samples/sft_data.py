@@ -1,7 +1,7 @@
-"""Conversation files (JSONL or Parquet) into `sft_conversation` records.
+"""Conversation files (JSON Lines, JSON, Parquet or Arrow) into `sft_conversation` records.
 
-Two row layouts are read, in `.jsonl` / `.json` (one object per line, optionally `.gz`) or
-`.parquet` files:
+Two row layouts are read, from any file `loopcoder.pipelines.io.row_files.read_rows` reads
+(`.jsonl`, `.json`, optionally `.gz`; `.parquet`; `.arrow`):
 
 * OpenAI / TRL: `{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": ...}]}`,
   where `content` is a string or a list of parts of which only `{"type": "text", "text": ...}`
@@ -30,7 +30,6 @@ reason, counted, never repaired:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import re
@@ -39,13 +38,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
+from loopcoder.pipelines.io.row_files import ROW_FILE_SUFFIXES, read_rows
 
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 # ChatML and FIM control tokens all have this shape; text holding one would end a turn early
 CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
-PARQUET_BATCH_ROWS = 1024
 
 
 def conversation_id(messages: list[dict[str, str]]) -> str:
@@ -130,37 +128,21 @@ def _source_name(path: Path) -> str:
     return name
 
 
-def _raw_rows(path: Path, rejections: Counter) -> Iterator[Any]:
-    if path.suffix == ".parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            yield from batch.to_pylist()
-        return
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                rejections["not_json"] += 1
-
-
 def read_conversations(
     path: str | Path, rejections: Counter | None = None, source: str | None = None
 ) -> Iterator[dict[str, Any]]:
-    """`sft_conversation` records of a `.jsonl[.gz]`, `.json[.gz]` or `.parquet` file; rejections counted by reason.
+    """`sft_conversation` records of one row file (`ROW_FILE_SUFFIXES`); rejections counted by reason.
 
     A file that cannot be opened or is not valid Parquet raises; bad rows inside a readable file do not.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"conversation file {path} does not exist")
-    if path.suffix not in (".jsonl", ".json", ".gz", ".parquet"):
-        raise ValueError(f"{path}: conversation files are .jsonl, .json (optionally .gz) or .parquet")
+    if not path.name.endswith(ROW_FILE_SUFFIXES):
+        raise ValueError(f"{path}: conversation files are {', '.join(ROW_FILE_SUFFIXES)}")
     rejections = rejections if rejections is not None else Counter()
     source = source or _source_name(path)
-    for raw in _raw_rows(path, rejections):
+    for raw in read_rows(path, rejections):
         record, reason = conversation_record(raw, source)
         if reason is not None:
             rejections[reason] += 1

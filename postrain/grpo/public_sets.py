@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import gzip
 import io
 import json
 import pickle
@@ -41,6 +40,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from loopcoder.pipelines.io.row_files import ROW_FILE_SUFFIXES, read_rows
 from loopcoder.postrain.sandbox.problems import DEFAULT_MEMORY_MB, _call_assert, _problem, contest_row_to_problem
 from loopcoder.schemas import RL_PROBLEM, SchemaError
 
@@ -373,9 +373,6 @@ def convert_rows(
     return problems, rejected
 
 
-ROW_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".arrow")
-
-
 def dataset_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -383,43 +380,6 @@ def dataset_files(path: Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no {', '.join(ROW_FILE_SUFFIXES)} files under {path}")
     return files
-
-
-def read_rows(path: Path, rejected: Counter | None = None) -> Iterator[Any]:
-    """Rows of one file: JSON Lines (optionally gzipped), a JSON array, Parquet, or Arrow (file or stream).
-
-    A JSON Lines line that is not JSON is counted as `not_json` in `rejected` and skipped.
-    """
-    import pyarrow.parquet as pq
-
-    name = path.name
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    if rejected is not None:
-                        rejected["not_json"] += 1
-    elif name.endswith(".json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        yield from data if isinstance(data, list) else [data]
-    elif name.endswith(".parquet"):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-            yield from batch.to_pylist()
-    elif name.endswith(".arrow"):
-        with pa.memory_map(str(path)) as source:
-            try:
-                table = pa.ipc.open_file(source).read_all()
-            except pa.ArrowInvalid:
-                source.seek(0)
-                table = pa.ipc.open_stream(source).read_all()  # datasets' save_to_disk writes streams
-        yield from table.to_pylist()
-    else:
-        raise ValueError(f"{path}: unsupported file type (expected {', '.join(ROW_FILE_SUFFIXES)})")
 
 
 def download(spec: DatasetSpec, split: str, revision: str | None = None) -> list[Path]:

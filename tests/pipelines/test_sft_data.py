@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from loopcoder.pipelines.io.row_files import read_rows
 from loopcoder.pipelines.samples.sft_data import read_conversation_file, read_conversations
 from loopcoder.schemas import SFT_CONVERSATION
 
@@ -90,3 +91,27 @@ def test_unreadable_or_unknown_files_raise(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 definitely not parquet")
     with pytest.raises(pa.ArrowInvalid):
         list(read_conversations(tmp_path / "bad.parquet"))
+
+
+def test_row_files_of_every_kind_give_the_same_rows(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(3)
+    ]
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "a.jsonl").write_text(lines[:-1] + "\nnot json\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as handle:
+        handle.write(lines)
+    (tmp_path / "c.json").write_text(json.dumps(rows))
+    (tmp_path / "d.json").write_text(lines)  # one object per line under a .json name
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "e.parquet")
+    with (
+        pa.OSFile(str(tmp_path / "f.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, pa.Table.from_pylist(rows).schema) as w,
+    ):
+        w.write_table(pa.Table.from_pylist(rows))
+    for name in ("a.jsonl", "b.jsonl.gz", "c.json", "d.json", "e.parquet", "f.arrow"):
+        rejected = Counter()
+        assert list(read_rows(tmp_path / name, rejected)) == rows, name
+        assert rejected == (Counter({"not_json": 1}) if name == "a.jsonl" else Counter()), name
+    records, rejections = read_conversation_file(tmp_path / "c.json")
+    assert len(records) == 3 and not rejections
