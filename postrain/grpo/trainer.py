@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from loopcoder.postrain.runtime import collectives
+from loopcoder.postrain.runtime.distributed import deepspeed_config
 from loopcoder.postrain.runtime.logprobs import TokenScores, token_log_probs
 from loopcoder.postrain.runtime.model import build_model, build_tokenizer
 from loopcoder.postrain.runtime.trainer import Callback, Trainer, TrainResult
@@ -167,6 +168,15 @@ class GRPOTrainer(Trainer):
                 f"micro_batch_size {config.micro_batch_size}"
             )
         self.accumulation = self.mini_batch // config.micro_batch_size
+        if config.beta > 0 and config.peft is None and config.model_name_or_path:
+            stage = int(deepspeed_config(config, self.accumulation)["zero_optimization"].get("stage", 0))
+            if stage == 3:
+                # the checkpoint is loaded partitioned, and a copy of a partitioned model holds only placeholders
+                raise ValueError(
+                    "beta > 0 needs a reference model, and under ZeRO-3 a checkpoint is loaded partitioned, which the "
+                    "reference copy does not support: add a `peft:` block (the reference is then the base with the "
+                    "adapters off), use zero_stage 0-2, or set beta 0 (the recipe's default)"
+                )
 
         self.tokenizer = build_tokenizer(config)
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -187,6 +187,14 @@ def test_grpo_lora_trains_adapters_only_with_the_base_as_reference(base_dir, tmp
     assert not (tmp_path / "run" / "final_merged").exists()
 
 
+def test_a_reference_model_under_zero3_without_adapters_is_refused_before_loading(base_dir, tmp_path):
+    config = grpo_lora_config(base_dir, tmp_path / "run", zero_stage=3)
+    config.peft = None
+    with pytest.raises(ValueError, match="beta > 0 needs a reference model"):
+        GRPOTrainer(config, reward_fns=[length_reward])
+    assert not is_deepspeed_zero3_enabled()
+
+
 def test_peft_settings_are_checked():
     assert PeftSettings.from_value({}).target_modules == list(DEFAULT_TARGET_MODULES)
     with pytest.raises(ValueError, match="unknown peft key"):
