@@ -89,6 +89,12 @@ class WriterConfig:
 
 @dataclass
 class RayConfig:
+    # Where the job runs (executor/tasks.py): `ray`, `local` (this process) or `auto`: this process when no cluster is
+    # named (RAY_ADDRESS unset) and the input is at most `local_max_input_mb`, else Ray. The output is the same.
+    executor: str = "auto"
+    local_max_input_mb: float = 16.0
+    # The dedup stages run in the driver when their input (keys and band hashes, ~1 KB per document) is at most this.
+    dedup_here_max_mb: float = 32.0
     num_cpus: int | None = None  # local Ray only; default: every core of the machine
     workers: int | None = None  # concurrent task workers; default: the cluster's CPUs
     # Partitions of each dedup shuffle; null sizes each from the data: max(cluster CPUs, ceil(bytes entering the

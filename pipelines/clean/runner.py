@@ -47,13 +47,12 @@ from loopcoder.pipelines.dedup.minhash import MinhashSignatures, tokens
 from loopcoder.pipelines.dedup.stages import (
     EXACT_DUPLICATE,
     NEAR_DUPLICATE,
-    ShuffleSizing,
     read_annotations,
     run_dedup,
     write_task_dedup_inputs,
 )
 from loopcoder.pipelines.executor.stats import StepStats, merge_stats, shard_stats
-from loopcoder.pipelines.executor.tasks import ray_session, run_tasks
+from loopcoder.pipelines.executor.tasks import Session, job_session
 from loopcoder.pipelines.io import filesystem as fs
 from loopcoder.pipelines.io.filesystem import atomic_write_json, atomic_write_parquet
 from loopcoder.pipelines.io.readers import plan_tasks, read_task
@@ -303,8 +302,34 @@ def _inject_worker_fault(task: int) -> None:
         os._exit(1)
 
 
-def _run_stage(stage: str, tasks: list[dict], job: JobConfig, output: str, num_tasks: int) -> None:
-    run_tasks(stage, TaskRunner, (stage, job.to_dict(), output, num_tasks), tasks, job.ray.workers)
+def _run_stage(session: Session, stage: str, tasks: list[dict], job: JobConfig, output: str, num_tasks: int) -> None:
+    session.run_tasks(stage, TaskRunner, (stage, job.to_dict(), output, num_tasks), tasks)
+
+
+def planned_bytes_at_most(job: JobConfig, tasks: list[dict[str, Any]], limit: int) -> bool:
+    """Whether the planned tasks read at most `limit` bytes; stops looking once past it (a large input costs little)."""
+    total = 0
+    for task in tasks:
+        total += _task_bytes(job.inputs[task["input"]], task)
+        if total > limit:
+            return False
+    return True
+
+
+def _task_bytes(spec: dict[str, Any], task: dict[str, Any]) -> int:
+    if "sizes" in task:  # an object-store folder: sizes from its listing
+        return sum(task["sizes"])
+    if "blobs" in task:  # a git revision: sizes from `git ls-tree --long`
+        return sum(blob[2] for blob in task["blobs"])
+    if "files" in task:
+        root = Path(spec["path"])
+        return sum((root / relative).lstat().st_size for relative in task["files"])
+    if "bytes" in task:  # a byte range of a JSONL file
+        return task["bytes"][1] - task["bytes"][0]
+    if "row_groups" in task:
+        metadata = fs.parquet_file(task["path"]).metadata
+        return sum(metadata.row_group(i).total_byte_size for i in range(*task["row_groups"]))
+    return fs.size(task["path"]) or 0
 
 
 def _clean_temporaries(output: str) -> None:
@@ -366,31 +391,24 @@ def run_job(job: JobConfig, output: str | Path | None = None) -> dict[str, Any]:
     tasks, num_tasks = plan["tasks"], len(plan["tasks"])
     timings: dict[str, float] = {}
     names = job.step_names()
-    with ray_session(job.ray):
-        import ray
-
+    with job_session(job.ray, lambda limit: planned_bytes_at_most(job, tasks, limit)) as session:
         start = time.perf_counter()
         finished = set(fs.list_files(fs.join(work, "documents"), suffixes=(".done",)))
         pending = [t for t in tasks if f"task-{t['task']:06d}.done" not in finished]
         logger.info("documents stage: %d of %d task(s) to run", len(pending), num_tasks)
-        _run_stage("documents", pending, job, output, num_tasks)
+        _run_stage(session, "documents", pending, job, output, num_tasks)
         timings["documents"] = time.perf_counter() - start
         start = time.perf_counter()
         dedup_stats = {}
         if "exact_dedup" in names or "minhash_dedup" in names:
             logger.info("dedup stages")
-            sizing = ShuffleSizing(
-                partitions=job.ray.shuffle_partitions,
-                partition_bytes=job.ray.shuffle_partition_bytes,
-                min_partitions=int(ray.cluster_resources().get("CPU", 1)),
-            )
-            dedup_stats = run_dedup(work, "exact_dedup" in names, job.minhash_config(), sizing)
+            dedup_stats = run_dedup(work, "exact_dedup" in names, job.minhash_config(), session=session)
         timings["dedup"] = time.perf_counter() - start
         start = time.perf_counter()
         finished = set(fs.list_files(fs.join(output, fs.MARKERS), suffixes=(fs.MARKER_SUFFIX,)))
         pending = [t for t in tasks if f"task-{t['task']:06d}{fs.MARKER_SUFFIX}" not in finished]
         logger.info("write stage: %d of %d task(s) to run", len(pending), num_tasks)
-        _run_stage("write", pending, job, output, num_tasks)
+        _run_stage(session, "write", pending, job, output, num_tasks)
         timings["write"] = time.perf_counter() - start
     stats = merge_job_stats(job, output, num_tasks, plan["input_errors"], dedup_stats, timings)
     atomic_write_json(fs.join(output, "stats.json"), stats)

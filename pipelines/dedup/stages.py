@@ -1,6 +1,8 @@
 """Global dedup stages on Ray Data: ranks, exact groups, LSH buckets -> candidate pairs -> exact Jaccard, components.
 
-No process holds the whole index. The keep order of documents is permissive licence first, then
+On Ray no process holds the whole index. When the stages' input is small (`ray.dedup_here_max_mb`
+of keys and band rows, or a job run in this process) they run in the driver on
+`executor/local.py`'s `LocalDataset`: the same functions over the same parts. The keep order of documents is permissive licence first, then
 the smallest id, then the input position `(task, row)`; the representative of a group or cluster
 is its first document in that order, so the survivors do not depend on partitioning or
 scheduling. Every stage after the first identifies a document by its *rank*, a uint64: its
@@ -52,7 +54,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -60,8 +62,12 @@ import pyarrow.compute as pc
 import xxhash
 
 from loopcoder.pipelines.dedup.minhash import MinhashConfig, jaccard, shingle_set
+from loopcoder.pipelines.executor.local import LocalDataset
 from loopcoder.pipelines.io import filesystem as fs
 from loopcoder.pipelines.io.filesystem import atomic_write_json, atomic_write_parquet
+
+if TYPE_CHECKING:
+    from loopcoder.pipelines.executor.tasks import Session
 
 logger = logging.getLogger(__name__)
 
@@ -288,23 +294,10 @@ def _load_files(batch: dict, columns: list[str] | None) -> pa.Table:
     return pa.concat_tables([fs.read_parquet(path, columns=columns) for path in batch["path"]])
 
 
-def _read(files: list[str], columns: list[str] | None = None):
-    """A dataset over Parquet files, each read by a worker.
-
-    Listing is done here rather than by `ray.data.read_parquet`, whose threaded path resolution
-    races on the optional fsspec HTTP import when aiohttp is not installed.
-    """
-    return _per_file(files, _load_files, (columns,)) if files else None
-
-
-def _per_file(files: list[str], function, args: tuple):
-    """A dataset of `function({"path": [file]}, *args)` over files, one file per call."""
+def _ray_from_items(items: list[dict[str, Any]], override_num_blocks: int):
     import ray.data
 
-    items = [{"path": f} for f in files]
-    return ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map_batches(
-        function, fn_args=args, batch_format="numpy", batch_size=1
-    )
+    return ray.data.from_items(items, override_num_blocks=override_num_blocks)
 
 
 def _parquet_files(directory: str) -> list[str]:
@@ -730,19 +723,45 @@ def _write_task_annotations(group: pa.Table, directory: str) -> pa.Table:
     return pa.table({"task": [task], "rows": [table.num_rows]})
 
 
+def dedup_input_bytes(work: str) -> int:
+    """Bytes of the dedup stages' input files (keys and band rows) under `work`."""
+    return sum(size for folder in ("keys", "bands") for size in fs.file_sizes(fs.join(work, folder)).values())
+
+
 def run_dedup(
-    work: str, exact: bool, minhash: MinhashConfig | None, partitions: int | ShuffleSizing | None = None
+    work: str,
+    exact: bool,
+    minhash: MinhashConfig | None,
+    partitions: int | ShuffleSizing | None = None,
+    session: Session | None = None,
 ) -> dict[str, Any]:
     """Runs the enabled global stages over the per-task files under `work` (a path or URI); returns their statistics.
 
-    `partitions`: a fixed partition count for every shuffle, or a `ShuffleSizing`; None sizes them from the data.
+    `partitions`: a fixed partition count for every shuffle, or a `ShuffleSizing`; None sizes them
+    from the data. `session`: where the job runs; its `dedup_here` decides whether the stages run
+    on Ray Data or in this process (`executor/local.py`). Without one they run on the Ray this
+    process has started.
     """
-    import ray
-
+    input_bytes = dedup_input_bytes(work) if session is not None else 0
+    here = session is not None and session.dedup_here(input_bytes)
     if not isinstance(partitions, ShuffleSizing):
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        partitions = ShuffleSizing(partitions=partitions, min_partitions=cpus)
-    return DedupStages(str(work), exact, minhash, partitions).run()
+        partition_bytes = DEFAULT_PARTITION_BYTES
+        if session is not None:
+            partitions = partitions or session.settings.shuffle_partitions
+            partition_bytes = session.settings.shuffle_partition_bytes
+        if here:
+            cpus = 1
+        elif session is not None:
+            cpus = session.cpus
+        else:
+            import ray
+
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+        partitions = ShuffleSizing(partitions=partitions, partition_bytes=partition_bytes, min_partitions=cpus)
+    if here:
+        logger.info("dedup stages in this process (input %.1f MB)", input_bytes / 2**20)
+    from_items = LocalDataset.from_items if here else _ray_from_items
+    return DedupStages(str(work), exact, minhash, partitions, from_items).run()
 
 
 class DedupStages:
@@ -751,7 +770,15 @@ class DedupStages:
     `run` calls the enabled ones in order through `_stage`, which skips a stage whose marker exists.
     """
 
-    def __init__(self, work: str, remove_exact: bool, minhash: MinhashConfig | None, sizing: ShuffleSizing):
+    def __init__(
+        self,
+        work: str,
+        remove_exact: bool,
+        minhash: MinhashConfig | None,
+        sizing: ShuffleSizing,
+        from_items: Callable = _ray_from_items,
+    ):
+        self.from_items = from_items  # Ray Data's, or `LocalDataset`'s in this process
         self.work = work
         self.remove_exact = remove_exact
         self.minhash = minhash
@@ -774,7 +801,7 @@ class DedupStages:
         histogram = np.zeros(_PREFIX_BINS, dtype=np.int64)
         if files:
             for batch in (
-                _read(files, ["licence_rank", "id"])
+                self._read(files, ["licence_rank", "id"])
                 .map_batches(_prefix_histogram, batch_format="pyarrow")
                 .iter_batches(batch_format="numpy", batch_size=None)
             ):
@@ -783,7 +810,7 @@ class DedupStages:
         if not total:
             atomic_write_json(fs.join(out, "_offsets.json"), [0])
             return {"documents": 0}
-        keys = _read(files).materialize()
+        keys = self._read(files).materialize()
         count = min(self.sizing.for_bytes(keys.size_bytes()), total)
         before = np.cumsum(histogram) - histogram
         part_of_bin = np.minimum(before * count // total, count - 1)
@@ -800,7 +827,7 @@ class DedupStages:
         files = _parquet_files(self.ranks_dir)
         if not files:
             return {"removed": 0, "copies": 0}
-        rows = _read(files, ["rank", "task", "row", "content_sha256", "minhash"])
+        rows = self._read(files, ["rank", "task", "row", "content_sha256", "minhash"])
         grouped = self.shuffles.group(rows, _part_by_hash, ("content_sha256",), _content_groups)
         written = self.shuffles.group(grouped, _part_by_value, ("task",), _write_task_ranks, (out,), parts=1)
         copies = sum(int(row["copies"]) for row in written.iter_rows())
@@ -811,10 +838,10 @@ class DedupStages:
         ranked_files = _parquet_files(fs.join(self.dedup, "exact"))
         copies = 0
         if ranked_files:
-            copies = _write(_per_file(ranked_files, _copy_edges, (self.minhash.verify,)), out)
+            copies = _write(self._per_file(ranked_files, _copy_edges, (self.minhash.verify,)), out)
         pairs = 0
         if band_files:
-            bands = _per_file(band_files, _representative_bands, (self.work,))
+            bands = self._per_file(band_files, _representative_bands, (self.work,))
             grouped = self.shuffles.group(
                 bands, _part_by_hash, ("band_hash",), _bucket_part, (self.minhash.bucket_window, self.minhash.verify)
             )
@@ -823,7 +850,7 @@ class DedupStages:
         return {"pair_rows": pairs + copies, "copy_pairs": copies} | self.shuffles.stats()
 
     def verified(self, out: str) -> dict[str, Any]:
-        pairs = _read(_parquet_files(fs.join(self.dedup, "edges")))
+        pairs = self._read(_parquet_files(fs.join(self.dedup, "edges")))
         if pairs is None:  # no bucket holds two documents
             return self._verified_stats(0, 0, [0] * 10)
         located = self._with_positions(self._with_positions(pairs, "u"), "v")
@@ -835,7 +862,7 @@ class DedupStages:
             attached, _part_by_value, ("task",), _verify_pairs, (self.work, ngram, threshold), parts=1
         )
         written = _write(verified, out)
-        scored = _read(_parquet_files(out))
+        scored = self._read(_parquet_files(out))
         histogram, duplicates = [0] * 10, 0
         if scored is not None:
             for row in scored.map_batches(_jaccard_histogram, batch_format="pyarrow").iter_rows():
@@ -845,10 +872,10 @@ class DedupStages:
 
     def components(self, out: str) -> dict[str, Any]:
         if self.minhash.verify:
-            pairs = _read(_parquet_files(fs.join(self.dedup, "verified")))
+            pairs = self._read(_parquet_files(fs.join(self.dedup, "verified")))
             edges = None if pairs is None else pairs.map_batches(_duplicate_edges, batch_format="pyarrow")
         else:
-            edges = _read(_parquet_files(fs.join(self.dedup, "edges")))
+            edges = self._read(_parquet_files(fs.join(self.dedup, "edges")))
         if edges is None:
             return {"rounds": 0, "removed": 0}
         components, rounds = connected_components(edges, self.shuffles)
@@ -858,10 +885,25 @@ class DedupStages:
         files = _parquet_files(fs.join(self.dedup, "components"))
         if not files:
             return {"tasks": 0}
-        located = self._with_positions(self._with_positions(_read(files), "u"), "v", with_cluster=True)
+        located = self._with_positions(self._with_positions(self._read(files), "u"), "v", with_cluster=True)
         rows = located.map_batches(_annotation_rows, batch_format="pyarrow")
         written = self.shuffles.group(rows, _part_by_value, ("task",), _write_task_annotations, (out,), parts=1)
         return {"tasks": written.count()} | self.shuffles.stats()
+
+    def _read(self, files: list[str], columns: list[str] | None = None):
+        """A dataset over Parquet files, each read by a worker (None without files).
+
+        Listing is done here rather than by `ray.data.read_parquet`, whose threaded path resolution
+        races on the optional fsspec HTTP import when aiohttp is not installed.
+        """
+        return self._per_file(files, _load_files, (columns,)) if files else None
+
+    def _per_file(self, files: list[str], function, args: tuple):
+        """A dataset of `function({"path": [file]}, *args)` over files, one file per call."""
+        items = [{"path": f} for f in files]
+        return self.from_items(items, override_num_blocks=min(len(items), 64)).map_batches(
+            function, fn_args=args, batch_format="numpy", batch_size=1
+        )
 
     def _with_positions(self, ds, column: str, with_cluster: bool = False):
         """Rows of `ds` with the task and row of the document whose rank is in `column` (from the rank index)."""

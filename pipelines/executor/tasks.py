@@ -1,11 +1,20 @@
-"""What every data job runs on: the Ray session (`ray_session`) and per-task stages (`run_tasks`).
+"""What every data job runs on: a session (Ray, or this process) and per-task stages (`Session.run_tasks`).
 
-    with ray_session(job.ray):
-        summaries = run_tasks("documents", DocumentsWorker, (job_dict, output), specs, workers=2)
+    with job_session(job.ray, input_at_most) as session:
+        summaries = session.run_tasks("documents", DocumentsWorker, (job_dict, output), specs)
 
-`ray_session` connects to the cluster named by `RAY_ADDRESS` or starts a local Ray for the job
-(never joining one some other `ray start` left running), and sets Ray Data's shuffle for the
-dedup stages.
+`job_session` picks where the job runs from the `ray:` block's `executor`:
+
+- `ray`: connect to the cluster named by `RAY_ADDRESS`, or start a local Ray for the job (never
+  joining one some other `ray start` left running), and set Ray Data's shuffle for the dedup
+  stages (`ray_session`);
+- `local`: every stage in this process, one task after another (`executor/local.py`);
+- `auto` (the default): `local` when no cluster is named (`RAY_ADDRESS` unset, no Ray already
+  started in this process) and the input is at most `local_max_input_mb`, else `ray`. Starting a
+  local Ray and Ray Data's first shuffle cost more than the whole work of a job over a few
+  megabytes; above that size the job's cores repay them.
+
+The outputs are the same bytes on either (`tests/pipelines/test_executor.py`).
 
 A stage is a list of task specs (JSON-able dicts) and a worker class built from JSON-able
 arguments, whose `run(spec)` writes the task's files under deterministic names, then its marker,
@@ -30,9 +39,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from loopcoder.pipelines.executor.local import TasksHere
 
 if TYPE_CHECKING:
     from loopcoder.pipelines.clean.job import RayConfig
@@ -46,6 +60,67 @@ PROGRESS_INTERVAL_SECONDS = 10.0
 # The worker object this process built last, by (class, arguments): reused by the next task of the
 # same job and stage. One entry, so a process never holds two jobs' steps.
 _WORKERS: dict[tuple[str, str], Any] = {}
+
+
+EXECUTORS = ("auto", "ray", "local")
+
+
+@dataclass(frozen=True)
+class Session:
+    """Where a job's stages run: Ray tasks and Ray Data (`local` False), or this process."""
+
+    settings: RayConfig
+    local: bool
+    cpus: int
+    here: TasksHere = field(default_factory=TasksHere, repr=False)
+
+    def run_tasks(
+        self, stage: str, worker_class: type, arguments: tuple, specs: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """`worker_class(*arguments).run(spec)` for every spec; the summaries in spec order."""
+        if self.local:
+            return self.here.run(stage, worker_class, arguments, specs)
+        return run_tasks(stage, worker_class, arguments, specs, self.settings.workers)
+
+    def dedup_here(self, input_bytes: int) -> bool:
+        """Whether the dedup stages run in this process: always when local, else when their input is small.
+
+        The dedup stages' input is a few dozen bytes of keys and band hashes per document, not
+        the documents: at most `dedup_here_max_mb` of it is held by this process at once.
+        """
+        return self.local or input_bytes <= self.settings.dedup_here_max_mb * 2**20
+
+
+def runs_here(settings: RayConfig, input_at_most: Callable[[int], bool] | None) -> bool:
+    """`executor: auto` -> local when no cluster is named and `input_at_most(local_max_input_mb)` holds."""
+    if settings.executor not in EXECUTORS:
+        raise ValueError(f"ray.executor must be one of {', '.join(EXECUTORS)}, got '{settings.executor}'")
+    if settings.executor != "auto":
+        return settings.executor == "local"
+    if os.environ.get("RAY_ADDRESS"):
+        return False
+    ray = sys.modules.get("ray")  # a Ray this process already started (a notebook, a test) is used, not bypassed
+    if ray is not None and ray.is_initialized():
+        return False
+    return input_at_most is not None and input_at_most(int(settings.local_max_input_mb * 2**20))
+
+
+@contextmanager
+def job_session(settings: RayConfig, input_at_most: Callable[[int], bool] | None = None) -> Iterator[Session]:
+    """The session a job runs in (module docstring); `input_at_most(n)` says whether the input is at most n bytes."""
+    if runs_here(settings, input_at_most):
+        why = "" if settings.executor == "local" else f"; the input is at most {settings.local_max_input_mb} MB"
+        logger.info("executor: this process (ray.executor: %s%s)", settings.executor, why)
+        session = Session(settings, local=True, cpus=1)
+        try:
+            yield session
+        finally:
+            session.here.close()
+        return
+    with ray_session(settings):
+        import ray
+
+        yield Session(settings, local=False, cpus=int(ray.cluster_resources().get("CPU", 1)))
 
 
 @contextmanager

@@ -45,7 +45,7 @@ import pyarrow as pa
 from loopcoder.pipelines.clean.job import JobFailed, RayConfig, _sub
 from loopcoder.pipelines.dedup.minhash import MinhashConfig, MinhashSignatures
 from loopcoder.pipelines.dedup.stages import run_dedup
-from loopcoder.pipelines.executor.tasks import run_tasks
+from loopcoder.pipelines.executor.tasks import Session, job_session
 from loopcoder.pipelines.io import filesystem as fs
 from loopcoder.pipelines.io.filesystem import atomic_write_json, atomic_write_parquet, discover_shards
 from loopcoder.pipelines.samples.commits import CommitConfig, CommitTripletExtractor
@@ -472,13 +472,15 @@ class SamplesWorker:
         }
 
 
-def _run_stage(config: SamplesJobConfig, output: str, tasks: list[Task], plan: dict[str, Any]) -> None:
+def _run_stage(
+    session: Session, config: SamplesJobConfig, output: str, tasks: list[Task], plan: dict[str, Any]
+) -> None:
     """Runs the unfinished tasks of one stage; each task writes its files, then its marker."""
     pending = [t for t in tasks if not fs.exists(fs.marker(output, t.name))]
     if tasks:
         logger.info("%s stage: %d of %d task(s) to run", tasks[0].stage, len(pending), len(tasks))
     specs = [{"task": dataclasses.asdict(t), "plan": plan} for t in pending]
-    run_tasks(tasks[0].stage if tasks else "", SamplesWorker, (config.to_dict(), output), specs, config.ray.workers)
+    session.run_tasks(tasks[0].stage if tasks else "", SamplesWorker, (config.to_dict(), output), specs)
 
 
 def _without_shards(payload: dict[str, Any]) -> dict[str, Any]:
@@ -512,8 +514,6 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
 
     Raises JobFailed when nothing was packed (`stats.json` is written, `_SUCCESS` is not).
     """
-    from loopcoder.pipelines.executor.tasks import ray_session
-
     output = fs.absolute(output or config.output)
     _check_locations(config, output)
     fs.make_dirs(output)
@@ -535,25 +535,25 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
     plan: dict[str, Any] = {"git_repositories": repositories, "rates": {}}
     timings: dict[str, float] = {}
     stages: dict[str, list[Task]] = {}
-    with ray_session(config.ray):
+    with job_session(config.ray, lambda limit: _input_bytes(config, shards) <= limit) as session:
         start = time.perf_counter()
         number = iter(range(1 << 30))  # conversation tasks, numbered in a fixed order across stages
         stages["files"] = [Task("files", i, shard, next(number)) for i, shard in enumerate(shards)]
-        _run_stage(config, output, stages["files"], plan)
+        _run_stage(session, config, output, stages["files"], plan)
         buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
         stages["repo_fim"] = [Task("repo_fim", b) for b in buckets]
         stages["commits"] = [Task("commits", i, "", next(number)) for i in range(len(repositories))]
         stages["sft"] = [Task("sft", i, str(path), next(number)) for i, path in enumerate(config.sft_files)]
         for name in ("repo_fim", "commits", "sft"):
-            _run_stage(config, output, stages[name], plan)
+            _run_stage(session, config, output, stages[name], plan)
         timings["samples"] = time.perf_counter() - start
         start = time.perf_counter()
         conversation_tasks = [t for name in ("files", "commits", "sft") for t in stages[name]]
         if not config.sft_from_corpus:
             conversation_tasks = stages["sft"]
-        _sft_dedup(config, output)
+        _sft_dedup(session, config, output)
         stages["sft_final"] = [Task("sft_final", t.conversation_task) for t in conversation_tasks]
-        _run_stage(config, output, stages["sft_final"], plan)
+        _run_stage(session, config, output, stages["sft_final"], plan)
         timings["sft"] = time.perf_counter() - start
         start = time.perf_counter()
         producing = [t for name in ("files", "repo_fim", "commits", "sft_final") for t in stages[name]]
@@ -564,7 +564,7 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
         stages["pack"] = [
             Task("pack", i, fs.join(output, WORK, "documents", f"{t.name}.parquet")) for i, t in enumerate(producing)
         ]
-        _run_stage(config, output, stages["pack"], plan)
+        _run_stage(session, config, output, stages["pack"], plan)
         timings["pack"] = time.perf_counter() - start
     stats = merge_stats(config, output, stages, train_tokens, plan["rates"])
     stats["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
@@ -578,7 +578,12 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
     return stats
 
 
-def _sft_dedup(config: SamplesJobConfig, output: str) -> None:
+def _input_bytes(config: SamplesJobConfig, shards: list[str]) -> int:
+    """The cleaned shards' and the conversation files' bytes (what `executor: auto` sizes the job by)."""
+    return sum(fs.size(shard) or 0 for shard in shards) + sum(Path(p).stat().st_size for p in config.sft_files)
+
+
+def _sft_dedup(session: Session, config: SamplesJobConfig, output: str) -> None:
     """Exact and near-duplicate conversations across every conversation task, on the clean job's dedup stages."""
     work = fs.join(output, WORK, "sft_dedup")
     if config.sft_dedup is None or fs.read_marker(output, "sft_dedup") is not None:
@@ -586,7 +591,7 @@ def _sft_dedup(config: SamplesJobConfig, output: str) -> None:
     if not fs.is_dir(fs.join(work, "documents")):
         return
     logger.info("SFT dedup stage")
-    stats = run_dedup(work, True, MinhashConfig(**config.sft_dedup), config.ray.shuffle_partitions)
+    stats = run_dedup(work, True, MinhashConfig(**config.sft_dedup), session=session)
     fs.write_marker(output, "sft_dedup", stats)
 
 

@@ -49,8 +49,10 @@ near-duplicate pairs. With `removed` the documents a tool dropped and, per true 
 
     precision = Σ correct(C) / |removed|        recall = Σ correct(C) / Σ (|C| - 1)
 
-The loopcoder side's fixed cost is its wall time less the three stage timings of its
-`stats.json` (documents, dedup, write). Unless `--no-profile` is given, one more loopcoder run on
+loopcoder runs the clean job as users do (`loopcoder data run`, the default `ray.executor: auto`:
+in its own process up to `ray.local_max_input_mb`, on a local Ray above). The loopcoder side's
+fixed cost is its wall time less the three stage timings of its `stats.json` (documents, dedup,
+write). Unless `--no-profile` is given, one more loopcoder run on
 the smallest corpus in a fresh process, under cProfile, splits the driver's time into imports,
 `ray.init`, planning, each stage, stats merging and `ray.shutdown`.
 """
@@ -424,8 +426,6 @@ def profile_loopcoder(job_file: str) -> None:
     import pstats
 
     start = time.perf_counter()
-    import ray.data  # noqa: F401 - counted with the job's imports
-
     from loopcoder.pipelines.clean.job import JobConfig
     from loopcoder.pipelines.clean.runner import run_job
 
@@ -444,7 +444,7 @@ def profile_loopcoder(job_file: str) -> None:
         ("ray/_private/worker.py", "shutdown"): "ray.shutdown",
         ("pipelines/clean/runner.py", "run_job"): "run_job in all",
     }
-    found = {"imports (ray.data, loopcoder.pipelines)": (1, imports)}
+    found = {"imports (loopcoder.pipelines; Ray's are inside ray.init)": (1, imports)}
     for (filename, _line, function), (_cc, calls, _tt, cumulative, _callers) in pstats.Stats(profiler).stats.items():
         for (suffix, name), label in wanted.items():
             if function == name and filename.endswith(suffix) and cumulative >= found.get(label, (0, 0.0))[1]:

@@ -61,7 +61,7 @@ def run(input_dir: Path, output: Path, cpus: int) -> dict:
         "fim": {"fim_rate": 0.5},
         "repo_fim": {"token_budget": 8192, "targets_per_repo": 2},
         "packing": {"seq_len": 2048, "split_long_documents": True},
-        "ray": {"num_cpus": cpus, "workers": cpus},
+        "ray": {"executor": "ray", "num_cpus": cpus, "workers": cpus},  # Ray even where `auto` would stay here
     }
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(config)], capture_output=True, text=True, check=True

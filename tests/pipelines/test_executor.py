@@ -1,13 +1,17 @@
-"""The per-task executor: summaries in spec order, warm workers, the concurrency cap, task errors."""
+"""The per-task executor: summaries in spec order, warm workers, the concurrency cap, task errors; where a job runs."""
 
 import json
 import os
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 
-from loopcoder.pipelines.executor.tasks import run_tasks
+from loopcoder.pipelines.clean.job import RayConfig
+from loopcoder.pipelines.executor.local import TasksHere
+from loopcoder.pipelines.executor.tasks import run_tasks, runs_here
 
 
 class RecordingWorker:
@@ -16,6 +20,9 @@ class RecordingWorker:
     def __init__(self, folder: str, tag: str):
         self.folder = Path(folder)
         (self.folder / f"built-{os.getpid()}-{time.monotonic_ns()}").touch()
+
+    def close(self) -> None:
+        (self.folder / f"closed-{os.getpid()}-{time.monotonic_ns()}").touch()
 
     def run(self, spec: dict) -> dict:
         if spec.get("fail"):
@@ -59,3 +66,50 @@ def test_a_task_error_fails_the_stage_with_its_message(ray_local, tmp_path):
     specs = [{"n": 0}, {"n": 1, "fail": True}, {"n": 2}]
     with pytest.raises(ValueError, match="task 1 has a bad input"):
         run_tasks("failing", RecordingWorker, (str(tmp_path), "a"), specs, workers=1)
+
+
+def test_tasks_here_run_in_order_in_this_process_and_share_a_worker_across_stages(tmp_path):
+    here = TasksHere()
+    first = here.run("first", RecordingWorker, (str(tmp_path), "a"), [{"n": 3}, {"n": 1}, {"n": 2}])
+    assert first == [{"n": 3, "square": 9}, {"n": 1, "square": 1}, {"n": 2, "square": 4}]
+    assert {r["pid"] for r in _records(tmp_path)} == {os.getpid()}
+    here.run("second", RecordingWorker, (str(tmp_path), "a"), [{"n": 4}])
+    assert len(list(tmp_path.glob("built-*"))) == 1 and not list(tmp_path.glob("closed-*"))
+    here.run("other", RecordingWorker, (str(tmp_path), "b"), [{"n": 5}])
+    assert len(list(tmp_path.glob("built-*"))) == 2 and len(list(tmp_path.glob("closed-*"))) == 1
+    here.close()
+    assert len(list(tmp_path.glob("closed-*"))) == 2
+    with pytest.raises(ValueError, match="task 1 has a bad input"):
+        here.run("failing", RecordingWorker, (str(tmp_path), "a"), [{"n": 1, "fail": True}])
+
+
+@pytest.mark.parametrize(
+    ("executor", "ray_address", "ray_started", "input_bytes", "expected"),
+    [
+        ("auto", None, False, 10 * 2**20, True),  # small, no cluster: this process
+        ("auto", None, False, 17 * 2**20, False),  # larger than local_max_input_mb
+        ("auto", "ray://head:10001", False, 1, False),  # a cluster is named
+        ("auto", None, True, 1, False),  # this process already started Ray: use it
+        ("local", "ray://head:10001", True, 2**40, True),
+        ("ray", None, False, 1, False),
+    ],
+)
+def test_where_a_job_runs(monkeypatch, executor, ray_address, ray_started, input_bytes, expected):
+    if ray_address:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: ray_started))
+    asked = []
+
+    def input_at_most(limit: int) -> bool:
+        asked.append(limit)
+        return input_bytes <= limit
+
+    assert runs_here(RayConfig(executor=executor, local_max_input_mb=16), input_at_most) is expected
+    assert asked in ([], [16 * 2**20])
+
+
+def test_an_unknown_executor_is_refused():
+    with pytest.raises(ValueError, match="ray.executor must be one of auto, ray, local"):
+        runs_here(RayConfig(executor="spark"), None)

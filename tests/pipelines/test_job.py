@@ -210,8 +210,10 @@ def dedup_outcome(output: Path) -> tuple[list[dict], list[tuple]]:
 
 def test_dedup_survivors_do_not_depend_on_partitions_and_runs_repeat(ray_local, tmp_path, reference_dedup):
     inputs = near_duplicate_inputs()
-    one = run_job(make_job(inputs, tmp_path / "one", files_per_task=1000, partitions=1), tmp_path / "one")
+    one_job = make_job(inputs, tmp_path / "one", files_per_task=1000, partitions=1)
+    one = run_job(one_job, tmp_path / "one")  # dedup stages in the driver (`ray.dedup_here_max_mb`)
     many_job = make_job(inputs, tmp_path / "many", files_per_task=7, partitions=3, keep_work=True)
+    many_job.ray.dedup_here_max_mb = 0  # dedup stages on Ray Data
     many = run_job(many_job, tmp_path / "many")
     assert one["tasks"] < many["tasks"]
     # `_work/` is removed after success unless kept
@@ -244,6 +246,36 @@ def test_dedup_survivors_do_not_depend_on_partitions_and_runs_repeat(ray_local, 
     other = make_job(inputs, tmp_path / "many", files_per_task=7, steps=["decode"])
     with pytest.raises(ValueError, match="different config"):
         run_job(other, tmp_path / "many")
+
+
+def _without_timings(stats: dict) -> dict:
+    """Stats less what depends on where and how fast the job ran (seconds, shuffle sizes of Ray Data)."""
+    dedup = {
+        name: {
+            k: v
+            for k, v in part.items()
+            if k not in ("seconds", "partitions", "rank_partitions", "shuffled_rows", "shuffled_bytes")
+        }
+        for name, part in stats["dedup"].items()
+    }
+    return {k: v for k, v in stats.items() if k != "timings_seconds"} | {"dedup": dedup}
+
+
+def test_a_job_in_this_process_writes_the_bytes_it_writes_on_ray(ray_local, tmp_path):
+    """`ray.executor: local` (every stage in the driver) against Ray tasks and Ray Data dedup, on the same plan."""
+    inputs = near_duplicate_inputs()
+    here_job = make_job(inputs, tmp_path / "here", files_per_task=7, partitions=1)
+    here_job.ray.executor = "local"
+    on_ray_job = make_job(inputs, tmp_path / "ray", files_per_task=7, partitions=3)
+    on_ray_job.ray.executor, on_ray_job.ray.dedup_here_max_mb = "ray", 0
+    here, on_ray = run_job(here_job, tmp_path / "here"), run_job(on_ray_job, tmp_path / "ray")
+    assert here["tasks"] > 1 and step(here, "minhash_dedup")["dropped"].get("near_duplicate", 0) > 0
+    for folder in ("files", "rejected"):
+        shards = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here" / folder).iterdir())
+        assert shards == sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray" / folder).iterdir())
+        for shard in shards:
+            assert (tmp_path / "here" / shard).read_bytes() == (tmp_path / "ray" / shard).read_bytes(), shard
+    assert _without_timings(here) == _without_timings(on_ray)
 
 
 def test_config_errors_are_named():

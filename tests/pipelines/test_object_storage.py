@@ -60,7 +60,8 @@ def job_raw(source: str) -> dict:
                    {"kind": "jsonl", "path": f"{source}/tables", "repo": "tables"}],
         "tasks": {"files_per_task": 3},
         "steps": ["decode", "quality", "ast", "exact_dedup", {"minhash_dedup": {"threshold": 0.7}}],
-        "ray": {"num_cpus": 1, "shuffle_partitions": 2},
+        # Ray tasks and Ray Data's dedup stages on the object store, as on a cluster
+        "ray": {"executor": "ray", "dedup_here_max_mb": 0, "num_cpus": 1, "shuffle_partitions": 2},
     }  # fmt: skip
 
 

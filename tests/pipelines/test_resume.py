@@ -53,7 +53,7 @@ def resume_job(output: str) -> dict:
                    {"kind": "directory", "path": str(stdlib / "json"), "repo": "stdlib/json", "include": ["*.py"]}],
         "tasks": {"files_per_task": 2},
         "steps": ["decode", "quality", "ast", "exact_dedup", "minhash_dedup"],
-        "ray": {"num_cpus": 1, "shuffle_partitions": 2},
+        "ray": {"executor": "ray", "num_cpus": 1, "shuffle_partitions": 2},  # a killed driver on Ray
     }  # fmt: skip
 
 
@@ -119,7 +119,7 @@ def test_killed_worker_is_retried_and_the_output_is_unchanged(ray_local, tmp_pat
         "inputs": [{"kind": "directory", "path": str(stdlib / "json"), "repo": "stdlib/json", "include": ["*.py"]}],
         "tasks": {"files_per_task": 1},
         "steps": ["decode", "quality", "exact_dedup", "minhash_dedup"],
-        "ray": {"shuffle_partitions": 1},
+        "ray": {"executor": "ray", "shuffle_partitions": 1},  # a killed Ray worker; in this process it is the driver
     }
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(raw))

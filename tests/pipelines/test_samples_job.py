@@ -178,7 +178,9 @@ def test_one_worker_killed_mid_job_then_two_workers_give_the_same_bytes(job_outp
     output, stats = job_output
     target = tmp_path / "killed"
     config = make_config(inputs, target)
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config.to_dict() | {"ray": {"num_cpus": 1, "workers": 1}}))
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump(config.to_dict() | {"ray": {"executor": "ray", "num_cpus": 1, "workers": 1}})
+    )
     command = [sys.executable, "-m", "loopcoder.jobs.cli", "data", "samples", str(tmp_path / "job.yaml")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
