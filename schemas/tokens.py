@@ -7,13 +7,17 @@
 
 On the bottom layer so that data workers (FIM, packing, repository samples) read the token
 strings without importing the model package, transformers or torch: importing this module
-imports neither; `load_tokenizer` imports transformers when it is called. The bundled files
+imports neither; `load_tokenizer` imports transformers when it is called, and torch only for a
+tokenizer whose config names a model-specific class (`AutoTokenizer`): the bundled one and any
+whose `tokenizer_class` is the generic fast class load as `PreTrainedTokenizerFast`, the class
+`AutoTokenizer` would pick, without the 3 s of torch in every data worker. The bundled files
 (`tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`) ship in `model/tokenizer/`,
 where `loopcoder tokenizer train` writes them (docs/tokenizer.md).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -53,6 +57,8 @@ CHAT_TEMPLATE = (
 # loopcoder.schemas and loopcoder.model are sibling folders both in the repository and installed
 BUNDLED_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "model" / "tokenizer"
 FALLBACKS = (None, "bundled")
+# `tokenizer_class` values meaning the generic fast tokenizer (`TokenizersBackend` from transformers 5 on)
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -70,13 +76,11 @@ def load_tokenizer(path: str | Path | None = None, *, fallback: str | None = Non
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-    from transformers import AutoTokenizer
-
     if path is not None and has_tokenizer(path):
-        return AutoTokenizer.from_pretrained(str(path))
+        return _tokenizer_class(Path(path)).from_pretrained(str(path))
     if path is not None and fallback is None:
         raise FileNotFoundError(f"no tokenizer in {path} (expected tokenizer.json or tokenizer_config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
+    tokenizer = _tokenizer_class(BUNDLED_TOKENIZER_DIR).from_pretrained(str(BUNDLED_TOKENIZER_DIR))
     if path is not None:
         if vocab_size is not None and len(tokenizer) > vocab_size:
             raise ValueError(
@@ -85,3 +89,16 @@ def load_tokenizer(path: str | Path | None = None, *, fallback: str | None = Non
             )
         logger.info("no tokenizer in %s: using the bundled tokenizer", path)
     return tokenizer
+
+
+def _tokenizer_class(directory: Path):
+    """`PreTrainedTokenizerFast` when the directory's config names the generic fast class, else `AutoTokenizer`."""
+    config = directory / "tokenizer_config.json"
+    name = json.loads(config.read_text()).get("tokenizer_class") if config.exists() else None
+    if name in GENERIC_TOKENIZER_CLASSES and (directory / "tokenizer.json").exists():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
