@@ -8,7 +8,7 @@
 PATH is a shard file, a directory of shards or a whole job output. See docs/shards.md.
 """
 
-from loopcoder.pipelines.inspection.discovery import discover_shards
 from loopcoder.pipelines.inspection.validate import ShardProblem, validate_shards
+from loopcoder.pipelines.io.filesystem import discover_shards
 
 __all__ = ["ShardProblem", "discover_shards", "validate_shards"]

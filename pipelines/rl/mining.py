@@ -888,7 +888,7 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
 
     from loopcoder.pipelines.clean.job import RayConfig
     from loopcoder.pipelines.executor.tasks import ray_session
-    from loopcoder.pipelines.inspection.discovery import discover_shards
+    from loopcoder.pipelines.io.filesystem import discover_shards
 
     output = Path(output or config.output)
     output.mkdir(parents=True, exist_ok=True)
