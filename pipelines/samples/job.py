@@ -477,10 +477,11 @@ def _run_stage(
 ) -> None:
     """Runs the unfinished tasks of one stage; each task writes its files, then its marker."""
     pending = [t for t in tasks if not fs.exists(fs.marker(output, t.name))]
+    label = "+".join(dict.fromkeys(t.stage for t in tasks))
     if tasks:
-        logger.info("%s stage: %d of %d task(s) to run", tasks[0].stage, len(pending), len(tasks))
+        logger.info("%s stage: %d of %d task(s) to run", label, len(pending), len(tasks))
     specs = [{"task": dataclasses.asdict(t), "plan": plan} for t in pending]
-    session.run_tasks(tasks[0].stage if tasks else "", SamplesWorker, (config.to_dict(), output), specs)
+    session.run_tasks(label, SamplesWorker, (config.to_dict(), output), specs)
 
 
 def _without_shards(payload: dict[str, Any]) -> dict[str, Any]:
@@ -539,13 +540,14 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
         start = time.perf_counter()
         number = iter(range(1 << 30))  # conversation tasks, numbered in a fixed order across stages
         stages["files"] = [Task("files", i, shard, next(number)) for i, shard in enumerate(shards)]
-        _run_stage(session, config, output, stages["files"], plan)
-        buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
-        stages["repo_fim"] = [Task("repo_fim", b) for b in buckets]
         stages["commits"] = [Task("commits", i, "", next(number)) for i in range(len(repositories))]
         stages["sft"] = [Task("sft", i, str(path), next(number)) for i, path in enumerate(config.sft_files)]
-        for name in ("repo_fim", "commits", "sft"):
-            _run_stage(session, config, output, stages[name], plan)
+        # commits and conversation files need nothing from the files stage: queued behind it, they
+        # take the workers its last tasks leave idle
+        _run_stage(session, config, output, stages["files"] + stages["commits"] + stages["sft"], plan)
+        buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
+        stages["repo_fim"] = [Task("repo_fim", b) for b in buckets]
+        _run_stage(session, config, output, stages["repo_fim"], plan)
         timings["samples"] = time.perf_counter() - start
         start = time.perf_counter()
         conversation_tasks = [t for name in ("files", "commits", "sft") for t in stages[name]]

@@ -173,6 +173,18 @@ def test_a_rerun_resumes_to_the_same_bytes(job_output, inputs):
     assert rerun["packed"] == stats["packed"]
 
 
+def test_the_job_in_this_process_writes_the_bytes_it_writes_on_ray(job_output, inputs, tmp_path):
+    """`ray.executor: local` (every stage in the driver, one task after another) against the Ray run."""
+    output, stats = job_output
+    config = make_config(inputs, tmp_path / "here")
+    config.ray.executor = "local"
+    here = run_samples_job(config)
+    assert _parquet_bytes(tmp_path / "here") == _parquet_bytes(output)
+    assert {k: v for k, v in here.items() if k != "timings_seconds"} == {
+        k: v for k, v in stats.items() if k != "timings_seconds"
+    }
+
+
 def test_one_worker_killed_mid_job_then_two_workers_give_the_same_bytes(job_output, inputs, tmp_path):
     """A driver on one worker is killed after its first stages; the rerun on two workers finishes the job."""
     output, stats = job_output
