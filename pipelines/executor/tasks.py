@@ -6,8 +6,8 @@
 `job_session` picks where the job runs from the `ray:` block's `executor`:
 
 - `ray`: connect to the cluster named by `RAY_ADDRESS`, or start a local Ray for the job (never
-  joining one some other `ray start` left running), and set Ray Data's shuffle for the dedup
-  stages (`ray_session`);
+  joining one some other `ray start` left running) (`ray_session`); the dedup stages set Ray
+  Data's shuffle when they use it (`configure_ray_data`);
 - `local`: every stage in this process, one task after another (`executor/local.py`);
 - `auto` (the default): `local` when no cluster is named (`RAY_ADDRESS` unset, no Ray already
   started in this process) and the input is at most `local_max_input_mb`, else `ray`. Starting a
@@ -63,6 +63,7 @@ _WORKERS: dict[tuple[str, str], Any] = {}
 
 
 EXECUTORS = ("auto", "ray", "local")
+SHUFFLE_STRATEGIES = ("sort", "hash")
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,11 @@ def job_session(settings: RayConfig, input_at_most: Callable[[int], bool] | None
 def ray_session(settings: RayConfig):
     """Connects to the cluster named by RAY_ADDRESS, or starts local Ray sized to the machine (the `ray:` block)."""
     import ray
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
 
+    if settings.shuffle_strategy not in SHUFFLE_STRATEGIES:
+        raise ValueError(
+            f"ray.shuffle_strategy must be one of {', '.join(SHUFFLE_STRATEGIES)}, got '{settings.shuffle_strategy}'"
+        )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = False
     if not ray.is_initialized():
@@ -144,20 +147,27 @@ def ray_session(settings: RayConfig):
                 log_to_driver=False,
             )
         started = True
-    context = DataContext.get_current()
-    if settings.shuffle_partitions:
-        context.default_hash_shuffle_parallelism = settings.shuffle_partitions
-    strategies = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}
-    if settings.shuffle_strategy not in strategies:
-        raise ValueError(
-            f"ray.shuffle_strategy must be one of {', '.join(strategies)}, got '{settings.shuffle_strategy}'"
-        )
-    context.shuffle_strategy = strategies[settings.shuffle_strategy]
     try:
         yield
     finally:
         if started:
             ray.shutdown()
+
+
+def configure_ray_data(settings: RayConfig) -> None:
+    """Ray Data's shuffle for this process's datasets (the `ray:` block); called where Ray Data is used.
+
+    Not in `ray_session`: importing Ray Data costs about a second, which a job whose stages are
+    all Ray tasks (or whose dedup runs in the driver) need not pay.
+    """
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    context = DataContext.get_current()
+    if settings.shuffle_partitions:
+        context.default_hash_shuffle_parallelism = settings.shuffle_partitions
+    strategies = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}
+    context.shuffle_strategy = strategies[settings.shuffle_strategy]
 
 
 def _worker(worker_class: type, arguments: tuple) -> Any:

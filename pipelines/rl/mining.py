@@ -887,7 +887,7 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
     import ray.data
 
     from loopcoder.pipelines.clean.job import RayConfig
-    from loopcoder.pipelines.executor.tasks import ray_session
+    from loopcoder.pipelines.executor.tasks import configure_ray_data, ray_session
     from loopcoder.pipelines.io.filesystem import discover_shards
 
     output = Path(output or config.output)
@@ -902,7 +902,9 @@ def run_mining(config: MiningConfig, output: Path | None = None) -> dict[str, An
     if not shards:
         raise FileNotFoundError(f"no .parquet shards under {config.input} (run the clean job first)")
     timings: dict[str, float] = {}
-    with ray_session(RayConfig(num_cpus=config.num_cpus)):
+    settings = RayConfig(num_cpus=config.num_cpus)
+    with ray_session(settings):
+        configure_ray_data(settings)
         start = time.perf_counter()
         files = ray.data.from_items([{"path": s} for s in shards], override_num_blocks=len(shards))
         files = files.flat_map(_python_rows_of_shard)
