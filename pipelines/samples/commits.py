@@ -9,7 +9,9 @@ For each repository (read with the real `git`):
    patch between them is a meaningful iteration: between `min_files` and `max_files` files
    changed and between `min_diff_lines` and `max_diff_lines` changed lines, once binary,
    vendored and generated files are left out; merges, reverts and bot commits end the search,
-   and formatting-only patches (empty when whitespace is ignored) are skipped;
+   and formatting-only patches (empty when whitespace is ignored) are skipped; an iteration that
+   shares a commit with one already taken is dropped (`overlapping_iteration`), so the patches of
+   one repository never overlap;
 4. record R_old and R_new as the changed files' contents, P as the unified diff of those files
    (it applies to R_old with `git apply` and yields R_new), the commit ids, dates, messages and
    the start's lifecycle percentile.
@@ -111,11 +113,11 @@ class CommitTripletExtractor:
         rng = document_rng(self.config.seed, name, salt="commits")
         rng.shuffle(starts)
         triplets: list[dict[str, Any]] = []
-        used_starts: set[int] = set()
+        applied: set[int] = set()  # history positions whose commit is inside a triplet's patch
         for start in starts:
             if len(triplets) >= self.config.triplets_per_repo:
                 break
-            if start in used_starts:
+            if start + 1 in applied:
                 continue
             try:
                 triplet = self._iteration(repo, name, history, start)
@@ -123,9 +125,15 @@ class CommitTripletExtractor:
                 self.rejections["git_error"] += 1
                 logger.warning("%s at %s: %s", name, history[start][:12], error)
                 continue
-            if triplet is not None:
-                used_starts.add(start)
-                triplets.append(triplet)
+            if triplet is None:
+                continue
+            # iterations do not overlap: two patches sharing commits would teach the same change twice
+            span = set(range(start + 1, history.index(triplet["commit"]) + 1))
+            if span & applied:
+                self.rejections["overlapping_iteration"] += 1
+                continue
+            applied |= span
+            triplets.append(triplet)
         return triplets
 
     def _iteration(self, repo: Path, name: str, history: list[str], start: int) -> dict[str, Any] | None:

@@ -159,6 +159,8 @@ def test_patches_apply_to_old_files_and_give_new_files(tmp_path, source):
         expected = {f["path"]: f["content"] for f in triplet["new_files"]}
         assert apply_patch(tmp_path, triplet) == expected
         assert triplet["date"]
+    spans = sorted((history.index(t["parent_commit"]), history.index(t["commit"])) for t in triplets)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
 
 
 def test_shallow_and_corrupt_repositories_are_counted_rejections(tmp_path):
