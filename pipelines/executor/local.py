@@ -124,36 +124,19 @@ class _LocalGroups:
         )
 
 
-class TasksHere:
-    """Per-task stages in this process, one task after another.
+class WarmWorker:
+    """The one worker object a process keeps: rebuilt only when the class or its arguments change.
 
-    The worker built for a stage is kept for the next stage with the same class and arguments
-    (the samples job's stages share one, with its tokenizer), as a Ray worker process keeps its
-    own (`executor/tasks.py`); `close` ends it with the session.
+    A Ray worker process keeps one between tasks (`executor/tasks.py`), `TasksHere` one between
+    stages; the previous worker is closed when another is built, so a process never holds two
+    jobs' steps.
     """
 
     def __init__(self):
         self._key: str | None = None
         self._worker: Any = None
 
-    def run(
-        self, stage: str, worker_class: type, arguments: tuple, specs: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """`worker_class(*arguments).run(spec)` for every spec in order; the summaries in spec order."""
-        if not specs:
-            return []
-        worker = self._worker_for(worker_class, arguments)
-        summaries = []
-        start = last_report = time.monotonic()
-        for done, spec in enumerate(specs, 1):
-            summaries.append(worker.run(spec))
-            now = time.monotonic()
-            if done == len(specs) or now - last_report >= PROGRESS_INTERVAL_SECONDS:
-                logger.info("%s stage: %d of %d task(s) done (%.1f s)", stage, done, len(specs), now - start)
-                last_report = now
-        return summaries
-
-    def _worker_for(self, worker_class: type, arguments: tuple) -> Any:
+    def get(self, worker_class: type, arguments: tuple) -> Any:
         key = f"{worker_class.__module__}.{worker_class.__qualname__}:" + json.dumps(
             arguments, sort_keys=True, default=str
         )
@@ -167,3 +150,35 @@ class TasksHere:
         if close is not None:
             close()
         self._worker = self._key = None
+
+
+class TasksHere:
+    """Per-task stages in this process, one task after another.
+
+    The worker built for a stage is kept for the next stage with the same class and arguments
+    (the samples job's stages share one, with its tokenizer), as a Ray worker process keeps its
+    own (`executor/tasks.py`); `close` ends it with the session.
+    """
+
+    def __init__(self):
+        self._worker = WarmWorker()
+
+    def run(
+        self, stage: str, worker_class: type, arguments: tuple, specs: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """`worker_class(*arguments).run(spec)` for every spec in order; the summaries in spec order."""
+        if not specs:
+            return []
+        worker = self._worker.get(worker_class, arguments)
+        summaries = []
+        start = last_report = time.monotonic()
+        for done, spec in enumerate(specs, 1):
+            summaries.append(worker.run(spec))
+            now = time.monotonic()
+            if done == len(specs) or now - last_report >= PROGRESS_INTERVAL_SECONDS:
+                logger.info("%s stage: %d of %d task(s) done (%.1f s)", stage, done, len(specs), now - start)
+                last_report = now
+        return summaries
+
+    def close(self) -> None:
+        self._worker.close()

@@ -24,7 +24,7 @@ once (default: the cluster's CPUs).
 Why Ray tasks and not an actor pool per stage: an actor is a new process that imports the
 pipeline modules and builds the job's steps again, which costs seconds per stage and per job; a
 Ray task runs in a pooled worker process that Ray keeps between tasks. Each worker process keeps
-the worker object it built last (`_WORKERS`: the steps, grammars, tokenizer and permutations of
+the worker object it built last (`_WARM_WORKER`: the steps, grammars, tokenizer and permutations of
 one job and stage) for its next task with the same class and arguments, so a job with many
 tasks builds its steps once per process, as an actor would, and a stage or a job that follows
 starts on warm processes.
@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from loopcoder.pipelines.executor.local import TasksHere
+from loopcoder.pipelines.executor.local import TasksHere, WarmWorker
 
 if TYPE_CHECKING:
     from loopcoder.pipelines.clean.job import RayConfig
@@ -57,9 +57,8 @@ logger = logging.getLogger(__name__)
 MAX_RETRIES = 3
 PROGRESS_INTERVAL_SECONDS = 10.0
 
-# The worker object this process built last, by (class, arguments): reused by the next task of the
-# same job and stage. One entry, so a process never holds two jobs' steps.
-_WORKERS: dict[tuple[str, str], Any] = {}
+# The worker object this process built last, reused by the next task with the same class and arguments.
+_WARM_WORKER = WarmWorker()
 
 
 EXECUTORS = ("auto", "ray", "local")
@@ -170,31 +169,13 @@ def configure_ray_data(settings: RayConfig) -> None:
     context.shuffle_strategy = strategies[settings.shuffle_strategy]
 
 
-def _worker(worker_class: type, arguments: tuple) -> Any:
-    import json
-
-    key = (
-        f"{worker_class.__module__}.{worker_class.__qualname__}",
-        json.dumps(arguments, sort_keys=True, default=str),
-    )
-    worker = _WORKERS.get(key)
-    if worker is None:
-        for previous in _WORKERS.values():
-            close = getattr(previous, "close", None)
-            if close is not None:
-                close()
-        _WORKERS.clear()
-        worker = _WORKERS[key] = worker_class(*arguments)
-    return worker
-
-
 def _run_task(worker_class: type, arguments: tuple, spec: dict[str, Any]) -> dict[str, Any]:
     # A task holds one CPU (Ray already sets OMP_NUM_THREADS=1). The tokenizers' Rust thread pool
     # would otherwise spread one task's batch encoding over every core of the node, so N workers
     # would compete for the cores that one of them already took.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
-    return _worker(worker_class, arguments).run(spec)
+    return _WARM_WORKER.get(worker_class, arguments).run(spec)
 
 
 def run_tasks(
