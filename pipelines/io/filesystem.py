@@ -5,7 +5,7 @@ scheme names a file system:
 
 | scheme | file system | credentials (from the environment only) |
 |---|---|---|
-| `s3://bucket/key` | `pyarrow.fs.S3FileSystem` | the AWS chain: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`, instance roles; `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` for an S3-compatible server; `AWS_REGION`/`AWS_DEFAULT_REGION` |
+| `s3://bucket/key` | `pyarrow.fs.S3FileSystem` | the AWS chain: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`, instance roles; `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` for an S3-compatible server (`AWS_REQUEST_CHECKSUM_CALCULATION=when_required` for one that takes no streamed-checksum uploads); `AWS_REGION`/`AWS_DEFAULT_REGION` |
 | `gs://bucket/key` | `pyarrow.fs.GcsFileSystem` | Google's default chain (`GOOGLE_APPLICATION_CREDENTIALS`, metadata server) |
 | `hf://datasets/org/name/path` | `huggingface_hub.HfFileSystem` through `pyarrow.fs.PyFileSystem(FSSpecHandler(...))` | `HF_TOKEN` (or `hf auth login`); `HF_ENDPOINT` for another Hub |
 | any other | the fsspec implementation registered for it, if installed | that implementation's own |
@@ -32,6 +32,7 @@ import json
 import os
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,13 +267,42 @@ def make_dirs(location: str | Path) -> None:
 def delete_tree(location: str | Path) -> None:
     """Removes a folder (every object under a prefix) if it exists."""
     fs, path = resolve(location)
-    if fs.get_file_info(path).type == pafs.FileType.Directory or not is_local(location):
+    if is_local(location):
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        return
+    try:
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+    except FileNotFoundError:
+        return
+    except OSError:
+        # pyarrow's batch delete also names the folder-marker keys (`a/b/`); S3-compatible servers that
+        # keep objects as files (rclone's, for one) refuse those keys, so what is left goes one by one
+        _delete_objects(fs, [entry.path for entry in _files_under(fs, path)])
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
         try:
-            fs.delete_dir_contents(path, missing_dir_ok=True)
-            if fs.get_file_info(path).type == pafs.FileType.Directory:
-                fs.delete_dir(path)
+            fs.delete_dir(path)
+        except (FileNotFoundError, OSError):
+            if any(True for _ in _files_under(fs, path)):
+                raise
+
+
+def _files_under(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    return [entry for entry in fs.get_file_info(selector) if entry.type == pafs.FileType.File]
+
+
+def _delete_objects(fs: pafs.FileSystem, paths: list[str]) -> None:
+    """Deletes objects one request each, a few dozen at a time (object stores serve deletes in parallel)."""
+
+    def delete(path: str) -> None:
+        try:
+            fs.delete_file(path)
         except FileNotFoundError:
             pass
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(delete, paths))
 
 
 def delete_file(location: str | Path) -> None:

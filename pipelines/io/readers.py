@@ -135,7 +135,8 @@ def _plan_directory(spec, sizes):
 def _plan_remote_directory(spec, files_per_task):
     """A folder on an object store: every object under the prefix (no symlinks exist there).
 
-    Sizes come from the listing and go into the task, so reading needs no request per object but its GET.
+    Sizes come from the listing and go into the task, so the size limit needs no request of its own
+    (pyarrow's reader still sends a HEAD before each GET: its Python API opens objects by name only).
     """
     location = spec["path"]
     if not fs.is_dir(location):

