@@ -8,7 +8,7 @@ from loopcoder.pipelines.clean.runner import normalised_sha256
 from loopcoder.pipelines.steps.ast_validation import AstValidator
 from loopcoder.pipelines.steps.benchmarks import humaneval_rows
 from loopcoder.pipelines.steps.decontamination import Decontaminator
-from loopcoder.pipelines.steps.filters import DecodeStep, QualityFilter, WebTextCleaner
+from loopcoder.pipelines.steps.filters import DecodeStep, QualityFilter, WebTextCleaner, alphanumeric_chars
 
 
 def doc(content="x = 1\n", path="a.py", language="Python", raw=None, reader_reason=None):
@@ -74,6 +74,18 @@ def test_decode_step_counts_reader_rejections_and_text_inputs():
 )  # fmt: skip
 def test_quality_filter_reasons(content, path, language, reason):
     assert QualityFilter().run(doc(content, path, language)) == reason
+
+
+def test_alphanumeric_count_equals_str_isalnum_on_ascii_and_other_text():
+    import random
+
+    rng = random.Random(7)
+    alphabet = [chr(c) for c in range(128)] + list("éßΩж日本語١٢٣_·\u200b\U0001f600")
+    texts = ["", "a_b 9", "x" * 1000, "# -+*/ ==\n", "café = 1  # ½ ² ①"]
+    texts += ["".join(rng.choices(alphabet, k=rng.randint(1, 400))) for _ in range(300)]
+    texts += ["".join(rng.choices(alphabet[:128], k=rng.randint(1, 400))) for _ in range(300)]
+    for text in texts:
+        assert alphanumeric_chars(text) == sum(ch.isalnum() for ch in text), repr(text)
 
 
 def test_quality_thresholds_are_none_able():
