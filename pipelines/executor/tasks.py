@@ -19,7 +19,9 @@ The outputs are the same bytes on either (`tests/pipelines/test_executor.py`).
 A stage is a list of task specs (JSON-able dicts) and a worker class built from JSON-able
 arguments, whose `run(spec)` writes the task's files under deterministic names, then its marker,
 and returns a small summary. Each task is one Ray task with one CPU; at most `workers` run at
-once (default: the cluster's CPUs).
+once (default: the cluster's CPUs), counted over every stage in flight: `run_tasks_meanwhile`
+runs a stage on the workers while the driver does work that needs nothing from it (which may
+include another stage), and both stages take their tasks' slots from the session's `slots`.
 
 Why Ray tasks and not an actor pool per stage: an actor is a new process that imports the
 pipeline modules and builds the job's steps again, which costs seconds per stage and per job; a
@@ -40,8 +42,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -74,13 +78,45 @@ class Session:
     cpus: int
     here: TasksHere = field(default_factory=TasksHere, repr=False)
 
+    # Task slots shared by the stages in flight at once, so that together they run at most `workers` tasks.
+    slots: threading.Semaphore = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "slots", threading.Semaphore(max(1, self.settings.workers or self.cpus)))
+
     def run_tasks(
         self, stage: str, worker_class: type, arguments: tuple, specs: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """`worker_class(*arguments).run(spec)` for every spec; the summaries in spec order."""
         if self.local:
             return self.here.run(stage, worker_class, arguments, specs)
-        return run_tasks(stage, worker_class, arguments, specs, self.settings.workers)
+        return run_tasks(stage, worker_class, arguments, specs, slots=self.slots)
+
+    def run_tasks_meanwhile(
+        self,
+        stage: str,
+        worker_class: type,
+        arguments: tuple,
+        specs: list[dict[str, Any]],
+        meanwhile: Callable[[], None],
+    ) -> list[dict[str, Any]]:
+        """`run_tasks`, while this process runs `meanwhile()`, which needs nothing from these tasks.
+
+        On Ray the workers run the stage while this process does its own part of the job (a dedup
+        in the driver, another stage's tasks, which share the `workers` slots), so that neither
+        waits at the barrier of the other. In this process: the tasks, then `meanwhile()`.
+        """
+        if self.local:
+            summaries = self.here.run(stage, worker_class, arguments, specs)
+            meanwhile()
+            return summaries
+        with ThreadPoolExecutor(1, thread_name_prefix=f"{stage}-tasks") as pool:
+            running = pool.submit(run_tasks, stage, worker_class, arguments, specs, slots=self.slots)
+            try:
+                meanwhile()
+            finally:
+                summaries = running.result()  # the stage's tasks end (and write their markers) either way
+        return summaries
 
     def dedup_here(self, input_bytes: int) -> bool:
         """Whether the dedup stages run in this process: always when local, else when their input is small.
@@ -184,34 +220,42 @@ def run_tasks(
     arguments: tuple,
     specs: list[dict[str, Any]],
     workers: int | None = None,
+    slots: threading.Semaphore | None = None,
 ) -> list[dict[str, Any]]:
     """Runs `worker_class(*arguments).run(spec)` for every spec on Ray; returns the summaries in spec order.
 
-    At most `workers` tasks run at once (default: the cluster's CPUs); progress is logged as
-    tasks finish.
+    A task is submitted when it holds one of `slots` (shared with the other stages in flight), or
+    else one of `workers` of its own (default: the cluster's CPUs); progress is logged as tasks finish.
     """
     import ray
 
     if not specs:
         return []
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    limit = max(1, min(len(specs), workers or cpus))
+    if slots is None:
+        slots = threading.Semaphore(max(1, workers or int(ray.cluster_resources().get("CPU", 1))))
     remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_run_task)
     arguments_ref = ray.put(arguments)  # one copy of the job config in the object store, not one per task
     summaries: list[dict[str, Any] | None] = [None] * len(specs)
     running: dict[Any, int] = {}
     submitted = done = 0
     start = last_report = time.monotonic()
-    while done < len(specs):
-        while submitted < len(specs) and len(running) < limit:
-            running[remote.remote(worker_class, arguments_ref, specs[submitted])] = submitted
-            submitted += 1
-        finished, _ = ray.wait(list(running), num_returns=1)
-        for ref in finished:
-            summaries[running.pop(ref)] = ray.get(ref)
-            done += 1
-        now = time.monotonic()
-        if done == len(specs) or now - last_report >= PROGRESS_INTERVAL_SECONDS:
-            logger.info("%s stage: %d of %d task(s) done (%.1f s)", stage, done, len(specs), now - start)
-            last_report = now
+    try:
+        while done < len(specs):
+            # without a task of its own in flight, the stage waits for a slot; with one, it takes free ones only
+            while submitted < len(specs) and slots.acquire(blocking=not running):
+                running[remote.remote(worker_class, arguments_ref, specs[submitted])] = submitted
+                submitted += 1
+            finished, _ = ray.wait(list(running), num_returns=1)
+            for ref in finished:
+                index = running.pop(ref)
+                slots.release()
+                summaries[index] = ray.get(ref)
+                done += 1
+            now = time.monotonic()
+            if done == len(specs) or now - last_report >= PROGRESS_INTERVAL_SECONDS:
+                logger.info("%s stage: %d of %d task(s) done (%.1f s)", stage, done, len(specs), now - start)
+                last_report = now
+    finally:
+        for _ in running:  # a failed stage gives its slots back to the stages still running
+            slots.release()
     return summaries

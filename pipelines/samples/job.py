@@ -34,7 +34,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -473,15 +473,25 @@ class SamplesWorker:
 
 
 def _run_stage(
-    session: Session, config: SamplesJobConfig, output: str, tasks: list[Task], plan: dict[str, Any]
+    session: Session,
+    config: SamplesJobConfig,
+    output: str,
+    tasks: list[Task],
+    plan: dict[str, Any],
+    meanwhile: Callable[[], None] | None = None,
 ) -> None:
-    """Runs the unfinished tasks of one stage; each task writes its files, then its marker."""
+    """Runs the unfinished tasks of one stage (while this process runs `meanwhile()`, if given);
+    each task writes its files, then its marker."""
     pending = [t for t in tasks if not fs.exists(fs.marker(output, t.name))]
     label = "+".join(dict.fromkeys(t.stage for t in tasks))
     if tasks:
         logger.info("%s stage: %d of %d task(s) to run", label, len(pending), len(tasks))
     specs = [{"task": dataclasses.asdict(t), "plan": plan} for t in pending]
-    session.run_tasks(label, SamplesWorker, (config.to_dict(), output), specs)
+    arguments = (config.to_dict(), output)
+    if meanwhile is None:
+        session.run_tasks(label, SamplesWorker, arguments, specs)
+    else:
+        session.run_tasks_meanwhile(label, SamplesWorker, arguments, specs, meanwhile)
 
 
 def _without_shards(payload: dict[str, Any]) -> dict[str, Any]:
@@ -545,18 +555,23 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
         # commits and conversation files need nothing from the files stage: queued behind it, they
         # take the workers its last tasks leave idle
         _run_stage(session, config, output, stages["files"] + stages["commits"] + stages["sft"], plan)
-        buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
-        stages["repo_fim"] = [Task("repo_fim", b) for b in buckets]
-        _run_stage(session, config, output, stages["repo_fim"], plan)
         timings["samples"] = time.perf_counter() - start
         start = time.perf_counter()
+        buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
+        stages["repo_fim"] = [Task("repo_fim", b) for b in buckets]
         conversation_tasks = [t for name in ("files", "commits", "sft") for t in stages[name]]
         if not config.sft_from_corpus:
             conversation_tasks = stages["sft"]
-        _sft_dedup(session, config, output)
         stages["sft_final"] = [Task("sft_final", t.conversation_task) for t in conversation_tasks]
-        _run_stage(session, config, output, stages["sft_final"], plan)
-        timings["sft"] = time.perf_counter() - start
+
+        def conversations() -> None:
+            _sft_dedup(session, config, output)
+            _run_stage(session, config, output, stages["sft_final"], plan)
+
+        # repository-level FIM and the conversations need nothing from each other: the workers run
+        # the repo_fim tasks while this process deduplicates the conversations, then both stages' tasks
+        _run_stage(session, config, output, stages["repo_fim"], plan, meanwhile=conversations)
+        timings["repo_fim_and_sft"] = time.perf_counter() - start
         start = time.perf_counter()
         producing = [t for name in ("files", "repo_fim", "commits", "sft_final") for t in stages[name]]
         train_tokens: Counter = Counter()

@@ -11,7 +11,7 @@ import pytest
 
 from loopcoder.pipelines.clean.job import RayConfig
 from loopcoder.pipelines.executor.local import TasksHere
-from loopcoder.pipelines.executor.tasks import run_tasks, runs_here
+from loopcoder.pipelines.executor.tasks import Session, run_tasks, runs_here
 
 
 class RecordingWorker:
@@ -60,6 +60,33 @@ def test_at_most_workers_tasks_run_at_once(ray_local, tmp_path):
     intervals = sorted((r["start"], r["end"]) for r in _records(tmp_path))
     assert len(intervals) == 4
     assert all(previous_end <= start for (_, previous_end), (start, _) in zip(intervals, intervals[1:], strict=False))
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["ray", "here"])
+def test_a_stage_runs_while_this_process_works_and_stages_in_flight_share_the_workers(ray_local, tmp_path, local):
+    session = Session(RayConfig(workers=1), local=local, cpus=2)
+    arguments = (str(tmp_path), "a")
+    meanwhile_interval = []
+
+    def meanwhile():
+        start = time.monotonic()
+        second = session.run_tasks("second", RecordingWorker, arguments, [{"n": n, "sleep": 0.4} for n in (10, 11)])
+        assert second == [{"n": 10, "square": 100}, {"n": 11, "square": 121}]
+        meanwhile_interval.extend([start, time.monotonic()])
+
+    first = session.run_tasks_meanwhile(
+        "first", RecordingWorker, arguments, [{"n": n, "sleep": 0.4} for n in (1, 2)], meanwhile
+    )
+    assert first == [{"n": 1, "square": 1}, {"n": 2, "square": 4}]
+    records = {r["n"]: r for r in _records(tmp_path)}
+    intervals = sorted((r["start"], r["end"]) for r in records.values())
+    assert len(intervals) == 4  # one worker's slot for both stages: never two tasks at once
+    assert all(previous_end <= start for (_, previous_end), (start, _) in zip(intervals, intervals[1:], strict=False))
+    first_end = max(records[1]["end"], records[2]["end"])
+    if local:  # in this process: the stage's tasks, then the rest
+        assert meanwhile_interval[0] >= first_end
+    else:  # on Ray: this process worked while the first stage was still running
+        assert meanwhile_interval[0] < first_end
 
 
 def test_a_task_error_fails_the_stage_with_its_message(ray_local, tmp_path):
