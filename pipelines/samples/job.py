@@ -546,7 +546,7 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
     plan: dict[str, Any] = {"git_repositories": repositories, "rates": {}}
     timings: dict[str, float] = {}
     stages: dict[str, list[Task]] = {}
-    with job_session(config.ray, lambda limit: _input_bytes(config, shards) <= limit) as session:
+    with job_session(config.ray, lambda limit: _input_at_most(config, shards, limit)) as session:
         start = time.perf_counter()
         number = iter(range(1 << 30))  # conversation tasks, numbered in a fixed order across stages
         stages["files"] = [Task("files", i, shard, next(number)) for i, shard in enumerate(shards)]
@@ -595,9 +595,15 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
     return stats
 
 
-def _input_bytes(config: SamplesJobConfig, shards: list[str]) -> int:
-    """The cleaned shards' and the conversation files' bytes (what `executor: auto` sizes the job by)."""
-    return sum(fs.size(shard) or 0 for shard in shards) + sum(Path(p).stat().st_size for p in config.sft_files)
+def _input_at_most(config: SamplesJobConfig, shards: list[str], limit: int) -> bool:
+    """Whether the cleaned shards and the conversation files hold at most `limit` bytes (what `executor:
+    auto` sizes the job by); shards are asked for their size only until the sum passes the limit."""
+    total = sum(Path(p).stat().st_size for p in config.sft_files)
+    for shard in shards:
+        total += fs.size(shard) or 0
+        if total > limit:
+            return False
+    return total <= limit
 
 
 def _sft_dedup(session: Session, config: SamplesJobConfig, output: str) -> None:

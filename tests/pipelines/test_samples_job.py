@@ -288,3 +288,24 @@ def test_input_shards_with_nothing_kept_fail_the_job_loudly(ray_local, inputs, t
     with pytest.raises(JobFailed, match=r"0 input file\(s\) gave no packed sequence"):
         run_samples_job(config)
     assert (tmp_path / "out" / "stats.json").exists() and not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_executor_auto_sizes_the_job_by_its_shards_and_conversation_files(tmp_path):
+    from loopcoder.pipelines.samples.job import _input_at_most
+
+    shards = []
+    for i in range(3):
+        shard = tmp_path / "clean" / f"part-{i}.parquet"
+        shard.parent.mkdir(exist_ok=True)
+        shard.write_bytes(b"x" * (100 + i))
+        shards.append(str(shard))
+    chat = tmp_path / "chat.jsonl"
+    chat.write_bytes(b"y" * 50)
+    config = SamplesJobConfig.from_dict(
+        {"name": "sizes", "input": str(tmp_path / "clean"), "output": str(tmp_path / "out"), "sft_files": [str(chat)]}
+    )
+    total = 100 + 101 + 102 + 50
+    assert _input_at_most(config, shards, total)
+    assert not _input_at_most(config, shards, total - 1)
+    assert not _input_at_most(config, shards, 10)
+    assert _input_at_most(config, [], 50) and not _input_at_most(config, [], 49)
