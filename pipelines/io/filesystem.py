@@ -125,7 +125,9 @@ def _filesystem(scheme: str) -> pafs.FileSystem:
             options["endpoint_override"] = endpoint
         if region:
             options["region"] = region
-        return pafs.S3FileSystem(**options)
+        # delayed open: a file written in one piece is one PUT, not three requests of a multipart upload
+        # (still atomic: the object appears when the PUT completes; errors are raised at close)
+        return pafs.S3FileSystem(allow_delayed_open=True, **options)
     if scheme in ("gs", "gcs"):
         return pafs.GcsFileSystem()
     if scheme == "hf":
