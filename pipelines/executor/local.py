@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,18 @@ def _as_batch(table: pa.Table, batch_format: str) -> Any:
     raise ValueError(f"batch_format must be 'pyarrow' or 'numpy', got '{batch_format}'")
 
 
+# Parts run a few at a time: a part function reads or writes a file or two, which on an object store is a
+# few round trips each; Arrow's and numpy's work and pyarrow's I/O release the GIL. Outputs keep input order.
+PART_THREADS = 8
+
+
+def _map_in_threads(call: Callable[[pa.Table], Any], pieces: list[pa.Table]) -> list[pa.Table]:
+    if len(pieces) <= 1:
+        return [_as_table(call(piece)) for piece in pieces]
+    with ThreadPoolExecutor(min(PART_THREADS, len(pieces)), thread_name_prefix="local-parts") as pool:
+        return [_as_table(output) for output in pool.map(call, pieces)]
+
+
 class LocalDataset:
     """Arrow blocks in this process with the Ray Data methods the dedup stages use, each run at once."""
 
@@ -67,12 +80,12 @@ class LocalDataset:
         batch_format: str = "pyarrow",
         batch_size: int | None = None,
     ) -> LocalDataset:
-        out = []
-        for block in self.blocks:
-            step = batch_size or block.num_rows
-            for start in range(0, block.num_rows, step):
-                out.append(_as_table(function(_as_batch(block.slice(start, step), batch_format), *fn_args)))
-        return LocalDataset(out)
+        pieces = [
+            block.slice(start, batch_size or block.num_rows)
+            for block in self.blocks
+            for start in range(0, block.num_rows, batch_size or block.num_rows)
+        ]
+        return LocalDataset(_map_in_threads(lambda piece: function(_as_batch(piece, batch_format), *fn_args), pieces))
 
     def groupby(self, key: str, num_partitions: int | None = None) -> _LocalGroups:
         return _LocalGroups(self, key)
@@ -116,12 +129,8 @@ class _LocalGroups:
         table = table.take(pa.array(order))
         starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
         ends = np.append(starts[1:], len(keys))
-        return LocalDataset(
-            [
-                _as_table(function(_as_batch(table.slice(start, end - start), batch_format), *fn_args))
-                for start, end in zip(starts.tolist(), ends.tolist(), strict=True)
-            ]
-        )
+        groups = [table.slice(start, end - start) for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
+        return LocalDataset(_map_in_threads(lambda group: function(_as_batch(group, batch_format), *fn_args), groups))
 
 
 class WarmWorker:

@@ -149,7 +149,13 @@ def upload_inputs(inputs: list[dict], bucket: str) -> list[dict]:
 
 
 def compare_on_s3(
-    job_raw: dict, inputs: list[dict], local_output: Path, local_wall: float, read_mb: float, server_kind: str
+    job_raw: dict,
+    inputs: list[dict],
+    local_output: Path,
+    local_stats: dict,
+    local_wall: float,
+    read_mb: float,
+    server_kind: str,
 ) -> None:
     import pyarrow.fs as pafs
 
@@ -169,7 +175,7 @@ def compare_on_s3(
         output = f"{bucket}/out"
         server_cpu = cpu_seconds(server.pid)
         start = time.perf_counter()
-        run_job(JobConfig.from_dict(job_raw | {"inputs": remote_inputs, "output": output}), output)
+        s3_stats = run_job(JobConfig.from_dict(job_raw | {"inputs": remote_inputs, "output": output}), output)
         s3_wall = time.perf_counter() - start
         if server_cpu is not None:
             server_cpu = cpu_seconds(server.pid) - server_cpu
@@ -183,6 +189,10 @@ def compare_on_s3(
         print(f"| local disk | {local_wall:.1f} | {read_mb / local_wall:.2f} |")
         print(f"| local S3 server ({server_kind}) | {s3_wall:.1f} | {read_mb / s3_wall:.2f} |")
         print(f"S3 ÷ local throughput: {local_wall / s3_wall:.2f} ({len(local)} shards, byte-identical)")
+        print("| stage | local disk (s) | S3 (s) |")
+        print("|---|---:|---:|")
+        for stage, seconds in local_stats["timings_seconds"].items():
+            print(f"| {stage} | {seconds:.1f} | {s3_stats['timings_seconds'].get(stage, float('nan')):.1f} |")
         if server_cpu is not None:
             print(f"the S3 server itself used {server_cpu:.1f} s of CPU on the job's cores during the S3 run")
     finally:
@@ -251,7 +261,7 @@ def main() -> None:
             print(f"| {name} | {dedup[name].get('shuffled_bytes', 0) / documents:,.0f} | | |")
     print("partitions per stage:", {name: stage.get("partitions") for name, stage in dedup.items()})
     if args.s3:
-        compare_on_s3(job_raw, inputs, args.output, wall, read_mb, args.s3_server)
+        compare_on_s3(job_raw, inputs, args.output, stats, wall, read_mb, args.s3_server)
     shutil.rmtree(args.output, ignore_errors=True)
 
 
