@@ -50,6 +50,7 @@ partition count is `max(cluster CPUs, ceil(bytes entering the shuffle / partitio
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -62,7 +63,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from loopcoder.pipelines.dedup.minhash import MinhashConfig, jaccard, shingle_set
-from loopcoder.pipelines.executor.local import LocalDataset
+from loopcoder.pipelines.executor.local import REMOTE_PART_THREADS, LocalDataset
 from loopcoder.pipelines.io import filesystem as fs
 from loopcoder.pipelines.io.filesystem import atomic_write_json, atomic_write_parquet
 
@@ -764,7 +765,10 @@ def run_dedup(
         from loopcoder.pipelines.executor.tasks import configure_ray_data
 
         configure_ray_data(session.settings)
-    from_items = LocalDataset.from_items if here else _ray_from_items
+    from_items = _ray_from_items
+    if here:
+        threads = 1 if fs.is_local(work) else REMOTE_PART_THREADS
+        from_items = functools.partial(LocalDataset.from_items, threads=threads)
     return DedupStages(str(work), exact, minhash, partitions, from_items).run()
 
 

@@ -11,7 +11,9 @@ mode (its local mode was removed), so this is ours; `tests/pipelines/test_execut
 that both give the same files.
 
 Rows within a group come in input order (Ray Data gives no order); every part function of the
-dedup stages is order-free, which is what makes their output independent of partitioning.
+dedup stages is order-free, which is what makes their output independent of partitioning. When the
+dedup's work folder is on an object store, `REMOTE_PART_THREADS` parts run at once, since each
+reads or writes a file or two at a few round trips each; on a local disk, one at a time.
 """
 
 from __future__ import annotations
@@ -51,27 +53,32 @@ def _as_batch(table: pa.Table, batch_format: str) -> Any:
     raise ValueError(f"batch_format must be 'pyarrow' or 'numpy', got '{batch_format}'")
 
 
-# Parts run a few at a time: a part function reads or writes a file or two, which on an object store is a
-# few round trips each; Arrow's and numpy's work and pyarrow's I/O release the GIL. Outputs keep input order.
-PART_THREADS = 8
+# Parts at once when the work folder is on an object store: a part function reads or writes a file or two,
+# a few round trips each, and pyarrow's I/O, Arrow's and numpy's work release the GIL. On a local disk there
+# is no wait to hide, and each part in flight holds its files in memory, so parts run one at a time there.
+REMOTE_PART_THREADS = 8
 
 
-def _map_in_threads(call: Callable[[pa.Table], Any], pieces: list[pa.Table]) -> list[pa.Table]:
-    if len(pieces) <= 1:
+def _map_in_threads(call: Callable[[pa.Table], Any], pieces: list[pa.Table], threads: int) -> list[pa.Table]:
+    """`call` on every piece, `threads` at a time; the outputs in input order."""
+    if threads <= 1 or len(pieces) <= 1:
         return [_as_table(call(piece)) for piece in pieces]
-    with ThreadPoolExecutor(min(PART_THREADS, len(pieces)), thread_name_prefix="local-parts") as pool:
+    with ThreadPoolExecutor(min(threads, len(pieces)), thread_name_prefix="local-parts") as pool:
         return [_as_table(output) for output in pool.map(call, pieces)]
 
 
 class LocalDataset:
     """Arrow blocks in this process with the Ray Data methods the dedup stages use, each run at once."""
 
-    def __init__(self, blocks: list[pa.Table]):
+    def __init__(self, blocks: list[pa.Table], threads: int = 1):
         self.blocks = [b for b in blocks if b.num_rows]
+        self.threads = threads  # parts run at once by map_batches and map_groups
 
     @classmethod
-    def from_items(cls, items: list[dict[str, Any]], override_num_blocks: int | None = None) -> LocalDataset:
-        return cls([pa.Table.from_pylist(items)] if items else [])
+    def from_items(
+        cls, items: list[dict[str, Any]], override_num_blocks: int | None = None, threads: int = 1
+    ) -> LocalDataset:
+        return cls([pa.Table.from_pylist(items)] if items else [], threads)
 
     def map_batches(
         self,
@@ -85,7 +92,10 @@ class LocalDataset:
             for block in self.blocks
             for start in range(0, block.num_rows, batch_size or block.num_rows)
         ]
-        return LocalDataset(_map_in_threads(lambda piece: function(_as_batch(piece, batch_format), *fn_args), pieces))
+        outputs = _map_in_threads(
+            lambda piece: function(_as_batch(piece, batch_format), *fn_args), pieces, self.threads
+        )
+        return LocalDataset(outputs, self.threads)
 
     def groupby(self, key: str, num_partitions: int | None = None) -> _LocalGroups:
         return _LocalGroups(self, key)
@@ -103,7 +113,7 @@ class LocalDataset:
         return sum(pc.sum(block.column(column)).as_py() or 0 for block in self.blocks)
 
     def select_columns(self, columns: list[str]) -> LocalDataset:
-        return LocalDataset([block.select(columns) for block in self.blocks])
+        return LocalDataset([block.select(columns) for block in self.blocks], self.threads)
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         for block in self.blocks:
@@ -121,7 +131,7 @@ class _LocalGroups:
 
     def map_groups(self, function: Callable, fn_args: tuple = (), batch_format: str = "pyarrow") -> LocalDataset:
         if not self.dataset.blocks:
-            return LocalDataset([])
+            return LocalDataset([], self.dataset.threads)
         table = pa.concat_tables(self.dataset.blocks, promote_options="default")
         keys = table.column(self.key).to_numpy()
         order = np.argsort(keys, kind="stable")
@@ -130,7 +140,10 @@ class _LocalGroups:
         starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
         ends = np.append(starts[1:], len(keys))
         groups = [table.slice(start, end - start) for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
-        return LocalDataset(_map_in_threads(lambda group: function(_as_batch(group, batch_format), *fn_args), groups))
+        outputs = _map_in_threads(
+            lambda group: function(_as_batch(group, batch_format), *fn_args), groups, self.dataset.threads
+        )
+        return LocalDataset(outputs, self.dataset.threads)
 
 
 class WarmWorker:

@@ -140,3 +140,36 @@ def test_where_a_job_runs(monkeypatch, executor, ray_address, ray_started, input
 def test_an_unknown_executor_is_refused():
     with pytest.raises(ValueError, match="ray.executor must be one of auto, ray, local"):
         runs_here(RayConfig(executor="spark"), None)
+
+
+def test_local_dataset_runs_parts_at_once_when_asked_and_keeps_their_order():
+    import threading
+
+    import pyarrow as pa
+
+    from loopcoder.pipelines.executor.local import LocalDataset
+
+    items = [{"key": k % 5, "value": k} for k in range(40)]
+    seen_threads: set[int] = set()
+
+    def slow_double(batch: pa.Table) -> pa.Table:
+        seen_threads.add(threading.get_ident())
+        time.sleep(0.01)
+        return pa.table({"value": pa.compute.multiply(batch.column("value"), 2)})
+
+    def group_sum(group: pa.Table) -> pa.Table:
+        seen_threads.add(threading.get_ident())
+        return pa.table(
+            {"key": [group.column("key")[0].as_py()], "total": [pa.compute.sum(group.column("value")).as_py()]}
+        )
+
+    results = {}
+    for threads in (1, 4):
+        seen_threads.clear()
+        dataset = LocalDataset.from_items(items, threads=threads)
+        doubled = [row["value"] for row in dataset.map_batches(slow_double, batch_size=3).iter_rows()]
+        totals = list(dataset.groupby("key").map_groups(group_sum).iter_rows())
+        results[threads] = (doubled, totals, len(seen_threads))
+    assert results[1][:2] == results[4][:2]
+    assert results[1][0] == [2 * k for k in range(40)]
+    assert results[1][2] == 1 and results[4][2] > 1

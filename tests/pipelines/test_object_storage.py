@@ -139,6 +139,17 @@ def test_jobs_on_s3_write_the_bytes_a_local_run_writes(runs, job):
         assert reasons["exact_duplicate"] >= 1 and reasons["empty"] == 1 and local_stats["dedup"]["exact"]["removed"]
 
 
+def test_dedup_stages_in_the_driver_on_s3_write_the_bytes_of_ray_data_on_local_disk(runs, caplog):
+    """The clean job's dedup in the driver, whose parts run several at a time on an object store."""
+    raw = job_raw(f"{runs['s3']}/source")
+    raw["ray"] = raw["ray"] | {"dedup_here_max_mb": 32}
+    output = f"{runs['s3']}/clean_dedup_in_driver"
+    with caplog.at_level(logging.INFO, logger="loopcoder.pipelines.dedup.stages"):
+        run_job(JobConfig.from_dict(raw), output)
+    assert "dedup stages in this process" in caplog.text
+    assert shard_bytes(output) == shard_bytes(f"{runs['local']}/clean")
+
+
 def shards_cli(capsys, *args) -> tuple[int, str]:
     capsys.readouterr()
     code = main(["shards", *args])
