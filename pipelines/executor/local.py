@@ -87,11 +87,10 @@ class LocalDataset:
         batch_format: str = "pyarrow",
         batch_size: int | None = None,
     ) -> LocalDataset:
-        pieces = [
-            block.slice(start, batch_size or block.num_rows)
-            for block in self.blocks
-            for start in range(0, block.num_rows, batch_size or block.num_rows)
-        ]
+        pieces = []
+        for block in self.blocks:
+            step = batch_size or block.num_rows
+            pieces += [block.slice(start, step) for start in range(0, block.num_rows, step)]
         outputs = _map_in_threads(
             lambda piece: function(_as_batch(piece, batch_format), *fn_args), pieces, self.threads
         )

