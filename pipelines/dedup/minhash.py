@@ -6,7 +6,10 @@ once in C and the shingle hashes come out of a few numpy operations instead of o
 per shingle. The permutation step is datasketch's default scheme (`affine32`, datasketch 2.0):
 the hash is pre-mixed with the MurmurHash3 finalizer, then `a_k * h + b_k mod 2^32` for each of
 the `num_perm` permutations drawn from `np.random.RandomState(seed)`, and the minimum is kept.
-Here it runs over the distinct shingle hashes of a file in cache-sized chunks.
+Here it runs over the distinct shingle hashes of a file in cache-sized chunks. The permutations are
+drawn here the way datasketch draws them (`affine32_permutations`) rather than read from a
+`datasketch.MinHash`: importing datasketch imports scipy, 0.7 s in every process that signs
+(each worker of a job); the tests compare both draws.
 
     MinHash.bulk([shingles(text)], num_perm=256, hashfunc=shingle_hash)[0].hashvalues
         == MinhashSignatures(MinhashConfig()).signature(text)      # tests assert this
@@ -27,7 +30,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import xxhash
-from datasketch import MinHash
 
 TOKEN = re.compile(rb"[A-Za-z0-9_]+")
 _M64 = 0xFFFFFFFFFFFFFFFF
@@ -115,15 +117,21 @@ def _fmix32(hv: np.ndarray) -> np.ndarray:
     return hv ^ (hv >> np.uint32(16))
 
 
+def affine32_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`datasketch.MinHash(num_perm, seed=seed, scheme="affine32").permutations`: odd multipliers
+    `a` (an odd `a` makes `a * h + b mod 2^32` a bijection) and offsets `b`, in the same draws."""
+    generator = np.random.RandomState(seed)
+    a = generator.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = generator.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
 class MinhashSignatures:
     """Owns the permutations (drawn once, like datasketch's `MinHash(seed=...)`); one signature per text."""
 
     def __init__(self, config: MinhashConfig | None = None):
         self.config = config or MinhashConfig()
-        reference = MinHash(num_perm=self.config.num_perm, seed=self.config.seed, scheme="affine32")
-        a, b = reference.permutations
-        self.a = np.ascontiguousarray(a, dtype=np.uint32)
-        self.b = np.ascontiguousarray(b, dtype=np.uint32)
+        self.a, self.b = affine32_permutations(self.config.num_perm, self.config.seed)
         self._buffer = np.empty((_CHUNK_ROWS, self.config.num_perm), dtype=np.uint32)
 
     def num_tokens(self, text: str) -> int:

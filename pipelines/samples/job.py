@@ -24,6 +24,10 @@ adds up their summaries: no sample, document or token passes through it.
 
 Every random choice is seeded by (seed, document key), so the output is the same bytes with one
 worker or many, on a rerun, and after a driver killed mid-job and restarted.
+
+Inside a stage, tasks start largest input first (`_largest_first`): a task's time follows the bytes
+it reads, and a large task started last would run alone while the other workers idle. Which task
+runs when changes no output, since every task writes under its own number.
 """
 
 from __future__ import annotations
@@ -479,10 +483,13 @@ def _run_stage(
     tasks: list[Task],
     plan: dict[str, Any],
     meanwhile: Callable[[], None] | None = None,
+    input_bytes: dict[str, int] | None = None,
 ) -> None:
     """Runs the unfinished tasks of one stage (while this process runs `meanwhile()`, if given);
-    each task writes its files, then its marker."""
+    each task writes its files, then its marker. `input_bytes` (by task name) orders the tasks."""
     pending = [t for t in tasks if not fs.exists(fs.marker(output, t.name))]
+    if input_bytes is not None:
+        pending = _largest_first(pending, input_bytes)
     label = "+".join(dict.fromkeys(t.stage for t in tasks))
     if tasks:
         logger.info("%s stage: %d of %d task(s) to run", label, len(pending), len(tasks))
@@ -492,6 +499,19 @@ def _run_stage(
         session.run_tasks(label, SamplesWorker, arguments, specs)
     else:
         session.run_tasks_meanwhile(label, SamplesWorker, arguments, specs, meanwhile)
+
+
+def _largest_first(tasks: list[Task], input_bytes: dict[str, int]) -> list[Task]:
+    """Tasks by the bytes they read, largest first (spec order among equals); tasks not in
+    `input_bytes` keep their order after them (commits and conversation files, queued behind the files)."""
+    return sorted(tasks, key=lambda t: (t.name not in input_bytes, -input_bytes.get(t.name, 0)))
+
+
+def _sizes_under(location: str) -> dict[str, int]:
+    """Bytes of every file under a folder by full location, from one listing (no request per file)."""
+    if not fs.is_dir(location):
+        return {}
+    return {fs.join(location, relative): size for relative, size in fs.file_sizes(location).items()}
 
 
 def _without_shards(payload: dict[str, Any]) -> dict[str, Any]:
@@ -554,7 +574,11 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
         stages["sft"] = [Task("sft", i, str(path), next(number)) for i, path in enumerate(config.sft_files)]
         # commits and conversation files need nothing from the files stage: queued behind it, they
         # take the workers its last tasks leave idle
-        _run_stage(session, config, output, stages["files"] + stages["commits"] + stages["sft"], plan)
+        shard_bytes = _sizes_under(config.input)
+        file_bytes = {t.name: shard_bytes.get(t.source, 0) for t in stages["files"]}
+        _run_stage(
+            session, config, output, stages["files"] + stages["commits"] + stages["sft"], plan, input_bytes=file_bytes
+        )
         timings["samples"] = time.perf_counter() - start
         start = time.perf_counter()
         buckets = sorted({b for s in _summaries(output, stages["files"]) for b in s["buckets"]})
@@ -566,11 +590,20 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
 
         def conversations() -> None:
             _sft_dedup(session, config, output)
-            _run_stage(session, config, output, stages["sft_final"], plan)
+            candidate_bytes = _sizes_under(fs.join(output, WORK, "sft"))
+            candidates = {
+                t.name: candidate_bytes.get(fs.join(output, WORK, "sft", f"candidates-{t.number:06d}.parquet"), 0)
+                for t in stages["sft_final"]
+            }
+            _run_stage(session, config, output, stages["sft_final"], plan, input_bytes=candidates)
 
+        bucket_bytes: Counter = Counter()
+        for path, size in _sizes_under(fs.join(output, WORK, "repos")).items():
+            bucket_bytes[fs.basename(fs.parent(path))] += size
+        repo_files = {t.name: bucket_bytes[f"bucket-{t.number:05d}"] for t in stages["repo_fim"]}
         # repository-level FIM and the conversations need nothing from each other: the workers run
         # the repo_fim tasks while this process deduplicates the conversations, then both stages' tasks
-        _run_stage(session, config, output, stages["repo_fim"], plan, meanwhile=conversations)
+        _run_stage(session, config, output, stages["repo_fim"], plan, meanwhile=conversations, input_bytes=repo_files)
         timings["repo_fim_and_sft"] = time.perf_counter() - start
         start = time.perf_counter()
         producing = [t for name in ("files", "repo_fim", "commits", "sft_final") for t in stages[name]]
@@ -581,7 +614,15 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
         stages["pack"] = [
             Task("pack", i, fs.join(output, WORK, "documents", f"{t.name}.parquet")) for i, t in enumerate(producing)
         ]
-        _run_stage(session, config, output, stages["pack"], plan)
+        document_bytes = _sizes_under(fs.join(output, WORK, "documents"))
+        _run_stage(
+            session,
+            config,
+            output,
+            stages["pack"],
+            plan,
+            input_bytes={t.name: document_bytes.get(t.source, 0) for t in stages["pack"]},
+        )
         timings["pack"] = time.perf_counter() - start
     stats = merge_stats(config, output, stages, train_tokens, plan["rates"])
     stats["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}

@@ -1,6 +1,8 @@
 """MinHash signatures against datasketch, LSH bands, and dedup quality on real near-duplicates."""
 
 import os
+import subprocess
+import sys
 import sysconfig
 from itertools import combinations
 from pathlib import Path
@@ -17,6 +19,7 @@ from loopcoder.pipelines.clean.runner import normalised_sha256, run_job
 from loopcoder.pipelines.dedup.minhash import (
     MinhashConfig,
     MinhashSignatures,
+    affine32_permutations,
     jaccard,
     shingle_hash,
     shingle_hashes,
@@ -56,6 +59,23 @@ def test_other_seeds_and_sizes_match_too():
     signer = MinhashSignatures(config)
     for text, expected in zip(TEXTS, reference, strict=True):
         assert np.array_equal(signer.signature(text), expected.hashvalues)
+
+
+@pytest.mark.parametrize("num_perm, seed", [(256, 1), (112, 7), (1, 0), (4096, 2**32 - 1)])
+def test_permutations_are_datasketchs_draws(num_perm, seed):
+    reference_a, reference_b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    a, b = affine32_permutations(num_perm, seed)
+    assert a.dtype == b.dtype == np.uint32 and np.all(a % 2 == 1)
+    assert np.array_equal(a, reference_a) and np.array_equal(b, reference_b)
+
+
+def test_signing_does_not_import_datasketch():
+    """datasketch (and the scipy it imports) is the tests' reference, not a cost of every worker."""
+    code = (
+        "import sys; from loopcoder.pipelines.dedup.minhash import MinhashSignatures;"
+        "MinhashSignatures().signature('def f(a, b): return a + b + 1'); assert 'datasketch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_vectorised_shingle_hashes_equal_the_python_hash():

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from loopcoder.pipelines.samples.job import SamplesJobConfig, render_commit, run_samples_job
+from loopcoder.pipelines.samples.job import SamplesJobConfig, SamplesWorker, render_commit, run_samples_job
 from loopcoder.schemas import COMMIT_TRIPLET, FIM_SAMPLE, PACKED_SEQUENCE, REPO_FIM_SAMPLE, SOURCE_FILE
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -173,16 +173,48 @@ def test_a_rerun_resumes_to_the_same_bytes(job_output, inputs):
     assert rerun["packed"] == stats["packed"]
 
 
-def test_the_job_in_this_process_writes_the_bytes_it_writes_on_ray(job_output, inputs, tmp_path):
-    """`ray.executor: local` (every stage in the driver, one task after another) against the Ray run."""
+def _task_input_bytes(output: Path, task) -> int | None:
+    """What a task reads, in bytes, looked up on disk when it starts (None: a task with no size to order by)."""
+    work = output / "_work"
+    if task.stage in ("files", "pack"):
+        return Path(task.source).stat().st_size
+    if task.stage == "repo_fim":
+        return sum(p.stat().st_size for p in (work / "repos" / f"bucket-{task.number:05d}").iterdir())
+    if task.stage == "sft_final":
+        return (work / "sft" / f"candidates-{task.number:06d}.parquet").stat().st_size
+    return None
+
+
+def test_the_job_in_this_process_writes_the_bytes_it_writes_on_ray_starting_largest_tasks_first(
+    job_output, inputs, tmp_path, monkeypatch
+):
+    """`ray.executor: local` (every stage in the driver, one task after another) against the Ray run;
+    inside each stage the tasks start largest input first, and commits and conversation files after the files."""
     output, stats = job_output
     config = make_config(inputs, tmp_path / "here")
     config.ray.executor = "local"
+    started = []
+    run_task = SamplesWorker.run_task
+
+    def recording(worker, task):
+        started.append((task, _task_input_bytes(tmp_path / "here", task)))
+        return run_task(worker, task)
+
+    monkeypatch.setattr(SamplesWorker, "run_task", recording)
     here = run_samples_job(config)
     assert _parquet_bytes(tmp_path / "here") == _parquet_bytes(output)
     assert {k: v for k, v in here.items() if k != "timings_seconds"} == {
         k: v for k, v in stats.items() if k != "timings_seconds"
     }
+    stages = [task.stage for task, _ in started]
+    assert stages[: stages.index("commits")] == ["files"] * 2 and stages[2:4] == ["commits", "sft"]
+    reordered = 0
+    for stage in ("files", "repo_fim", "sft_final", "pack"):
+        tasks = [(task, size) for task, size in started if task.stage == stage]
+        sizes = [size for _, size in tasks]
+        assert tasks and sizes == sorted(sizes, reverse=True), (stage, sizes)
+        reordered += [task.number for task, _ in tasks] != sorted(task.number for task, _ in tasks)
+    assert reordered  # on this input, largest first is not the tasks' own order
 
 
 def test_one_worker_killed_mid_job_then_two_workers_give_the_same_bytes(job_output, inputs, tmp_path):
