@@ -566,7 +566,8 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
     plan: dict[str, Any] = {"git_repositories": repositories, "rates": {}}
     timings: dict[str, float] = {}
     stages: dict[str, list[Task]] = {}
-    with job_session(config.ray, lambda limit: _input_at_most(config, shards, limit)) as session:
+    shard_bytes = _sizes_under(config.input)  # one listing: sizes `executor: auto` and the task order use
+    with job_session(config.ray, lambda limit: _input_at_most(config, shards, limit, shard_bytes)) as session:
         start = time.perf_counter()
         number = iter(range(1 << 30))  # conversation tasks, numbered in a fixed order across stages
         stages["files"] = [Task("files", i, shard, next(number)) for i, shard in enumerate(shards)]
@@ -574,7 +575,6 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
         stages["sft"] = [Task("sft", i, str(path), next(number)) for i, path in enumerate(config.sft_files)]
         # commits and conversation files need nothing from the files stage: queued behind it, they
         # take the workers its last tasks leave idle
-        shard_bytes = _sizes_under(config.input)
         file_bytes = {t.name: shard_bytes.get(t.source, 0) for t in stages["files"]}
         _run_stage(
             session, config, output, stages["files"] + stages["commits"] + stages["sft"], plan, input_bytes=file_bytes
@@ -636,12 +636,16 @@ def run_samples_job(config: SamplesJobConfig, output: str | Path | None = None) 
     return stats
 
 
-def _input_at_most(config: SamplesJobConfig, shards: list[str], limit: int) -> bool:
+def _input_at_most(
+    config: SamplesJobConfig, shards: list[str], limit: int, sizes: dict[str, int] | None = None
+) -> bool:
     """Whether the cleaned shards and the conversation files hold at most `limit` bytes (what `executor:
-    auto` sizes the job by); shards are asked for their size only until the sum passes the limit."""
+    auto` sizes the job by). A shard's size comes from `sizes` (a listing) when it is there; others are
+    asked for it, and only until the sum passes the limit."""
+    sizes = sizes or {}
     total = sum(Path(p).stat().st_size for p in config.sft_files)
     for shard in shards:
-        total += fs.size(shard) or 0
+        total += sizes[shard] if shard in sizes else fs.size(shard) or 0
         if total > limit:
             return False
     return total <= limit

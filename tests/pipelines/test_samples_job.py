@@ -323,7 +323,7 @@ def test_input_shards_with_nothing_kept_fail_the_job_loudly(ray_local, inputs, t
 
 
 def test_executor_auto_sizes_the_job_by_its_shards_and_conversation_files(tmp_path):
-    from loopcoder.pipelines.samples.job import _input_at_most
+    from loopcoder.pipelines.samples.job import _input_at_most, _sizes_under
 
     shards = []
     for i in range(3):
@@ -341,3 +341,7 @@ def test_executor_auto_sizes_the_job_by_its_shards_and_conversation_files(tmp_pa
     assert not _input_at_most(config, shards, total - 1)
     assert not _input_at_most(config, shards, 10)
     assert _input_at_most(config, [], 50) and not _input_at_most(config, [], 49)
+    listed = _sizes_under(config.input)  # the job's one listing gives the same sizes, with no request per shard
+    assert listed == {shard: 100 + i for i, shard in enumerate(shards)}
+    assert _input_at_most(config, shards, total, listed) and not _input_at_most(config, shards, total - 1, listed)
+    assert not _input_at_most(config, shards, total, listed | {shards[0]: 101})  # a listed size is not asked again
